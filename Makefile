@@ -10,7 +10,7 @@ CACHE       ?= $(HOME)/.cache/stickyvol
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN         := $(CACHE)/bin
 TOOLS       := $(CACHE)/tools
-STATICCHECK_VERSION := v0.7.0
+STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GO_BUILD    := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
