@@ -1,0 +1,31 @@
+// Package testutil holds small helpers shared by stickyvol's tests.
+package testutil
+
+import (
+	"os"
+	"strconv"
+	"testing"
+)
+
+// RequireRoot stops the test unless the process runs as root. Outside CI the
+// test is skipped with a message that says why; when the environment variable
+// CI is true the test fails instead, so CI can never pass by skipping the
+// tests that need real mounts.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	msg := "this test needs root (real bind mounts, chown); run it as root, e.g. sudo -E go test"
+	if InCI() {
+		tb.Fatalf("%s: CI=true, so not running as root is a failure, not a skip", msg)
+	}
+	tb.Skip(msg)
+}
+
+// InCI reports whether the environment variable CI holds a true value
+// ("true", "1", ...), as CI systems set it.
+func InCI() bool {
+	ci, err := strconv.ParseBool(os.Getenv("CI"))
+	return err == nil && ci
+}
