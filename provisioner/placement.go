@@ -1,0 +1,361 @@
+package provisioner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+)
+
+// annStorageProvisioner is set by the PV controller on claims it expects an
+// external provisioner to serve.
+const annStorageProvisioner = "volume.kubernetes.io/storage-provisioner"
+
+// nodeIndex indexes PVs and pending claims by the node they are (to be) on.
+const nodeIndex = "stickyvol.dev/node"
+
+// PlacementConfig configures the placement duty.
+type PlacementConfig struct {
+	DriverName  string
+	TopologyKey string
+	Client      kubernetes.Interface
+	// Informers is the cluster-wide factory; Run takes the informers it
+	// needs from it and starts them.
+	Informers informers.SharedInformerFactory
+}
+
+// Placement is the cluster duty that chooses a node for claims of
+// Immediate-binding stickyvol classes. The scheduler picks the node only for
+// WaitForFirstConsumer classes; an Immediate claim is provisioned before any
+// pod exists, so somebody else must pick, and exactly one somebody: run it
+// under a Lease (RunLeaderElected).
+//
+// A node qualifies when it is Ready and schedulable, its kubelet registered
+// the driver (its CSINode lists it), it satisfies the class' allowedTopologies,
+// and it has room: the CSIStorageCapacity objects for the class and node say
+// so, or there are none (room unknown). Among those the node with the fewest
+// stickyvol volumes wins, counting PVs, pending claims already placed on it,
+// and claims placed by this duty that the cache does not show yet, so a burst
+// of claims spreads out. A node that sent a claim back (ResourceExhausted) is
+// not chosen for that claim again until all nodes did.
+//
+// The choice is written as the claim's selected-node annotation, with the
+// claim's resourceVersion as precondition: a claim that changed meanwhile, or
+// that a former leader placed, is not placed twice.
+type Placement struct {
+	cfg PlacementConfig
+}
+
+// NewPlacement checks cfg and returns the duty.
+func NewPlacement(cfg PlacementConfig) (*Placement, error) {
+	if cfg.DriverName == "" || cfg.TopologyKey == "" || cfg.Client == nil || cfg.Informers == nil {
+		return nil, errors.New("placement: driver name, topology key, client and informers are required")
+	}
+	return &Placement{cfg: cfg}, nil
+}
+
+// placer is the state of one term of the duty.
+type placer struct {
+	driverName string
+	client     kubernetes.Interface
+	claims     corelisters.PersistentVolumeClaimLister
+	claimIdx   cache.Indexer
+	volumeIdx  cache.Indexer
+	classes    storagelisters.StorageClassLister
+	nodes      corelisters.NodeLister
+	csiNodes   storagelisters.CSINodeLister
+	capacities storagelisters.CSIStorageCapacityLister
+	queue      workqueue.TypedRateLimitingInterface[string]
+	recorder   record.EventRecorder
+
+	mu      sync.Mutex
+	assumed map[string]string           // claim key -> node placed this term
+	refused map[string]sets.Set[string] // claim key -> nodes that sent it back
+}
+
+// Run places claims until ctx is done.
+func (p *Placement) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithName("placement")
+	ctx = klog.NewContext(ctx, logger)
+	pl, informersUsed, err := p.newPlacer()
+	if err != nil {
+		return err
+	}
+	p.cfg.Informers.StartWithContext(ctx)
+	if !cache.WaitForNamedCacheSyncWithContext(ctx, syncedFuncs(informersUsed)...) {
+		return fmt.Errorf("placement: waiting for informers: %w", context.Cause(ctx))
+	}
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.cfg.Client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	pl.recorder = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "stickyvol-placement"})
+
+	regs, err := pl.addHandlers(logger, informersUsed)
+	defer removeHandlers(logger, regs)
+	if err != nil {
+		return err
+	}
+
+	logger.Info("Placing claims of Immediate-binding classes")
+	var worker sync.WaitGroup
+	// One worker: placements are decided one after another against the
+	// counts the previous ones left, which is what spreads a burst.
+	worker.Go(func() { wait.UntilWithContext(ctx, pl.work, time.Second) })
+	<-ctx.Done()
+	pl.queue.ShutDown()
+	worker.Wait()
+	logger.Info("Stopped placing claims")
+	return nil
+}
+
+// informerSet lists the informers a placer uses, for sync and handlers.
+type informerSet struct {
+	claims, volumes, nodes, csiNodes, capacities, classes cache.SharedIndexInformer
+}
+
+func syncedFuncs(s informerSet) []cache.InformerSynced {
+	return []cache.InformerSynced{s.claims.HasSynced, s.volumes.HasSynced, s.nodes.HasSynced,
+		s.csiNodes.HasSynced, s.capacities.HasSynced, s.classes.HasSynced}
+}
+
+func (p *Placement) newPlacer() (*placer, informerSet, error) {
+	f := p.cfg.Informers
+	s := informerSet{
+		claims:     f.Core().V1().PersistentVolumeClaims().Informer(),
+		volumes:    f.Core().V1().PersistentVolumes().Informer(),
+		nodes:      f.Core().V1().Nodes().Informer(),
+		csiNodes:   f.Storage().V1().CSINodes().Informer(),
+		capacities: f.Storage().V1().CSIStorageCapacities().Informer(),
+		classes:    f.Storage().V1().StorageClasses().Informer(),
+	}
+	driver, key := p.cfg.DriverName, p.cfg.TopologyKey
+	if err := addIndex(s.volumes, func(obj any) ([]string, error) {
+		pv, ok := obj.(*v1.PersistentVolume)
+		if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver {
+			return nil, nil
+		}
+		return NodesOf(pv, key).UnsortedList(), nil
+	}); err != nil {
+		return nil, s, err
+	}
+	if err := addIndex(s.claims, func(obj any) ([]string, error) {
+		claim, ok := obj.(*v1.PersistentVolumeClaim)
+		if !ok || claim.Spec.VolumeName != "" || claim.Annotations[annStorageProvisioner] != driver {
+			return nil, nil
+		}
+		if node := selectedNode(claim); node != "" {
+			return []string{node}, nil
+		}
+		return nil, nil
+	}); err != nil {
+		return nil, s, err
+	}
+
+	return &placer{
+		driverName: driver,
+		client:     p.cfg.Client,
+		claims:     f.Core().V1().PersistentVolumeClaims().Lister(),
+		claimIdx:   s.claims.GetIndexer(),
+		volumeIdx:  s.volumes.GetIndexer(),
+		classes:    f.Storage().V1().StorageClasses().Lister(),
+		nodes:      f.Core().V1().Nodes().Lister(),
+		csiNodes:   f.Storage().V1().CSINodes().Lister(),
+		capacities: f.Storage().V1().CSIStorageCapacities().Lister(),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "placement"}),
+		assumed: map[string]string{},
+		refused: map[string]sets.Set[string]{},
+	}, s, nil
+}
+
+// addIndex adds the node index unless an earlier term already did.
+func addIndex(inf cache.SharedIndexInformer, fn cache.IndexFunc) error {
+	if _, ok := inf.GetIndexer().GetIndexers()[nodeIndex]; ok {
+		return nil
+	}
+	if err := inf.AddIndexers(cache.Indexers{nodeIndex: fn}); err != nil {
+		return fmt.Errorf("placement: adding index: %w", err)
+	}
+	return nil
+}
+
+// work processes claims until the queue shuts down.
+func (pl *placer) work(ctx context.Context) {
+	for {
+		key, shutdown := pl.queue.Get()
+		if shutdown {
+			return
+		}
+		if err := pl.sync(ctx, key); err != nil {
+			klog.FromContext(ctx).V(2).Info("Placement failed, will retry", "pvc", key, "err", err)
+			pl.queue.AddRateLimited(key)
+		} else {
+			pl.queue.Forget(key)
+		}
+		pl.queue.Done(key)
+	}
+}
+
+// sync places one claim if it still needs a node.
+func (pl *placer) sync(ctx context.Context, key string) error {
+	namespace, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil // not a key this duty made; nothing to retry
+	}
+	claim, err := pl.claims.PersistentVolumeClaims(namespace).Get(name)
+	if apierrors.IsNotFound(err) {
+		pl.forget(key)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	class := pl.classToPlace(claim)
+	if class == nil {
+		return nil
+	}
+	node, err := pl.choose(key, claim, class)
+	if err != nil {
+		pl.recorder.Event(claim, v1.EventTypeWarning, "PlacementFailed", err.Error())
+		return err
+	}
+	if err := pl.annotate(ctx, claim, node); err != nil {
+		return fmt.Errorf("setting the selected node of %s: %w", key, err)
+	}
+	pl.mu.Lock()
+	pl.assumed[key] = node
+	pl.mu.Unlock()
+	klog.FromContext(ctx).V(2).Info("Claim placed", "pvc", klog.KObj(claim), "node", node)
+	pl.recorder.Eventf(claim, v1.EventTypeNormal, "Placed",
+		"stickyvol chose node %s for this claim (Immediate binding: no pod to follow, so the node with the fewest volumes that has room)", node)
+	return nil
+}
+
+// classToPlace returns the claim's class when the claim waits for this duty:
+// unbound, no node chosen, not being deleted, of an Immediate class served by
+// this driver.
+func (pl *placer) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
+	if claim.Spec.VolumeName != "" || selectedNode(claim) != "" || claim.DeletionTimestamp != nil ||
+		claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName == "" {
+		return nil
+	}
+	class, err := pl.classes.Get(*claim.Spec.StorageClassName)
+	if err != nil || class.Provisioner != pl.driverName {
+		return nil
+	}
+	if class.VolumeBindingMode != nil && *class.VolumeBindingMode != storagev1.VolumeBindingImmediate {
+		return nil
+	}
+	return class
+}
+
+// choose returns the node for the claim, or an error that says why there is
+// none.
+func (pl *placer) choose(key string, claim *v1.PersistentVolumeClaim, class *storagev1.StorageClass) (string, error) {
+	nodes, err := pl.nodes.List(labels.Everything())
+	if err != nil {
+		return "", err
+	}
+	capacities, err := pl.capacities.List(labels.Everything())
+	if err != nil {
+		return "", err
+	}
+	size := capacityRange(claim).RequiredBytes
+	var candidates []nodeLoad
+	for _, node := range nodes {
+		csiNode, _ := pl.csiNodes.Get(node.Name) // missing: not registered
+		if !nodeUsable(node, csiNode, pl.driverName) || !allowedByClass(node, class) {
+			continue
+		}
+		fits, known := roomFor(node, class.Name, size, capacities)
+		if !fits {
+			continue
+		}
+		candidates = append(candidates, nodeLoad{name: node.Name, load: pl.load(node.Name), known: known})
+	}
+
+	pl.mu.Lock()
+	refused := pl.refused[key]
+	pl.mu.Unlock()
+	if node, ok := pickNode(candidates, refused); ok {
+		return node, nil
+	}
+	if len(candidates) == 0 {
+		return "", fmt.Errorf("no node can take this claim: stickyvol needs a Ready, schedulable node where " +
+			"the driver is registered (listed in its CSINode), allowed by the StorageClass and with room for it")
+	}
+	// Every candidate sent the claim back; try them all again, after the
+	// backoff this error causes.
+	pl.mu.Lock()
+	delete(pl.refused, key)
+	pl.mu.Unlock()
+	return "", fmt.Errorf("every node that could take this claim (%d) reported it has no room; trying again later", len(candidates))
+}
+
+// load counts the node's stickyvol PVs, its pending placed claims, and the
+// claims placed this term that the cache does not show placed yet.
+func (pl *placer) load(node string) int {
+	pvs, _ := pl.volumeIdx.ByIndex(nodeIndex, node)
+	pending, _ := pl.claimIdx.ByIndex(nodeIndex, node)
+	n := len(pvs) + len(pending)
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for key, assumedNode := range pl.assumed {
+		if assumedNode != node {
+			continue
+		}
+		namespace, name, _ := cache.SplitMetaNamespaceKey(key)
+		claim, err := pl.claims.PersistentVolumeClaims(namespace).Get(name)
+		if err != nil || selectedNode(claim) != "" || claim.Spec.VolumeName != "" {
+			delete(pl.assumed, key) // the cache caught up (or the claim is gone)
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// annotate sets the selected-node annotation, only on the claim version the
+// decision was made on.
+func (pl *placer) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": claim.ResourceVersion,
+		"annotations":     map[string]string{AnnSelectedNode: node},
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = pl.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
+		types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
+func (pl *placer) forget(key string) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	delete(pl.assumed, key)
+	delete(pl.refused, key)
+}

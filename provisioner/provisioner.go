@@ -1,0 +1,243 @@
+// Package provisioner creates and deletes stickyvol volumes for
+// PersistentVolumeClaims. It implements the Provisioner and Qualifier
+// interfaces of sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller
+// and talks to the node's CSI driver only through a csi.ControllerClient, so it
+// works the same against the in-process driver and a remote socket.
+//
+// One instance runs on every node. Each instance only provisions the claims
+// that the scheduler (or, for Immediate binding, the leader-elected placement
+// duty in this package) selected for its own node, and only deletes volumes
+// whose node affinity names its own node: the disk is local, so no other node
+// could do the work.
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+)
+
+// Claim annotations the provisioner reads.
+const (
+	// AnnSelectedNode is set on a claim by the scheduler (WaitForFirstConsumer)
+	// or by the placement duty (Immediate) to the node that must host the
+	// volume.
+	AnnSelectedNode = "volume.kubernetes.io/selected-node"
+	// annAlphaSelectedNode is the Kubernetes 1.11 name of AnnSelectedNode. The
+	// library still falls back to it when it fills ProvisionOptions, so
+	// ShouldProvision does too.
+	annAlphaSelectedNode = "volume.alpha.kubernetes.io/selected-node"
+)
+
+// Keys of the CreateVolume parameters that carry claim and volume names, as
+// external-provisioner sends them with --extra-create-metadata. The driver
+// treats every key under csi.storage.k8s.io/ as metadata.
+const (
+	ParamPVCName      = "csi.storage.k8s.io/pvc/name"
+	ParamPVCNamespace = "csi.storage.k8s.io/pvc/namespace"
+	ParamPVName       = "csi.storage.k8s.io/pv/name"
+)
+
+// DefaultTimeout bounds one CreateVolume or DeleteVolume call when
+// Config.Timeout is zero. The driver makes a directory and writes a small
+// record, so a call that takes longer is stuck, and its DeadlineExceeded
+// makes the library try again later.
+const DefaultTimeout = 30 * time.Second
+
+// Config holds what a Provisioner needs.
+type Config struct {
+	// NodeName is the Kubernetes node this instance serves.
+	NodeName string
+	// DriverName is the CSI driver name: the PV's CSI driver and the
+	// StorageClass provisioner.
+	DriverName string
+	// TopologyKey is the topology segment key the driver reports in
+	// NodeGetInfo and in CreateVolume's accessible topology.
+	TopologyKey string
+	// ControllerClient is the driver's CSI controller service.
+	ControllerClient csi.ControllerClient
+	// Nodes finds the selected Node object. It needs to hold only this node,
+	// see NewController. A claim whose selected node is gone is sent back to
+	// the scheduler.
+	Nodes corelisters.NodeLister
+	// Timeout bounds each CSI call; zero means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Provisioner implements controller.Provisioner and controller.Qualifier for
+// one node.
+type Provisioner struct {
+	nodeName    string
+	driverName  string
+	topologyKey string
+	csi         csi.ControllerClient
+	nodes       corelisters.NodeLister
+	timeout     time.Duration
+}
+
+var (
+	_ controller.Provisioner = &Provisioner{}
+	_ controller.Qualifier   = &Provisioner{}
+)
+
+// New checks cfg and returns a Provisioner.
+func New(cfg Config) (*Provisioner, error) {
+	switch {
+	case cfg.NodeName == "":
+		return nil, errors.New("provisioner: node name is required")
+	case cfg.DriverName == "":
+		return nil, errors.New("provisioner: driver name is required")
+	case cfg.TopologyKey == "":
+		return nil, errors.New("provisioner: topology key is required")
+	case cfg.ControllerClient == nil:
+		return nil, errors.New("provisioner: CSI controller client is required")
+	case cfg.Nodes == nil:
+		return nil, errors.New("provisioner: node lister is required")
+	}
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return &Provisioner{
+		nodeName:    cfg.NodeName,
+		driverName:  cfg.DriverName,
+		topologyKey: cfg.TopologyKey,
+		csi:         cfg.ControllerClient,
+		nodes:       cfg.Nodes,
+		timeout:     timeout,
+	}, nil
+}
+
+// ShouldProvision accepts only claims selected for this node.
+//
+// The library calls it before anything else (also before its own checks of
+// the storage-provisioner annotation and binding mode), so every node's
+// instance sees every claim and all but one say no here. A claim of a
+// WaitForFirstConsumer class gets its node from the scheduler; a claim of an
+// Immediate class has none until the placement duty sets one, and until then
+// no instance provisions it.
+func (p *Provisioner) ShouldProvision(_ context.Context, claim *v1.PersistentVolumeClaim) bool {
+	return selectedNode(claim) == p.nodeName
+}
+
+// selectedNode returns the node the claim was scheduled to, or "".
+func selectedNode(claim *v1.PersistentVolumeClaim) string {
+	if node, ok := claim.Annotations[AnnSelectedNode]; ok {
+		return node
+	}
+	return claim.Annotations[annAlphaSelectedNode]
+}
+
+// Provision creates the volume on this node and returns its PV.
+//
+// The library sets what is left: claimRef (so the PV controller binds the
+// pair), the pv.kubernetes.io/provisioned-by annotation, the finalizer, and
+// StorageClassName again. It emits the ProvisioningFailed event with the text
+// of the returned error, so every error here says what happened and what to
+// do about it.
+func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
+	logger := klog.FromContext(ctx).WithValues("pvc", klog.KObj(opts.PVC), "pv", opts.PVName, "node", opts.SelectedNodeName)
+	ctx = klog.NewContext(ctx, logger)
+
+	if opts.SelectedNodeName != p.nodeName {
+		// ShouldProvision said yes for this node only; a different node
+		// here means the claim changed in between. Leave it to its node.
+		return nil, controller.ProvisioningFinished, &controller.IgnoredError{
+			Reason: fmt.Sprintf("claim is selected for node %q, this is node %q", opts.SelectedNodeName, p.nodeName)}
+	}
+	if state, err := p.checkNode(); err != nil {
+		return nil, state, err
+	}
+	req, err := p.createVolumeRequest(opts)
+	if err != nil {
+		// Refused before any call to the driver: no volume, no directory.
+		return nil, controller.ProvisioningFinished, err
+	}
+
+	callCtx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	logger.V(4).Info("Creating volume", "requiredBytes", req.GetCapacityRange().GetRequiredBytes())
+	resp, err := p.csi.CreateVolume(callCtx, req)
+	if err != nil {
+		return nil, provisioningState(err), p.explainCreateError(err)
+	}
+	pv, err := p.persistentVolume(opts, req, resp.GetVolume())
+	if err != nil {
+		p.cleanup(ctx, resp.GetVolume().GetVolumeId())
+		return nil, controller.ProvisioningFinished, err
+	}
+	logger.V(2).Info("Volume created", "volumeID", pv.Spec.CSI.VolumeHandle, "capacity", pv.Spec.Capacity.Storage())
+	return pv, controller.ProvisioningFinished, nil
+}
+
+// checkNode sends the claim back to the scheduler when the Node object of
+// this node is gone (the node is being removed from the cluster, or this
+// process was started with a name no Node has). The library answers
+// ProvisioningReschedule by removing the selected-node annotation from the
+// claim; the scheduler (or the placement duty) then picks again.
+func (p *Provisioner) checkNode() (controller.ProvisioningState, error) {
+	_, err := p.nodes.Get(p.nodeName)
+	switch {
+	case err == nil:
+		return controller.ProvisioningFinished, nil
+	case apierrors.IsNotFound(err):
+		return controller.ProvisioningReschedule, fmt.Errorf(
+			"selected node %q no longer exists; the claim goes back to the scheduler to pick another node", p.nodeName)
+	default:
+		// A lister only fails like this on a broken cache; nothing was
+		// started, so the state is final for this attempt.
+		return controller.ProvisioningFinished, fmt.Errorf("looking up node %q: %w", p.nodeName, err)
+	}
+}
+
+// cleanup deletes a volume that was created but cannot be handed out. The
+// volume ID is deterministic (from the PV name), so when this fails the next
+// Provision finds and reuses it.
+func (p *Provisioner) cleanup(ctx context.Context, volumeID string) {
+	callCtx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	if _, err := p.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: volumeID}); err != nil {
+		klog.FromContext(ctx).Error(err, "Cleaning up the volume failed", "volumeID", volumeID)
+	}
+}
+
+// Delete removes the volume behind pv when pv lives on this node.
+//
+// Every node's instance is called for every released stickyvol PV. The
+// others answer IgnoredError, which the library takes as "not mine": no
+// VolumeFailedDelete event, no retry, and it leaves the PV and its finalizer
+// to the instance that does the work. That instance deletes the PV object and
+// then removes the finalizer.
+func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.driverName {
+		return &controller.IgnoredError{Reason: fmt.Sprintf("PV %s is not a %s volume", pv.Name, p.driverName)}
+	}
+	nodes := p.nodesOf(pv)
+	if len(nodes) == 0 {
+		return &controller.IgnoredError{Reason: fmt.Sprintf("PV %s has no node affinity that names a node", pv.Name)}
+	}
+	if !nodes.Has(p.nodeName) {
+		return &controller.IgnoredError{Reason: fmt.Sprintf("PV %s lives on node %s, this is node %s",
+			pv.Name, nodes.UnsortedList()[0], p.nodeName)}
+	}
+
+	volumeID := pv.Spec.CSI.VolumeHandle
+	logger := klog.FromContext(ctx).WithValues("pv", pv.Name, "volumeID", volumeID)
+	callCtx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	// The driver answers success for an unknown ID, so a retry after a
+	// lost reply is harmless.
+	if _, err := p.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: volumeID}); err != nil {
+		return fmt.Errorf("deleting volume %s on node %s: %w", volumeID, p.nodeName, err)
+	}
+	logger.V(2).Info("Volume deleted")
+	return nil
+}

@@ -1,0 +1,127 @@
+package provisioner
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+)
+
+func TestVolumeCapabilities(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		modes   []v1.PersistentVolumeAccessMode
+		want    []csi.VolumeCapability_AccessMode_Mode
+		refusal string // part of the error, "" for success
+	}{
+		{"RWO is one node, many pods", []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce},
+			[]csi.VolumeCapability_AccessMode_Mode{csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER}, ""},
+		{"RWOP is one pod", []v1.PersistentVolumeAccessMode{v1.ReadWriteOncePod},
+			[]csi.VolumeCapability_AccessMode_Mode{csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER}, ""},
+		{"both", []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce, v1.ReadWriteOncePod},
+			[]csi.VolumeCapability_AccessMode_Mode{
+				csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER,
+				csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER}, ""},
+		{"RWX refused", []v1.PersistentVolumeAccessMode{v1.ReadWriteMany}, nil, "ReadWriteMany needs shared storage"},
+		{"ROX refused", []v1.PersistentVolumeAccessMode{v1.ReadOnlyMany}, nil, "ReadOnlyMany needs shared storage"},
+		{"RWO with RWX refused", []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce, v1.ReadWriteMany}, nil, "ReadWriteMany"},
+		{"none refused", nil, nil, "no accessModes"},
+		{"unknown refused", []v1.PersistentVolumeAccessMode{"ReadWriteSometimes"}, nil, "unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			caps, err := volumeCapabilities(tc.modes, []string{"noatime"})
+			if tc.refusal != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.refusal) {
+					t.Fatalf("error %v, want one containing %q", err, tc.refusal)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(caps) != len(tc.want) {
+				t.Fatalf("%d capabilities, want %d", len(caps), len(tc.want))
+			}
+			for i, c := range caps {
+				if c.GetAccessMode().GetMode() != tc.want[i] {
+					t.Errorf("capability %d: mode %s, want %s", i, c.GetAccessMode().GetMode(), tc.want[i])
+				}
+				if c.GetMount() == nil || c.GetMount().GetFsType() != "" || c.GetMount().GetMountFlags()[0] != "noatime" {
+					t.Errorf("capability %d: access type %v, want a mount with the class' mount options", i, c.GetAccessType())
+				}
+			}
+		})
+	}
+}
+
+func TestCreateVolumeRequest(t *testing.T) {
+	p := &Provisioner{nodeName: "node-a", topologyKey: "topo/node"}
+	claim := testClaim("data-web-0", "node-a", "1Gi", v1.ReadWriteOnce)
+	claim.Spec.Resources.Limits = v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")}
+	sc := &storagev1.StorageClass{
+		ObjectMeta:  metav1.ObjectMeta{Name: "stickyvol"},
+		Parameters:  map[string]string{"directoryMode": "0750", ParamPVCName: "spoofed"},
+		Provisioner: "hostpath.stickyvol.dev",
+	}
+	req, err := p.createVolumeRequest(controller.ProvisionOptions{
+		StorageClass: sc, PVName: "pvc-123", PVC: claim, SelectedNodeName: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Name != "pvc-123" {
+		t.Errorf("name %q, want the PV name", req.Name)
+	}
+	if req.CapacityRange.RequiredBytes != 1<<30 || req.CapacityRange.LimitBytes != 2<<30 {
+		t.Errorf("capacity range %v, want 1Gi..2Gi", req.CapacityRange)
+	}
+	wantParams := map[string]string{"directoryMode": "0750", ParamPVCName: "data-web-0",
+		ParamPVCNamespace: "default", ParamPVName: "pvc-123"}
+	for k, v := range wantParams {
+		if req.Parameters[k] != v {
+			t.Errorf("parameter %s = %q, want %q", k, req.Parameters[k], v)
+		}
+	}
+	if sc.Parameters[ParamPVCName] != "spoofed" {
+		t.Error("the StorageClass' parameters were modified")
+	}
+	for _, topos := range [][]*csi.Topology{req.AccessibilityRequirements.Requisite, req.AccessibilityRequirements.Preferred} {
+		if len(topos) != 1 || topos[0].Segments["topo/node"] != "node-a" || len(topos[0].Segments) != 1 {
+			t.Errorf("accessibility %v, want exactly topo/node=node-a", topos)
+		}
+	}
+}
+
+func TestCreateVolumeRequestRefusesBlock(t *testing.T) {
+	p := &Provisioner{nodeName: "node-a", topologyKey: "topo/node"}
+	claim := testClaim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
+	block := v1.PersistentVolumeBlock
+	claim.Spec.VolumeMode = &block
+	_, err := p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim})
+	if err == nil || !strings.Contains(err.Error(), "volumeMode: Filesystem") {
+		t.Fatalf("error %v, want the Block refusal", err)
+	}
+}
+
+// testClaim returns a claim in namespace default of class stickyvol.
+func testClaim(name, node, size string, modes ...v1.PersistentVolumeAccessMode) *v1.PersistentVolumeClaim {
+	class := "stickyvol"
+	claim := &v1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: "uid-" + "1234"},
+		Spec: v1.PersistentVolumeClaimSpec{
+			AccessModes:      modes,
+			StorageClassName: &class,
+			Resources: v1.VolumeResourceRequirements{
+				Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse(size)},
+			},
+		},
+	}
+	if node != "" {
+		claim.Annotations = map[string]string{AnnSelectedNode: node}
+	}
+	return claim
+}
