@@ -1,0 +1,280 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"k8s.io/klog/v2"
+)
+
+// listTokenPrefix starts every ListVolumes token: "after:<last ID of the
+// previous page>". Because the token names a position in the sorted ID
+// order rather than an index, volumes created or deleted between pages
+// neither repeat nor shift the next page. The prefix makes tokens that were
+// not made here (anything without it) invalid, which ListVolumes answers
+// with Aborted as CSI asks.
+const listTokenPrefix = "after:"
+
+// controllerServer implements the CSI Controller service. It runs in the
+// node process: the "controller" of a node-local driver only manages the
+// records and directories of its own node.
+type controllerServer struct {
+	csi.UnimplementedControllerServer
+	nodeID  string
+	store   *store
+	locks   *volumeLocks
+	mounter Mounter
+}
+
+func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, t := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: t},
+		}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// CreateVolume makes a directory volume on this node. Size: required_bytes,
+// or DefaultVolumeSize (1 GiB) when no capacity range is given (lowered to
+// limit_bytes if that is smaller). Codes: InvalidArgument for a bad name,
+// capability, capacity range or parameter; ResourceExhausted when the
+// accessibility requirements exclude this node or the size does not fit
+// the node's free capacity; AlreadyExists for the same name with an
+// incompatible size or directoryMode.
+//
+// OutOfRange is not used for "larger than this node": CSI reserves it for
+// capacity ranges the plugin never supports, which stops the provisioner
+// for good, while a claim too big for one node may fit another, which
+// ResourceExhausted (reschedule) allows. A directory has no size limit of
+// its own, so no capacity range is out of range as such.
+func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	spec, err := createSpec(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkTopology(req.GetAccessibilityRequirements()); err != nil {
+		return nil, err
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", spec.ID)
+	unlock, err := s.locks.lock(spec.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.store.create(spec)
+	if err != nil {
+		return nil, statusFor(err, "creating volume "+spec.ID)
+	}
+	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
+	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
+}
+
+// createSpec validates a CreateVolumeRequest.
+func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
+	if err := validateVolumeID(req.GetName(), "name"); err != nil {
+		return volumeSpec{}, err
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return volumeSpec{}, err
+	}
+	size, err := volumeSize(req.GetCapacityRange())
+	if err != nil {
+		return volumeSpec{}, err
+	}
+	params, err := parseParameters(req.GetParameters())
+	if err != nil {
+		return volumeSpec{}, err
+	}
+	if req.GetVolumeContentSource() != nil {
+		return volumeSpec{}, status.Error(codes.InvalidArgument,
+			"volume content sources (snapshots, clones) are not supported")
+	}
+	if len(req.GetMutableParameters()) > 0 {
+		return volumeSpec{}, status.Error(codes.InvalidArgument,
+			"mutable parameters (VolumeAttributesClass) are not supported")
+	}
+	return volumeSpec{ID: req.GetName(), Size: size, Range: req.GetCapacityRange(), Params: params}, nil
+}
+
+// checkTopology refuses a request whose accessibility requirements do not
+// include this node: the requisite list when there is one, else the
+// preferred list. CSI lets a plugin go outside a preferred-only list, but a
+// node-local volume cannot be anywhere but here, and making it on a node the
+// CO did not ask for would pin the pod to that node. ResourceExhausted makes
+// external-provisioner reschedule the claim.
+func (s *controllerServer) checkTopology(req *csi.TopologyRequirement) error {
+	list := req.GetRequisite()
+	if len(list) == 0 {
+		list = req.GetPreferred()
+	}
+	if len(list) == 0 || s.inTopology(list) {
+		return nil
+	}
+	return status.Errorf(codes.ResourceExhausted,
+		"this driver instance can only make volumes on node %q, which the accessibility requirements %v do not include",
+		s.nodeID, topologyString(list))
+}
+
+// inTopology reports whether one of the segments in list describes this
+// node: every key in it is TopologyKey with this node's ID as value.
+func (s *controllerServer) inTopology(list []*csi.Topology) bool {
+	for _, t := range list {
+		match := true
+		for k, v := range t.GetSegments() {
+			if k != TopologyKey || v != s.nodeID {
+				match = false
+			}
+		}
+		if match {
+			return true
+		}
+	}
+	return false
+}
+
+func topologyString(list []*csi.Topology) string {
+	var parts []string
+	for _, t := range list {
+		parts = append(parts, fmt.Sprint(t.GetSegments()))
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}
+
+func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
+	return &csi.Volume{
+		VolumeId:           v.ID,
+		CapacityBytes:      v.CapacityBytes,
+		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},
+	}
+}
+
+// DeleteVolume removes a volume's directory and record. An unknown volume
+// is success. A volume still mounted at one of its targets is
+// FailedPrecondition: removing the directory would pull the data from under
+// a running pod. Targets recorded but no longer mounted (a node reboot, a
+// kubelet that cleaned up without NodeUnpublishVolume) do not block it.
+func (s *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", id)
+	unlock, err := s.locks.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if v, err := s.store.get(id); err == nil {
+		live, err := pruneTargets(klog.NewContext(ctx, logger), s.store, s.mounter, v, "")
+		if err != nil {
+			return nil, statusFor(err, "checking where volume "+id+" is published")
+		}
+		if len(live) > 0 {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s is still published at %s; unpublish it first", id, live[0].Path)
+		}
+	}
+	if err := s.store.delete(id); err != nil {
+		return nil, statusFor(err, "deleting volume "+id)
+	}
+	logger.V(2).Info("Volume deleted")
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// ValidateVolumeCapabilities confirms the capabilities and parameters this
+// driver supports for an existing volume; anything else is answered without
+// confirmation and with a message that says why.
+func (s *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	id := req.GetVolumeId()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	v, err := s.store.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	unconfirmed := func(err error) *csi.ValidateVolumeCapabilitiesResponse {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return unconfirmed(err), nil
+	}
+	if len(req.GetParameters()) > 0 {
+		params, err := parseParameters(req.GetParameters())
+		if err != nil {
+			return unconfirmed(err), nil
+		}
+		if err := compatible(v, volumeSpec{Params: params}); err != nil {
+			return unconfirmed(err), nil
+		}
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// ListVolumes pages through the ready volumes in ID order.
+func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d must not be negative", req.GetMaxEntries())
+	}
+	after := ""
+	if token := req.GetStartingToken(); token != "" {
+		var ok bool
+		after, ok = strings.CutPrefix(token, listTokenPrefix)
+		if !ok || validateVolumeID(after, "token") != nil {
+			return nil, status.Errorf(codes.Aborted, "starting_token %q was not returned by ListVolumes; start again without one", token)
+		}
+	}
+	resp := &csi.ListVolumesResponse{}
+	for _, v := range s.store.list() {
+		if v.ID <= after {
+			continue
+		}
+		if req.GetMaxEntries() > 0 && len(resp.Entries) == int(req.GetMaxEntries()) {
+			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].GetVolume().GetVolumeId()
+			break
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: s.csiVolume(v)})
+	}
+	return resp, nil
+}
+
+// GetCapacity reports the capacity still free on this node, and also the
+// largest volume that fits (all of it: a volume is one directory). It is 0
+// for a topology segment of another node and for capabilities or
+// parameters this driver cannot provision, since no volume can be made
+// there or so.
+func (s *controllerServer) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	if _, err := parseParameters(req.GetParameters()); err != nil {
+		return nil, err
+	}
+	capacity, allocated := s.store.usage()
+	free := max(capacity-allocated, 0)
+	if t := req.GetAccessibleTopology(); t != nil && !s.inTopology([]*csi.Topology{t}) {
+		free = 0
+	}
+	for _, c := range req.GetVolumeCapabilities() {
+		if checkCapability(c) != nil {
+			free = 0
+		}
+	}
+	return &csi.GetCapacityResponse{AvailableCapacity: free, MaximumVolumeSize: wrapperspb.Int64(free)}, nil
+}

@@ -1,0 +1,227 @@
+// Package driver is stickyvol's CSI driver: node-local volumes that are
+// directories under a data root, bind-mounted into pods.
+//
+// The driver serves the CSI Identity, Controller and Node services on one
+// unix socket, each as its own type (identity.go, controller.go, node.go);
+// server.go has the listener and the logging interceptor, validate.go the
+// pure request checks, store.go the volume records and their crash-safe
+// on-disk layout, mount.go the bind mounts.
+//
+// Behaviour, in short:
+//   - A volume's ID is its CreateVolume name, checked against a strict
+//     pattern (validate.go) before any path is built, so CreateVolume is
+//     idempotent by name: the same name with a compatible capacity range
+//     and parameters returns the existing volume, an incompatible one gets
+//     AlreadyExists.
+//   - Only single-node access modes with the mount access type are
+//     supported; MULTI_NODE_* and block are InvalidArgument.
+//   - Capacity is accounted, not enforced: every volume reserves its size
+//     out of the node's capacity (Config.Capacity); a volume that does not
+//     fit gets ResourceExhausted, so the provisioner can reschedule the
+//     claim to another node. Nothing stops a pod from writing more than its
+//     volume's size into the directory.
+//   - Every RPC on a volume takes that volume's lock; a second RPC on a
+//     busy volume gets Aborted and the CO retries.
+//   - Handlers return only gRPC status errors. Store errors are sentinels
+//     mapped with errors.Is (see statusFor).
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+const (
+	// Name is the CSI driver name, also the provisioner name.
+	Name = "hostpath.stickyvol.dev"
+	// TopologyKey is the topology segment NodeGetInfo reports, with the
+	// node ID as its value; PVs get node affinity on it.
+	TopologyKey = "topology.hostpath.stickyvol.dev/node"
+)
+
+// Config configures a Driver.
+type Config struct {
+	// Name is the CSI driver name; empty means Name.
+	Name string
+	// Version is the vendor version GetPluginInfo reports; empty means "dev".
+	Version string
+	// NodeID identifies this node (the Kubernetes node name). Required; it
+	// must be a valid label value (at most 63 characters) because it is the
+	// value of TopologyKey.
+	NodeID string
+	// DataRoot is the absolute directory holding volumes/ and meta/,
+	// e.g. /var/lib/stickyvol. Required; created if missing.
+	DataRoot string
+	// Capacity is the bytes volumes may reserve on this node. 0 means the
+	// free space of DataRoot's file system when New runs, plus what the
+	// existing volumes already reserve (they were free when those volumes
+	// were made). That figure moves as other users of the file system
+	// write; set Capacity for a fixed one.
+	Capacity int64
+	// MaxVolumesPerNode is reported by NodeGetInfo; 0 means not reported
+	// (unlimited).
+	MaxVolumesPerNode int64
+	// Endpoint is the unix socket Run listens on, "unix:///path" or "/path".
+	Endpoint string
+	// SocketGroup sets who may use the socket: -1 makes it mode 0600
+	// (owner only); a group ID >= 0 makes it that group's, mode 0660.
+	// The zero value is group 0 (root).
+	SocketGroup int
+	// Mounter makes the bind mounts; nil means real mounts (NewMounter).
+	Mounter Mounter
+	// Logger receives New's start-up messages (records cleaned up,
+	// directories without a record). The zero value means klog.Background().
+	// RPCs log to the logger in the context passed to Run or Serve.
+	Logger klog.Logger
+}
+
+// Driver is a CSI driver instance on one data root.
+type Driver struct {
+	cfg        Config
+	store      *store
+	identity   *identityServer
+	controller *controllerServer
+	node       *nodeServer
+}
+
+// New validates cfg, creates the data root if needed, reloads the volume
+// records and cleans up work that a crash interrupted (see store.go).
+// The returned Driver serves nothing until Run or Serve is called.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Name == "" {
+		cfg.Name = Name
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if cfg.Mounter == nil {
+		cfg.Mounter = NewMounter()
+	}
+	if cfg.Logger.GetSink() == nil {
+		cfg.Logger = klog.Background()
+	}
+	if err := checkConfig(cfg); err != nil {
+		return nil, err
+	}
+	s, err := openStore(cfg.Logger, cfg.DataRoot, cfg.Capacity)
+	if err != nil {
+		return nil, err
+	}
+	realRoot, err := filepath.EvalSymlinks(cfg.DataRoot)
+	if err != nil {
+		_ = s.close()
+		return nil, fmt.Errorf("resolving data root: %w", err)
+	}
+	locks := &volumeLocks{held: map[string]bool{}}
+	return &Driver{
+		cfg:        cfg,
+		store:      s,
+		identity:   &identityServer{name: cfg.Name, version: cfg.Version, store: s},
+		controller: &controllerServer{nodeID: cfg.NodeID, store: s, locks: locks, mounter: cfg.Mounter},
+		node: &nodeServer{
+			nodeID:     cfg.NodeID,
+			maxVolumes: cfg.MaxVolumesPerNode,
+			store:      s,
+			realRoot:   realRoot,
+			locks:      locks,
+			mounter:    cfg.Mounter,
+		},
+	}, nil
+}
+
+func checkConfig(cfg Config) error {
+	var errs []error
+	if err := validateNodeID(cfg.NodeID); err != nil {
+		errs = append(errs, err)
+	}
+	if !filepath.IsAbs(cfg.DataRoot) || filepath.Clean(cfg.DataRoot) != cfg.DataRoot || cfg.DataRoot == "/" {
+		errs = append(errs, fmt.Errorf("data root %q must be an absolute, clean path other than /", cfg.DataRoot))
+	}
+	if cfg.Capacity < 0 {
+		errs = append(errs, fmt.Errorf("capacity %d must not be negative", cfg.Capacity))
+	}
+	if cfg.MaxVolumesPerNode < 0 {
+		errs = append(errs, fmt.Errorf("max volumes per node %d must not be negative", cfg.MaxVolumesPerNode))
+	}
+	if cfg.SocketGroup < -1 {
+		errs = append(errs, fmt.Errorf("socket group %d must be -1 (owner only) or a group ID", cfg.SocketGroup))
+	}
+	if cfg.Endpoint != "" {
+		if _, err := socketPath(cfg.Endpoint); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Capacity is the bytes volumes may reserve on this node in total.
+func (d *Driver) Capacity() int64 {
+	c, _ := d.store.usage()
+	return c
+}
+
+// Allocated is the bytes the volumes on this node reserve (including
+// volumes being created or deleted).
+func (d *Driver) Allocated() int64 {
+	_, a := d.store.usage()
+	return a
+}
+
+// Volumes returns the records of the node's volumes, sorted by ID.
+func (d *Driver) Volumes() []Volume { return d.store.list() }
+
+// Close releases the data root. Call it after Run or Serve returned.
+func (d *Driver) Close() error { return d.store.close() }
+
+// volumeLocks serializes the RPCs on one volume. A caller that finds the
+// volume busy does not wait: it answers Aborted, which tells the CO that an
+// operation on the volume is in progress and to retry later.
+type volumeLocks struct {
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+// lock takes the lock of volume id or returns an Aborted status.
+func (l *volumeLocks) lock(id string) (unlock func(), err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held[id] {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	}
+	l.held[id] = true
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		delete(l.held, id)
+	}, nil
+}
+
+// statusFor maps an error from the store or the mounter to a status error.
+// msg says what failed, e.g. "creating volume".
+func statusFor(err error, msg string) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, errNotFound):
+		code = codes.NotFound
+	case errors.Is(err, errIncompatible):
+		code = codes.AlreadyExists
+	case errors.Is(err, errNoSpace):
+		code = codes.ResourceExhausted
+	case errors.Is(err, errDeleting):
+		code = codes.Aborted
+	case errors.Is(err, errOrphanDir):
+		code = codes.FailedPrecondition
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	}
+	return status.Errorf(code, "%s: %v", msg, err)
+}

@@ -1,0 +1,175 @@
+package driver
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mounter does the mounts behind NodePublishVolume and NodeUnpublishVolume.
+// The default implementation (Config.Mounter nil) makes real bind mounts
+// with mount(2) through golang.org/x/sys/unix, so no mount binary is needed.
+type Mounter interface {
+	// BindMount mounts the directory source at the existing directory
+	// target, read-only when readOnly is true.
+	BindMount(source, target string, readOnly bool) error
+	// RemountReadOnly makes the mount at target read-only; it is a no-op
+	// on a mount that already is.
+	RemountReadOnly(target string) error
+	// Unmount removes the topmost mount at target.
+	Unmount(target string) error
+	// Mounted reports whether target is a mount point and whether what is
+	// mounted there is the directory source. A missing target is not
+	// mounted and not an error.
+	Mounted(target, source string) (mountPoint, ofSource bool, err error)
+}
+
+// NewMounter returns the Mounter that makes real bind mounts.
+func NewMounter() Mounter { return unixMounter{} }
+
+type unixMounter struct{}
+
+func (unixMounter) BindMount(source, target string, readOnly bool) error {
+	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
+	}
+	if !readOnly {
+		return nil
+	}
+	// A bind mount takes the flags of its source; read-only needs a second
+	// call, which has a window where the target is writable. Nothing uses
+	// the target before NodePublishVolume returns, so that is harmless.
+	if err := (unixMounter{}).RemountReadOnly(target); err != nil {
+		return errors.Join(err, unix.Unmount(target, unix.UMOUNT_NOFOLLOW))
+	}
+	return nil
+}
+
+// RemountReadOnly remounts with MS_BIND|MS_REMOUNT|MS_RDONLY, which changes
+// the flags of this one mount, not of the file system below it. The flags
+// the mount already has (nosuid, nodev, noexec, atime) are passed again:
+// in a user namespace the kernel refuses (EPERM) a remount that would drop
+// such a flag when it is locked, and mount(2) clears flags not given.
+func (unixMounter) RemountReadOnly(target string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", target, err)
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
+	for _, f := range []struct{ st, ms uintptr }{
+		{unix.ST_NOSUID, unix.MS_NOSUID},
+		{unix.ST_NODEV, unix.MS_NODEV},
+		{unix.ST_NOEXEC, unix.MS_NOEXEC},
+		{unix.ST_NOATIME, unix.MS_NOATIME},
+		{unix.ST_NODIRATIME, unix.MS_NODIRATIME},
+		{unix.ST_RELATIME, unix.MS_RELATIME},
+	} {
+		if uintptr(st.Flags)&f.st != 0 {
+			flags |= f.ms
+		}
+	}
+	if err := unix.Mount("", target, "", flags, ""); err != nil {
+		return fmt.Errorf("remount %s read-only: %w", target, err)
+	}
+	return nil
+}
+
+func (unixMounter) Unmount(target string) error {
+	// UMOUNT_NOFOLLOW: if target were replaced by a symlink, unmount
+	// nothing rather than whatever it points to.
+	if err := unix.Unmount(target, unix.UMOUNT_NOFOLLOW); err != nil {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	return nil
+}
+
+func (unixMounter) Mounted(target, source string) (bool, bool, error) {
+	mountPoint, err := isMountPoint(target)
+	if errors.Is(err, fs.ErrNotExist) || !mountPoint {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	// A bind mount shows the source directory itself: same device, same
+	// inode. This also works where mountinfo's root field would need the
+	// source's path relative to its file system.
+	ti, err := os.Stat(target)
+	if err != nil {
+		return true, false, fmt.Errorf("stat %s: %w", target, err)
+	}
+	si, err := os.Stat(source)
+	if err != nil {
+		return true, false, fmt.Errorf("stat %s: %w", source, err)
+	}
+	return true, os.SameFile(ti, si), nil
+}
+
+// isMountPoint reports whether p is the root of a mount. It asks statx for
+// STATX_ATTR_MOUNT_ROOT (Linux 5.8+), which is exact and sees bind mounts of
+// a directory of the same file system (where comparing st_dev with the
+// parent sees nothing); older kernels fall back to /proc/self/mountinfo.
+func isMountPoint(p string) (bool, error) {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_TYPE, &stx)
+	if err != nil {
+		return false, &fs.PathError{Op: "statx", Path: p, Err: err}
+	}
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+		return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
+	}
+	resolved, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return false, err
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = f.Close() }()
+	return mountinfoHas(f, resolved)
+}
+
+// mountinfoHas reports whether a mountinfo table (proc(5)) has a mount at
+// mountPoint. Field 5 is the mount point, with space, tab, newline and
+// backslash written as octal escapes.
+func mountinfoHas(r io.Reader, mountPoint string) (bool, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		if unescapeMountinfo(fields[4]) == mountPoint {
+			return true, nil
+		}
+	}
+	return false, sc.Err()
+}
+
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

@@ -1,0 +1,352 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// maxStackedMounts bounds the unmount loop of NodeUnpublishVolume, which
+// peels off mounts of the volume stacked on one target.
+const maxStackedMounts = 8
+
+// nodeServer implements the CSI Node service. There is no staging: a
+// volume is a directory, so NodePublishVolume bind-mounts it straight onto
+// the target path.
+type nodeServer struct {
+	csi.UnimplementedNodeServer
+	nodeID     string
+	maxVolumes int64
+	store      *store
+	// realRoot is the data root with symlinks resolved, to refuse targets
+	// that reach into it through a symlinked parent.
+	realRoot string
+	locks    *volumeLocks
+	mounter  Mounter
+}
+
+func (s *nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             s.nodeID,
+		MaxVolumesPerNode:  s.maxVolumes,
+		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: s.nodeID}},
+	}, nil
+}
+
+func (s *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: t},
+		}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// NodePublishVolume bind-mounts the volume's directory at the target path,
+// read-only when the request says readonly or the access mode is
+// SINGLE_NODE_READER_ONLY.
+//
+// The target itself is created here. CSI makes that the plugin's job and
+// the CO's the parent's: kubelet's csiMountMgr.SetUpAt runs
+// os.MkdirAll(filepath.Dir(dir)) before NodePublishVolume and never creates
+// dir, and its TearDownAt removes dir again after NodeUnpublishVolume only
+// if the plugin left it. So a missing parent is the CO's error
+// (FailedPrecondition) and is not created here.
+//
+// The target is recorded in the volume's record before it is mounted, so
+// after a crash or restart the driver still knows every place the volume
+// may be mounted. A repeated call for a mounted target with the same
+// read-only flag and access mode succeeds (and makes sure a read-only
+// mount is read-only); different ones get AlreadyExists. A volume published
+// with SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) can be mounted at one
+// target only: another target gets FailedPrecondition.
+func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	if err := validateTargetPath(target, s.store.rootPath); err != nil {
+		return nil, err
+	}
+	if err := checkCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", id, "targetPath", target)
+	ctx = klog.NewContext(ctx, logger)
+	unlock, err := s.locks.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.store.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	want := Target{
+		Path:       target,
+		ReadOnly:   req.GetReadonly() || mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+		AccessMode: mode.String(),
+	}
+	if err := s.admit(ctx, v, want); err != nil {
+		return nil, err
+	}
+	if err := s.publish(ctx, v, want); err != nil {
+		return nil, err
+	}
+	logger.V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// admit checks a publish request against the volume's other targets and
+// records the target.
+func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
+	src := s.store.volumePath(v.ID)
+	if old, ok := v.target(want.Path); ok {
+		if old == want {
+			return nil
+		}
+		if _, mounted, err := s.mounter.Mounted(want.Path, src); err != nil || mounted {
+			if err != nil {
+				return statusFor(err, "checking target path")
+			}
+			return status.Errorf(codes.AlreadyExists,
+				"volume %s is already published at %s with readOnly=%t and access mode %s",
+				v.ID, want.Path, old.ReadOnly, old.AccessMode)
+		}
+	}
+	live, err := pruneTargets(ctx, s.store, s.mounter, v, want.Path)
+	if err != nil {
+		return statusFor(err, "checking where the volume is published")
+	}
+	rwop := csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER.String()
+	for _, t := range live {
+		if t.AccessMode == rwop || want.AccessMode == rwop {
+			return status.Errorf(codes.FailedPrecondition,
+				"volume %s is ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER) and already published at %s",
+				v.ID, t.Path)
+		}
+	}
+	if err := s.store.setTarget(v.ID, want); err != nil {
+		return statusFor(err, "recording target path")
+	}
+	return nil
+}
+
+// publish makes the target directory and mounts the volume there, unless
+// it already is.
+func (s *nodeServer) publish(ctx context.Context, v Volume, t Target) error {
+	src := s.store.volumePath(v.ID)
+	created, err := s.makeTarget(t.Path)
+	if err != nil {
+		return err
+	}
+	mountPoint, ours, err := s.mounter.Mounted(t.Path, src)
+	switch {
+	case err != nil:
+		return statusFor(err, "checking target path")
+	case ours && t.ReadOnly:
+		// A crash between the bind mount and the read-only remount
+		// leaves a writable mount; make sure it is not.
+		if err := s.mounter.RemountReadOnly(t.Path); err != nil {
+			return statusFor(err, "making the mount read-only")
+		}
+		return nil
+	case ours:
+		return nil
+	case mountPoint:
+		return status.Errorf(codes.FailedPrecondition,
+			"target path %s already has a mount that is not volume %s", t.Path, v.ID)
+	}
+	if _, err := os.Stat(src); err != nil {
+		return status.Errorf(codes.Internal, "volume directory of %s is missing: %v", v.ID, err)
+	}
+	if err := s.mounter.BindMount(src, t.Path, t.ReadOnly); err != nil {
+		if created {
+			_ = os.Remove(t.Path)
+		}
+		if derr := s.store.dropTarget(v.ID, t.Path); derr != nil {
+			klog.FromContext(ctx).Error(derr, "Cannot forget the target of a failed mount")
+		}
+		return statusFor(err, "mounting volume")
+	}
+	return nil
+}
+
+// makeTarget creates the target directory if it is missing and checks that
+// an existing one is a real directory outside the data root.
+func (s *nodeServer) makeTarget(target string) (created bool, err error) {
+	parent, err := filepath.EvalSymlinks(filepath.Dir(target))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, status.Errorf(codes.FailedPrecondition,
+			"parent directory of target path %s does not exist; the CO must create it", target)
+	}
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "resolving target path: %v", err)
+	}
+	if err := validateTargetPath(filepath.Join(parent, filepath.Base(target)), s.realRoot); err != nil {
+		return false, err
+	}
+	fi, err := os.Lstat(target)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.Mkdir(target, 0o750); err != nil {
+			return false, status.Errorf(codes.Internal, "creating target path: %v", err)
+		}
+		return true, nil
+	case err != nil:
+		return false, status.Errorf(codes.Internal, "checking target path: %v", err)
+	case !fi.IsDir():
+		return false, status.Errorf(codes.InvalidArgument,
+			"target path %s exists and is not a directory (%s)", target, fi.Mode().Type())
+	}
+	return false, nil
+}
+
+// pruneTargets returns the targets of v (except the path except) where the
+// volume is still mounted, and forgets the others: they were recorded by a
+// publish that did not get to mount, or unmounted behind the driver's back
+// (a node reboot, kubelet cleaning up a pod directory).
+func pruneTargets(ctx context.Context, st *store, m Mounter, v Volume, except string) ([]Target, error) {
+	var live []Target
+	for _, t := range v.Targets {
+		if t.Path == except {
+			continue
+		}
+		_, ours, err := m.Mounted(t.Path, st.volumePath(v.ID))
+		if err != nil {
+			return nil, err
+		}
+		if ours {
+			live = append(live, t)
+			continue
+		}
+		if err := st.dropTarget(v.ID, t.Path); err != nil {
+			return nil, err
+		}
+		klog.FromContext(ctx).V(2).Info("Forgot a target where the volume is no longer mounted", "targetPath", t.Path)
+	}
+	return live, nil
+}
+
+// NodeUnpublishVolume unmounts the volume from the target path and removes
+// the target directory. A missing target, or one the volume was never
+// published at, is success; a target that is the volume's but holds another
+// mount is left alone (FailedPrecondition).
+func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	if err := validateTargetPath(target, s.store.rootPath); err != nil {
+		return nil, err
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", id, "targetPath", target)
+	unlock, err := s.locks.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.store.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	_, recorded := v.target(target)
+	unmounted, err := s.unmountAll(target, s.store.volumePath(id))
+	if err != nil {
+		return nil, err
+	}
+	if !recorded && !unmounted {
+		logger.V(4).Info("Volume is not published at this target; nothing to do")
+		return &csi.NodeUnpublishVolumeResponse{}, nil
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "removing target path after unmount: %v", err)
+	}
+	if err := s.store.dropTarget(id, target); err != nil {
+		return nil, statusFor(err, "forgetting target path")
+	}
+	logger.V(2).Info("Volume unpublished")
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// unmountAll unmounts the volume at target until target no longer shows it.
+func (s *nodeServer) unmountAll(target, src string) (unmounted bool, err error) {
+	for range maxStackedMounts {
+		mountPoint, ours, err := s.mounter.Mounted(target, src)
+		if err != nil {
+			return unmounted, statusFor(err, "checking target path")
+		}
+		if !ours {
+			if mountPoint {
+				return unmounted, status.Errorf(codes.FailedPrecondition,
+					"target path %s has a mount that is not this volume; not touching it", target)
+			}
+			return unmounted, nil
+		}
+		if err := s.mounter.Unmount(target); err != nil {
+			return unmounted, statusFor(err, "unmounting volume")
+		}
+		unmounted = true
+	}
+	return unmounted, status.Errorf(codes.Internal, "target path %s still shows the volume after %d unmounts", target, maxStackedMounts)
+}
+
+// NodeGetVolumeStats reports a published volume's use. Bytes: total is the
+// volume's capacity; used is what a walk of the volume directory finds
+// (allocated blocks, like du; see measureDir for the cost); available is
+// the smaller of what is left of the capacity and what is free on the file
+// system, since volumes share it without quotas. Inodes: used is the number
+// of entries in the volume, available the file system's free inodes, total
+// their sum. A path that is not a target where the volume is mounted is
+// NotFound.
+func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	id, p := req.GetVolumeId(), req.GetVolumePath()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	if p == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	v, err := s.store.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	src := s.store.volumePath(id)
+	if _, ok := v.target(p); !ok {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
+	}
+	if _, ours, err := s.mounter.Mounted(p, src); err != nil || !ours {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s (%v)", id, p, err)
+	}
+	u, err := measureDir(src)
+	if err != nil {
+		return nil, statusFor(err, "measuring volume")
+	}
+	klog.FromContext(ctx).V(4).Info("Volume usage", "volumeID", id, "usedBytes", u.UsedBytes, "usedInodes", u.UsedInodes)
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{
+			Unit:      csi.VolumeUsage_BYTES,
+			Total:     v.CapacityBytes,
+			Used:      u.UsedBytes,
+			Available: max(min(v.CapacityBytes-u.UsedBytes, u.FreeBytes), 0),
+		},
+		{
+			Unit:      csi.VolumeUsage_INODES,
+			Total:     u.UsedInodes + u.FreeInodes,
+			Used:      u.UsedInodes,
+			Available: u.FreeInodes,
+		},
+	}}, nil
+}

@@ -1,0 +1,548 @@
+package driver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
+)
+
+// The store keeps one record per volume and the volume's directory:
+//
+//	<data-root>/volumes/<id>/      the data, bind-mounted into pods
+//	<data-root>/meta/<id>.json     the record (Volume as JSON)
+//
+// Every record write goes to a temporary file in meta/ (name starting with
+// tmpPrefix, which no volume ID can start with), is fsynced, renamed over the
+// record and followed by an fsync of meta/, so a record on disk is always a
+// whole old or a whole new version. Temporary files left by a crash are
+// removed at start.
+//
+// Crash safety comes from a state in the record, written before and after
+// the directory changes:
+//
+//	CreateVolume: record "creating" -> mkdir + chmod + fsync volumes/ -> record "ready"
+//	DeleteVolume: record "deleting" -> remove dir + fsync volumes/ -> remove record
+//
+// The "ready" record is the commit point of a create and the only state a
+// CO ever sees, since CreateVolume answers after it is durable. A record that
+// is not "ready" marks work this driver started and did not finish; at start
+// it is cleaned up (the directory and record removed), which rolls an
+// interrupted create back and an interrupted delete forward, and a retried
+// CreateVolume or DeleteVolume does the same before going on. A directory
+// without a record is never the driver's own half-made state, so it is
+// reported and left alone: the store never deletes data it cannot account
+// for.
+//
+// All paths go through an os.Root opened on the data root, so even a bug in
+// ID validation could not reach a file outside it.
+//
+// Locking: s.mu guards the in-memory map and the counters only; disk I/O
+// happens outside it. Callers hold the volume's lock (volumeLocks) for every
+// call that changes a volume, which serializes the writes of one record.
+
+const (
+	volumesDir = "volumes"
+	metaDir    = "meta"
+	tmpPrefix  = ".tmp-"
+	recordExt  = ".json"
+)
+
+// Volume states in a record.
+const (
+	stateCreating = "creating"
+	stateReady    = "ready"
+	stateDeleting = "deleting"
+)
+
+// Sentinel errors of the store, mapped to gRPC codes by the handlers.
+var (
+	errNotFound     = errors.New("volume not found")
+	errIncompatible = errors.New("volume exists with different parameters")
+	errNoSpace      = errors.New("not enough capacity on this node")
+	errDeleting     = errors.New("volume is being deleted")
+	errOrphanDir    = errors.New("volume directory exists without a record")
+)
+
+// Volume is the record of one volume, as stored in meta/<id>.json.
+type Volume struct {
+	ID string `json:"id"`
+	// State is "creating", "ready" or "deleting"; only ready volumes are
+	// visible through the CSI API.
+	State         string `json:"state"`
+	CapacityBytes int64  `json:"capacityBytes"`
+	// DirectoryMode is the octal permission the directory was created with.
+	DirectoryMode string    `json:"directoryMode"`
+	PVCName       string    `json:"pvcName,omitempty"`
+	PVCNamespace  string    `json:"pvcNamespace,omitempty"`
+	PVName        string    `json:"pvName,omitempty"`
+	Created       time.Time `json:"created"`
+	// Targets are the paths the volume is published at (or is being
+	// published at: a target is recorded before it is mounted).
+	Targets []Target `json:"targets,omitempty"`
+}
+
+// Target is one NodePublishVolume target of a volume.
+type Target struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+	// AccessMode is the CSI access mode name the target was published with.
+	AccessMode string `json:"accessMode"`
+}
+
+func (v *Volume) clone() Volume {
+	c := *v
+	c.Targets = slices.Clone(v.Targets)
+	return c
+}
+
+func (v *Volume) target(p string) (Target, bool) {
+	i := slices.IndexFunc(v.Targets, func(t Target) bool { return t.Path == p })
+	if i < 0 {
+		return Target{}, false
+	}
+	return v.Targets[i], true
+}
+
+// volumeSpec is what CreateVolume asks the store for.
+type volumeSpec struct {
+	ID     string
+	Size   int64              // bytes to allocate for a new volume
+	Range  *csi.CapacityRange // an existing volume must fit it
+	Params volumeParams
+}
+
+type store struct {
+	root     *os.Root
+	rootPath string
+	// afterStep, when set (by tests), runs after each durable step of
+	// create and delete, named "create:intent", "create:mkdir",
+	// "create:commit", "delete:intent", "delete:rmdir", "delete:record".
+	afterStep func(step string)
+
+	mu        sync.Mutex
+	volumes   map[string]*Volume
+	capacity  int64
+	allocated int64
+}
+
+// openStore opens (creating if needed) the data root, reloads the records,
+// finishes or rolls back interrupted work and sets the capacity: capacity
+// when positive, else the free space of the data root's file system plus
+// what existing volumes already hold (see Config.Capacity).
+func openStore(logger klog.Logger, rootPath string, capacity int64) (*store, error) {
+	if err := os.MkdirAll(rootPath, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data root: %w", err)
+	}
+	root, err := os.OpenRoot(rootPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening data root: %w", err)
+	}
+	s := &store{root: root, rootPath: rootPath, volumes: map[string]*Volume{}}
+	if err := s.init(logger, capacity); err != nil {
+		_ = root.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *store) init(logger klog.Logger, capacity int64) error {
+	for _, dir := range []string{volumesDir, metaDir} {
+		if err := s.root.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("creating %s: %w", dir, err)
+		}
+	}
+	if err := s.load(logger); err != nil {
+		return err
+	}
+	if err := s.recover(logger); err != nil {
+		return err
+	}
+	s.checkDirs(logger)
+	if capacity <= 0 {
+		free, err := freeBytes(s.rootPath)
+		if err != nil {
+			return fmt.Errorf("measuring free space of the data root: %w", err)
+		}
+		capacity = free + s.allocated
+	}
+	s.capacity = capacity
+	return nil
+}
+
+// load reads every record in meta/ and removes temporary files.
+func (s *store) load(logger klog.Logger) error {
+	entries, err := fs.ReadDir(s.root.FS(), metaDir)
+	if err != nil {
+		return fmt.Errorf("reading records: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		id, isRecord := strings.CutSuffix(name, recordExt)
+		switch {
+		case strings.HasPrefix(name, tmpPrefix):
+			if err := s.root.Remove(path.Join(metaDir, name)); err != nil {
+				return fmt.Errorf("removing temporary record: %w", err)
+			}
+			logger.V(2).Info("Removed a temporary record left by an interrupted write", "file", name)
+		case isRecord && e.Type().IsRegular() && validateVolumeID(id, "record name") == nil:
+			v, err := s.readRecord(id)
+			if err != nil {
+				return err
+			}
+			s.volumes[id] = v
+			s.allocated += v.CapacityBytes
+		default:
+			logger.Info("Ignoring an unexpected file among the volume records", "file", path.Join(s.rootPath, metaDir, name))
+		}
+	}
+	return nil
+}
+
+func (s *store) readRecord(id string) (*Volume, error) {
+	name := recordName(id)
+	data, err := s.root.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("reading record: %w", err)
+	}
+	v := &Volume{}
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("record %s is corrupt (move it away to start without it): %w",
+			path.Join(s.rootPath, name), err)
+	}
+	if v.ID != id || !slices.Contains([]string{stateCreating, stateReady, stateDeleting}, v.State) || v.CapacityBytes < 0 {
+		return nil, fmt.Errorf("record %s is not valid (id %q, state %q, capacity %d)",
+			path.Join(s.rootPath, name), v.ID, v.State, v.CapacityBytes)
+	}
+	return v, nil
+}
+
+// recover cleans up every volume whose record is not ready.
+func (s *store) recover(logger klog.Logger) error {
+	for id, v := range s.volumes {
+		if v.State == stateReady {
+			continue
+		}
+		if err := s.remove(id); err != nil {
+			return fmt.Errorf("cleaning up volume %s left %s: %w", id, v.State, err)
+		}
+		logger.Info("Cleaned up a volume left by an interrupted operation", "volumeID", id, "state", v.State)
+	}
+	return nil
+}
+
+// checkDirs reports ready volumes without a directory and directories
+// without a record. Neither is changed.
+func (s *store) checkDirs(logger klog.Logger) {
+	for id := range s.volumes {
+		if _, err := s.root.Stat(volumeName(id)); err != nil {
+			logger.Error(err, "Volume directory is missing; publishing this volume will fail", "volumeID", id)
+		}
+	}
+	entries, err := fs.ReadDir(s.root.FS(), volumesDir)
+	if err != nil {
+		logger.Error(err, "Cannot list volume directories")
+		return
+	}
+	for _, e := range entries {
+		if _, ok := s.volumes[e.Name()]; !ok {
+			logger.Info("Directory without a volume record; left alone, remove it if it is not needed",
+				"path", path.Join(s.rootPath, volumesDir, e.Name()))
+		}
+	}
+}
+
+func recordName(id string) string { return path.Join(metaDir, id+recordExt) }
+func volumeName(id string) string { return path.Join(volumesDir, id) }
+
+// volumePath is the absolute path of a volume's directory.
+func (s *store) volumePath(id string) string { return path.Join(s.rootPath, volumesDir, id) }
+
+// get returns a copy of a ready volume's record.
+func (s *store) get(id string) (Volume, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.volumes[id]
+	if !ok || v.State != stateReady {
+		return Volume{}, errNotFound
+	}
+	return v.clone(), nil
+}
+
+// list returns copies of all ready volumes, sorted by ID.
+func (s *store) list() []Volume {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	vols := make([]Volume, 0, len(s.volumes))
+	for _, v := range s.volumes {
+		if v.State == stateReady {
+			vols = append(vols, v.clone())
+		}
+	}
+	slices.SortFunc(vols, func(a, b Volume) int { return strings.Compare(a.ID, b.ID) })
+	return vols
+}
+
+func (s *store) usage() (capacity, allocated int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.capacity, s.allocated
+}
+
+// create makes a volume or returns the existing one when it is compatible
+// with spec. Errors: errIncompatible, errNoSpace, errDeleting, errOrphanDir.
+func (s *store) create(spec volumeSpec) (Volume, error) {
+	s.mu.Lock()
+	old, exists := s.volumes[spec.ID]
+	var oldVolume Volume
+	if exists {
+		oldVolume = old.clone()
+	}
+	s.mu.Unlock()
+	switch {
+	case exists && oldVolume.State == stateReady:
+		return oldVolume, compatible(oldVolume, spec)
+	case exists && oldVolume.State == stateDeleting:
+		return Volume{}, errDeleting
+	case exists:
+		// A create that failed and could not roll back: finish the
+		// rollback, then start over.
+		if err := s.remove(spec.ID); err != nil {
+			return Volume{}, err
+		}
+	}
+	switch _, err := s.root.Lstat(volumeName(spec.ID)); {
+	case err == nil:
+		return Volume{}, fmt.Errorf("%w: %s", errOrphanDir, s.volumePath(spec.ID))
+	case !errors.Is(err, fs.ErrNotExist):
+		return Volume{}, fmt.Errorf("checking volume directory: %w", err)
+	}
+
+	v := &Volume{
+		ID:            spec.ID,
+		State:         stateCreating,
+		CapacityBytes: spec.Size,
+		DirectoryMode: fmt.Sprintf("%04o", spec.Params.DirectoryMode),
+		PVCName:       spec.Params.PVCName,
+		PVCNamespace:  spec.Params.PVCNamespace,
+		PVName:        spec.Params.PVName,
+		Created:       time.Now().UTC().Truncate(time.Second),
+	}
+	if err := s.reserve(v); err != nil {
+		return Volume{}, err
+	}
+	if err := s.createOnDisk(v, spec.Params.DirectoryMode); err != nil {
+		if rerr := s.remove(spec.ID); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rolling back: %w", rerr))
+		}
+		return Volume{}, err
+	}
+	return v.clone(), nil
+}
+
+func compatible(v Volume, spec volumeSpec) error {
+	if !fitsRange(v.CapacityBytes, spec.Range) {
+		return fmt.Errorf("%w: it has %d bytes, the request asks for required_bytes=%d, limit_bytes=%d",
+			errIncompatible, v.CapacityBytes, spec.Range.GetRequiredBytes(), spec.Range.GetLimitBytes())
+	}
+	if mode := fmt.Sprintf("%04o", spec.Params.DirectoryMode); mode != v.DirectoryMode {
+		return fmt.Errorf("%w: it has %s=%s, the request asks for %s",
+			errIncompatible, ParamDirectoryMode, v.DirectoryMode, mode)
+	}
+	return nil
+}
+
+// reserve adds a new volume (state creating) to the map if it fits.
+func (s *store) reserve(v *Volume) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if free := s.capacity - s.allocated; v.CapacityBytes > free {
+		return fmt.Errorf("%w: %d bytes requested, %d of %d bytes free", errNoSpace, v.CapacityBytes, free, s.capacity)
+	}
+	s.volumes[v.ID] = v
+	s.allocated += v.CapacityBytes
+	return nil
+}
+
+func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
+	if err := s.writeRecord(v); err != nil {
+		return err
+	}
+	s.step("create:intent")
+	name := volumeName(v.ID)
+	if err := s.root.Mkdir(name, 0o700); err != nil {
+		return fmt.Errorf("creating volume directory: %w", err)
+	}
+	// Mkdir's mode is filtered by the umask; set the mode asked for.
+	if err := s.root.Chmod(name, mode); err != nil {
+		return fmt.Errorf("setting volume directory mode: %w", err)
+	}
+	if err := s.syncDir(volumesDir); err != nil {
+		return err
+	}
+	s.step("create:mkdir")
+	if _, err := s.update(v.ID, func(v *Volume) { v.State = stateReady }); err != nil {
+		return err
+	}
+	s.step("create:commit")
+	return nil
+}
+
+// delete removes a volume's directory and record. An unknown volume is not
+// an error: deleting is idempotent.
+func (s *store) delete(id string) error {
+	s.mu.Lock()
+	v, ok := s.volumes[id]
+	state := ""
+	if ok {
+		state = v.State
+	}
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if state == stateReady {
+		if _, err := s.update(id, func(v *Volume) { v.State = stateDeleting }); err != nil {
+			return err
+		}
+		s.step("delete:intent")
+	}
+	return s.remove(id)
+}
+
+// remove deletes a volume's directory, then its record, then forgets it.
+func (s *store) remove(id string) error {
+	if err := s.root.RemoveAll(volumeName(id)); err != nil {
+		return fmt.Errorf("removing volume directory: %w", err)
+	}
+	if err := s.syncDir(volumesDir); err != nil {
+		return err
+	}
+	s.step("delete:rmdir")
+	if err := s.root.Remove(recordName(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing volume record: %w", err)
+	}
+	if err := s.syncDir(metaDir); err != nil {
+		return err
+	}
+	s.step("delete:record")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.volumes[id]; ok {
+		s.allocated -= v.CapacityBytes
+		delete(s.volumes, id)
+	}
+	return nil
+}
+
+// update applies change to a copy of a volume's record, writes the copy and
+// then makes it the current record, so memory never runs ahead of disk.
+func (s *store) update(id string, change func(*Volume)) (Volume, error) {
+	s.mu.Lock()
+	v, ok := s.volumes[id]
+	if !ok {
+		s.mu.Unlock()
+		return Volume{}, errNotFound
+	}
+	next := v.clone()
+	s.mu.Unlock()
+	change(&next)
+	if err := s.writeRecord(&next); err != nil {
+		return Volume{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.volumes[id] = &next
+	return next.clone(), nil
+}
+
+// setTarget records t as a target of a ready volume, replacing a target
+// with the same path.
+func (s *store) setTarget(id string, t Target) error {
+	_, err := s.update(id, func(v *Volume) {
+		v.Targets = slices.DeleteFunc(v.Targets, func(old Target) bool { return old.Path == t.Path })
+		v.Targets = append(v.Targets, t)
+	})
+	return err
+}
+
+// dropTarget forgets a target of a volume; a target not recorded is fine.
+func (s *store) dropTarget(id, targetPath string) error {
+	v, err := s.get(id)
+	if err != nil {
+		return err
+	}
+	if _, ok := v.target(targetPath); !ok {
+		return nil
+	}
+	_, err = s.update(id, func(v *Volume) {
+		v.Targets = slices.DeleteFunc(v.Targets, func(t Target) bool { return t.Path == targetPath })
+	})
+	return err
+}
+
+// writeRecord writes a record atomically: temporary file, fsync, rename,
+// fsync of meta/.
+func (s *store) writeRecord(v *Volume) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding record: %w", err)
+	}
+	tmp := path.Join(metaDir, tmpPrefix+v.ID)
+	if err := s.writeSynced(tmp, append(data, '\n')); err != nil {
+		_ = s.root.Remove(tmp)
+		return fmt.Errorf("writing record: %w", err)
+	}
+	if err := s.root.Rename(tmp, recordName(v.ID)); err != nil {
+		_ = s.root.Remove(tmp)
+		return fmt.Errorf("renaming record: %w", err)
+	}
+	return s.syncDir(metaDir)
+}
+
+func (s *store) writeSynced(name string, data []byte) error {
+	f, err := s.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// syncDir fsyncs a directory so the entries created, renamed or removed in
+// it survive a power loss.
+func (s *store) syncDir(name string) error {
+	d, err := s.root.Open(name)
+	if err != nil {
+		return fmt.Errorf("opening %s for fsync: %w", name, err)
+	}
+	defer func() { _ = d.Close() }()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *store) step(name string) {
+	if s.afterStep != nil {
+		s.afterStep(name)
+	}
+}
+
+func (s *store) close() error { return s.root.Close() }
