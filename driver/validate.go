@@ -45,7 +45,7 @@ const (
 	// metadataPrefix starts the keys the external-provisioner convention
 	// reserves for metadata (--extra-create-metadata) and secrets; they are
 	// accepted and never interpreted as options.
-	metadataPrefix = "csi.storage.k8s.io/"
+	metadataPrefix    = "csi.storage.k8s.io/"
 	paramPVCName      = metadataPrefix + "pvc/name"
 	paramPVCNamespace = metadataPrefix + "pvc/namespace"
 	paramPVName       = metadataPrefix + "pv/name"
