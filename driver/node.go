@@ -99,10 +99,14 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		ReadOnly:   req.GetReadonly() || mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
 		AccessMode: mode.String(),
 	}
+	exists, err := s.checkTarget(target)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.admit(ctx, v, want); err != nil {
 		return nil, err
 	}
-	if err := s.publish(ctx, v, want); err != nil {
+	if err := s.publish(ctx, v, want, exists); err != nil {
 		return nil, err
 	}
 	logger.V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode)
@@ -144,13 +148,25 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 	return nil
 }
 
-// publish makes the target directory and mounts the volume there, unless
-// it already is.
-func (s *nodeServer) publish(ctx context.Context, v Volume, t Target) error {
+// publish makes the target directory if it does not exist and mounts the
+// volume there, unless it already is. When it cannot mount, the target is
+// forgotten again and a directory it made is removed; a target where the
+// volume is mounted stays recorded whatever happens.
+func (s *nodeServer) publish(ctx context.Context, v Volume, t Target, exists bool) error {
 	src := s.store.volumePath(v.ID)
-	created, err := s.makeTarget(t.Path)
-	if err != nil {
+	undo := func(err error) error {
+		if !exists {
+			_ = os.Remove(t.Path)
+		}
+		if derr := s.store.dropTarget(v.ID, t.Path); derr != nil {
+			klog.FromContext(ctx).Error(derr, "Cannot forget the target of a failed publish")
+		}
 		return err
+	}
+	if !exists {
+		if err := os.Mkdir(t.Path, 0o750); err != nil {
+			return undo(status.Errorf(codes.Internal, "creating target path: %v", err))
+		}
 	}
 	mountPoint, ours, err := s.mounter.Mounted(t.Path, src)
 	switch {
@@ -166,27 +182,22 @@ func (s *nodeServer) publish(ctx context.Context, v Volume, t Target) error {
 	case ours:
 		return nil
 	case mountPoint:
-		return status.Errorf(codes.FailedPrecondition,
-			"target path %s already has a mount that is not volume %s", t.Path, v.ID)
+		return undo(status.Errorf(codes.FailedPrecondition,
+			"target path %s already has a mount that is not volume %s", t.Path, v.ID))
 	}
 	if _, err := os.Stat(src); err != nil {
-		return status.Errorf(codes.Internal, "volume directory of %s is missing: %v", v.ID, err)
+		return undo(status.Errorf(codes.Internal, "volume directory of %s is missing: %v", v.ID, err))
 	}
 	if err := s.mounter.BindMount(src, t.Path, t.ReadOnly); err != nil {
-		if created {
-			_ = os.Remove(t.Path)
-		}
-		if derr := s.store.dropTarget(v.ID, t.Path); derr != nil {
-			klog.FromContext(ctx).Error(derr, "Cannot forget the target of a failed mount")
-		}
-		return statusFor(err, "mounting volume")
+		return undo(statusFor(err, "mounting volume"))
 	}
 	return nil
 }
 
-// makeTarget creates the target directory if it is missing and checks that
-// an existing one is a real directory outside the data root.
-func (s *nodeServer) makeTarget(target string) (created bool, err error) {
+// checkTarget checks, without changing anything, that the target's parent
+// exists and, with symlinks resolved, is outside the data root, and that
+// the target is missing or a directory.
+func (s *nodeServer) checkTarget(target string) (exists bool, err error) {
 	parent, err := filepath.EvalSymlinks(filepath.Dir(target))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, status.Errorf(codes.FailedPrecondition,
@@ -201,17 +212,14 @@ func (s *nodeServer) makeTarget(target string) (created bool, err error) {
 	fi, err := os.Lstat(target)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := os.Mkdir(target, 0o750); err != nil {
-			return false, status.Errorf(codes.Internal, "creating target path: %v", err)
-		}
-		return true, nil
+		return false, nil
 	case err != nil:
 		return false, status.Errorf(codes.Internal, "checking target path: %v", err)
 	case !fi.IsDir():
 		return false, status.Errorf(codes.InvalidArgument,
 			"target path %s exists and is not a directory (%s)", target, fi.Mode().Type())
 	}
-	return false, nil
+	return true, nil
 }
 
 // pruneTargets returns the targets of v (except the path except) where the
