@@ -15,7 +15,7 @@ STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GO_BUILD    := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 
-.PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean
+.PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check
 
 all: build
 
@@ -48,6 +48,12 @@ $(STATICCHECK):
 	mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS)/staticcheck.tmp go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(TOOLS)/staticcheck.tmp/staticcheck $@ && rmdir $(TOOLS)/staticcheck.tmp
+
+# Renders deploy/base and the overlays as `kubectl apply -k` does, decodes every
+# object (and the examples) strictly into client-go's types and checks what a
+# cluster depends on. Needs no cluster.
+deploy-check:
+	go test -count=1 ./deploy/
 
 bench:
 	go test -run '^$$' -bench . -benchmem -count 6 ./driver/...

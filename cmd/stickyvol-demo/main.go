@@ -24,6 +24,8 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+var errNoCommand = errors.New("want a command: serve, fetch or version")
+
 const usage = `usage:
   stickyvol-demo serve [--dir DIR] [--addr ADDR]
   stickyvol-demo fetch --from URL --to FILE [--timeout D] [--interval D]
@@ -39,6 +41,9 @@ func main() {
 
 	if err := run(ctx, os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(os.Stderr, "stickyvol-demo: %v\n", err)
+		if errors.Is(err, errNoCommand) {
+			fmt.Fprint(os.Stderr, usage)
+		}
 		stop()
 		os.Exit(1)
 	}
@@ -46,7 +51,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("no command given\n" + usage)
+		return errNoCommand
 	}
 	switch cmd, args := args[0], args[1:]; cmd {
 	case "serve":
@@ -57,7 +62,7 @@ func run(ctx context.Context, args []string) error {
 		fmt.Println(version)
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q\n%s", cmd, usage)
+		return fmt.Errorf("unknown command %q: %w", cmd, errNoCommand)
 	}
 }
 

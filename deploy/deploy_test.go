@@ -1,0 +1,277 @@
+// Package deploy_test renders the kustomizations under deploy/ and the example
+// manifests, decodes every object strictly into client-go's types, and checks
+// what a cluster would notice: names that must match the driver, the volume
+// binding mode, the mounts, the RBAC rules.
+package deploy_test
+
+import (
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+const (
+	driverName   = "hostpath.stickyvol.dev"
+	className    = "stickyvol"
+	namespace    = "stickyvol"
+	agentName    = "stickyvol-node"
+	agentImage   = "stickyvol.local/stickyvol:dev"
+	kubeletRoot  = "/var/lib/kubelet"
+	dataRoot     = "/var/lib/stickyvol"
+	defaultClass = "storageclass.kubernetes.io/is-default-class"
+)
+
+// overlays are what users apply; base is what they share.
+var overlays = []string{"overlays/kind", "overlays/local"}
+
+// nodeFlags are the flags of `stickyvol node`.
+var nodeFlags = []string{
+	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "kubeconfig",
+	"kube-api-qps", "kube-api-burst", "threadiness", "metrics-address",
+	"register-with-kubelet", "leader-election", "leader-election-namespace", "v",
+}
+
+func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
+	want := []string{
+		"ClusterRole/stickyvol-node",
+		"ClusterRoleBinding/stickyvol-node",
+		"CSIDriver/hostpath.stickyvol.dev",
+		"DaemonSet/stickyvol/stickyvol-node",
+		"Namespace/stickyvol",
+		"Role/stickyvol/stickyvol-node",
+		"RoleBinding/stickyvol/stickyvol-node",
+		"ServiceAccount/stickyvol/stickyvol-node",
+		"StorageClass/stickyvol",
+	}
+	slices.Sort(want)
+	for _, dir := range append([]string{"base"}, overlays...) {
+		var got []string
+		for _, o := range render(t, dir) {
+			id := o.GetObjectKind().GroupVersionKind().Kind + "/" + o.GetName()
+			if ns := o.GetNamespace(); ns != "" {
+				id = o.GetObjectKind().GroupVersionKind().Kind + "/" + ns + "/" + o.GetName()
+			}
+			got = append(got, id)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s renders\n  %v\nwant\n  %v", dir, got, want)
+		}
+	}
+}
+
+func TestStorageClass(t *testing.T) {
+	for _, dir := range overlays {
+		t.Run(dir, func(t *testing.T) {
+			sc := get[*storagev1.StorageClass](t, render(t, dir), className)
+			if sc.Provisioner != driverName {
+				t.Errorf("provisioner %q, want the driver name %q", sc.Provisioner, driverName)
+			}
+			// Immediate would place the volume before the pod has a node.
+			if sc.VolumeBindingMode == nil || *sc.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer {
+				t.Errorf("volumeBindingMode %v, want WaitForFirstConsumer", show(sc.VolumeBindingMode))
+			}
+			if sc.ReclaimPolicy == nil || *sc.ReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+				t.Errorf("reclaimPolicy %v, want Delete", show(sc.ReclaimPolicy))
+			}
+			if sc.AllowVolumeExpansion == nil || *sc.AllowVolumeExpansion {
+				t.Error("allowVolumeExpansion must be false until the driver can expand")
+			}
+			wantDefault := dir == "overlays/kind"
+			if isDefault := sc.Annotations[defaultClass] == "true"; isDefault != wantDefault {
+				t.Errorf("%s annotation %q, want default=%v", defaultClass, sc.Annotations[defaultClass], wantDefault)
+			}
+		})
+	}
+}
+
+func TestCSIDriver(t *testing.T) {
+	d := get[*storagev1.CSIDriver](t, render(t, "base"), driverName)
+	s := d.Spec
+	if s.AttachRequired == nil || *s.AttachRequired {
+		t.Error("attachRequired must be false: a node-local directory has nothing to attach")
+	}
+	if s.PodInfoOnMount == nil || !*s.PodInfoOnMount {
+		t.Error("podInfoOnMount must be true")
+	}
+	if s.FSGroupPolicy == nil || *s.FSGroupPolicy != storagev1.FileFSGroupPolicy {
+		t.Errorf("fsGroupPolicy %v, want File (non-root pods need fsGroup applied)", show(s.FSGroupPolicy))
+	}
+	if !slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}) {
+		t.Errorf("volumeLifecycleModes %v, want [Persistent]", s.VolumeLifecycleModes)
+	}
+	// With storageCapacity on and no CSIStorageCapacity objects published,
+	// the scheduler finds no room anywhere and every pod stays Pending.
+	if s.StorageCapacity == nil || *s.StorageCapacity {
+		t.Error("storageCapacity must be false until the agent publishes CSIStorageCapacity")
+	}
+}
+
+func TestDaemonSetImage(t *testing.T) {
+	for _, dir := range overlays {
+		ds := get[*appsv1.DaemonSet](t, render(t, dir), agentName)
+		c := ds.Spec.Template.Spec.Containers[0]
+		// The image is loaded into the nodes, never pulled: a pull of
+		// stickyvol.local/... fails, and :latest would default to Always.
+		if c.Image != agentImage || c.ImagePullPolicy != corev1.PullIfNotPresent {
+			t.Errorf("%s: image %s pull %s, want %s pull IfNotPresent", dir, c.Image, c.ImagePullPolicy, agentImage)
+		}
+	}
+}
+
+// nodeArgs checks the agent's command line and returns its flags by name.
+func nodeArgs(t *testing.T, c corev1.Container) map[string]string {
+	t.Helper()
+	if len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != "node" {
+		t.Fatalf("want the image's entrypoint with args [node ...], got command %q args %q", c.Command, c.Args)
+	}
+	flags := map[string]string{}
+	for _, arg := range c.Args[1:] {
+		name, value, ok := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		if !strings.HasPrefix(arg, "-") || !ok {
+			t.Errorf("arg %q: want --name=value", arg)
+			continue
+		}
+		if !slices.Contains(nodeFlags, name) {
+			t.Errorf("arg %q: `stickyvol node` has no flag %q", arg, name)
+		}
+		flags[name] = value
+	}
+	return flags
+}
+
+func TestDaemonSetRunsTheAgentOnEveryNode(t *testing.T) {
+	objs := render(t, "overlays/local")
+	ds := get[*appsv1.DaemonSet](t, objs, agentName)
+	pod := ds.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		t.Fatalf("want one container (no sidecars), got %d", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	flags := nodeArgs(t, c)
+
+	if flags["node-name"] != "$(NODE_NAME)" || !envFromField(c, "NODE_NAME", "spec.nodeName") {
+		t.Errorf("--node-name=%q: want $(NODE_NAME) with NODE_NAME from spec.nodeName", flags["node-name"])
+	}
+	if flags["leader-election-namespace"] != "$(POD_NAMESPACE)" || !envFromField(c, "POD_NAMESPACE", "metadata.namespace") {
+		t.Errorf("--leader-election-namespace=%q: want the pod's own namespace, where the Role grants leases", flags["leader-election-namespace"])
+	}
+	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
+		t.Error("the agent must be privileged: it bind-mounts into pods and uses Bidirectional propagation")
+	}
+	if !slices.ContainsFunc(pod.Tolerations, func(tol corev1.Toleration) bool {
+		return tol.Key == "" && tol.Operator == corev1.TolerationOpExists && tol.Effect == ""
+	}) {
+		t.Errorf("tolerations %v: want one that tolerates every taint, so every node serves its volumes", pod.Tolerations)
+	}
+	if pod.PriorityClassName != "system-node-critical" {
+		t.Errorf("priorityClassName %q, want system-node-critical", pod.PriorityClassName)
+	}
+	if pod.HostNetwork {
+		t.Error("hostNetwork: the nodes of the local cluster share one network namespace, so a host port clashes")
+	}
+	sa := get[*corev1.ServiceAccount](t, objs, pod.ServiceAccountName)
+	if sa.Namespace != ds.Namespace {
+		t.Errorf("ServiceAccount %s/%s is not in the DaemonSet's namespace %s", sa.Namespace, sa.Name, ds.Namespace)
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+		t.Errorf("requests %v: want cpu and memory", c.Resources.Requests)
+	}
+}
+
+func envFromField(c corev1.Container, name, fieldPath string) bool {
+	return slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		return e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil &&
+			e.ValueFrom.FieldRef.FieldPath == fieldPath
+	})
+}
+
+func TestDaemonSetMounts(t *testing.T) {
+	ds := get[*appsv1.DaemonSet](t, render(t, "overlays/local"), agentName)
+	pod := ds.Spec.Template.Spec
+	c := pod.Containers[0]
+	flags := nodeArgs(t, c)
+
+	kubelet := hostMount(t, pod, c, flags["kubelet-root"])
+	if kubelet.hostPath.Path != kubeletRoot || kubelet.mount.MountPath != kubeletRoot {
+		t.Errorf("--kubelet-root=%s mounts host %s at %s, want %s at the same path (kubelet hands the agent host paths)",
+			flags["kubelet-root"], kubelet.hostPath.Path, kubelet.mount.MountPath, kubeletRoot)
+	}
+	if p := kubelet.mount.MountPropagation; p == nil || *p != corev1.MountPropagationBidirectional {
+		t.Errorf("kubelet root propagation %v, want Bidirectional: bind mounts into pods must reach the host", show(p))
+	}
+	if ty := kubelet.hostPath.Type; ty == nil || *ty != corev1.HostPathDirectory {
+		t.Errorf("kubelet root hostPath type %v, want Directory (a wrong root must fail, not be created empty)", show(ty))
+	}
+	data := hostMount(t, pod, c, flags["data-root"])
+	if data.hostPath.Path != dataRoot || data.mount.MountPath != dataRoot {
+		t.Errorf("--data-root=%s mounts host %s at %s, want %s", flags["data-root"], data.hostPath.Path, data.mount.MountPath, dataRoot)
+	}
+	// A second mount below a Bidirectional one propagates to the host and is
+	// left there at every container restart.
+	for _, m := range c.VolumeMounts {
+		if m.MountPath != kubeletRoot && strings.HasPrefix(m.MountPath+"/", kubeletRoot+"/") {
+			t.Errorf("volume %q is mounted at %s, below the Bidirectional kubelet root", m.Name, m.MountPath)
+		}
+	}
+}
+
+type mounted struct {
+	mount    corev1.VolumeMount
+	hostPath *corev1.HostPathVolumeSource
+}
+
+// hostMount finds the container's mount at path and the hostPath volume behind it.
+func hostMount(t *testing.T, pod corev1.PodSpec, c corev1.Container, path string) mounted {
+	t.Helper()
+	i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == path })
+	if path == "" || i < 0 {
+		t.Fatalf("no volume is mounted at %q (is the flag set?)", path)
+	}
+	m := c.VolumeMounts[i]
+	j := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+	if j < 0 || pod.Volumes[j].HostPath == nil {
+		t.Fatalf("volume %q mounted at %s is not a hostPath volume", m.Name, path)
+	}
+	return mounted{mount: m, hostPath: pod.Volumes[j].HostPath}
+}
+
+func TestDaemonSetLivenessProbe(t *testing.T) {
+	ds := get[*appsv1.DaemonSet](t, render(t, "overlays/local"), agentName)
+	c := ds.Spec.Template.Spec.Containers[0]
+	flags := nodeArgs(t, c)
+	_, metricsPort, err := net.SplitHostPort(flags["metrics-address"])
+	if err != nil {
+		t.Fatalf("--metrics-address=%q: %v", flags["metrics-address"], err)
+	}
+	p := c.LivenessProbe
+	if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" {
+		t.Fatalf("liveness probe %v, want HTTP GET /healthz", p)
+	}
+	port := p.HTTPGet.Port.IntValue()
+	if p.HTTPGet.Port.Type == intstr.String {
+		i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == p.HTTPGet.Port.StrVal })
+		if i < 0 {
+			t.Fatalf("liveness probe port %q names no container port", p.HTTPGet.Port.StrVal)
+		}
+		port = int(c.Ports[i].ContainerPort)
+	}
+	if strconv.Itoa(port) != metricsPort {
+		t.Errorf("liveness probe reaches port %d, the agent serves /healthz on --metrics-address=%s", port, flags["metrics-address"])
+	}
+}
+
+// show prints what a pointer field holds, or <unset>.
+func show[T any](p *T) any {
+	if p == nil {
+		return "<unset>"
+	}
+	return *p
+}
