@@ -1,0 +1,282 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Versions of the programs the cluster runs, built from the Go module proxy.
+// Kubernetes stays on 1.37 while nodes run Debian 12's containerd 1.6: that
+// containerd lacks the CRI RuntimeConfig call, which kubelet 1.37 still
+// tolerates and 1.38 will not.
+const (
+	KubernetesVersion = "v1.37.2"
+	EtcdVersion       = "v3.6.16"
+	CoreDNSVersion    = "v1.15.0"
+	KwokVersion       = "v0.8.0"
+)
+
+// Binaries holds the absolute paths of the cluster's programs.
+type Binaries struct {
+	Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kubelet, KubeProxy, Kubectl, CoreDNS, Kwok string
+	// KwokStageDir holds the kwok Stage configs the fake nodes and their
+	// pods go through: node-initialize, node-heartbeat-with-lease,
+	// pod-ready, pod-complete and pod-delete (one YAML file each).
+	KwokStageDir string
+}
+
+// DefaultCacheDir is where binaries, images and the cluster live unless told
+// otherwise: $HOME/.cache/stickyvol, or a directory under the system's
+// temporary directory when there is no home.
+func DefaultCacheDir() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "stickyvol-cache")
+	}
+	return filepath.Join(home, ".cache", "stickyvol")
+}
+
+// Prepare makes everything a cluster needs before it starts: the OS
+// packages, the binaries and the base images (in that order: the busybox
+// image is made from an OS package). out receives progress lines.
+func Prepare(ctx context.Context, cacheDir string, out io.Writer) (*Binaries, []string, error) {
+	if err := EnsureOSPackages(ctx, out); err != nil {
+		return nil, nil, err
+	}
+	bins, err := EnsureBinaries(ctx, cacheDir, out)
+	if err != nil {
+		return nil, nil, err
+	}
+	images, err := EnsureBaseImages(ctx, cacheDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return bins, images, nil
+}
+
+// Upstream modules the commands come from. Each is built in a helper module
+// of its own (see prepareModule).
+var (
+	kubernetesModule = goModule{name: "kubernetes", path: "k8s.io/kubernetes", version: KubernetesVersion, stagingReplaces: true}
+	etcdModule       = goModule{name: "etcd", path: "go.etcd.io/etcd/server/v3", version: EtcdVersion}
+	coreDNSModule    = goModule{name: "coredns", path: "github.com/coredns/coredns", version: CoreDNSVersion}
+	kwokModule       = goModule{name: "kwok", path: "sigs.k8s.io/kwok", version: KwokVersion}
+)
+
+// command is one program built from a module, and the Binaries field that
+// receives its path.
+type command struct {
+	name string
+	pkg  string
+	mod  goModule
+	dst  *string
+}
+
+func (c command) version() string { return c.mod.version }
+
+// commands lists what EnsureBinaries builds, in build order: the small ones
+// first, so a first run shows progress early.
+func (b *Binaries) commands() []command {
+	k8s := func(name string, dst *string) command {
+		return command{name: name, pkg: "k8s.io/kubernetes/cmd/" + name, mod: kubernetesModule, dst: dst}
+	}
+	return []command{
+		{name: "etcd", pkg: "go.etcd.io/etcd/server/v3", mod: etcdModule, dst: &b.Etcd},
+		{name: "kwok", pkg: "sigs.k8s.io/kwok/cmd/kwok", mod: kwokModule, dst: &b.Kwok},
+		{name: "coredns", pkg: "github.com/coredns/coredns", mod: coreDNSModule, dst: &b.CoreDNS},
+		k8s("kube-apiserver", &b.KubeAPIServer),
+		k8s("kube-controller-manager", &b.KubeControllerManager),
+		k8s("kube-scheduler", &b.KubeScheduler),
+		k8s("kubelet", &b.Kubelet),
+		k8s("kube-proxy", &b.KubeProxy),
+		k8s("kubectl", &b.Kubectl),
+	}
+}
+
+// kwokStages maps each Stage file EnsureBinaries provides to its path in the
+// kwok module. kwok's "fast" stages move pods straight to Ready and nodes
+// straight to Ready, with node heartbeats through Leases like a kubelet.
+var kwokStages = map[string]string{
+	"node-initialize.yaml":           "kustomize/stage/node/fast/node-initialize.yaml",
+	"node-heartbeat-with-lease.yaml": "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+	"pod-ready.yaml":                 "kustomize/stage/pod/fast/pod-ready.yaml",
+	"pod-complete.yaml":              "kustomize/stage/pod/fast/pod-complete.yaml",
+	"pod-delete.yaml":                "kustomize/stage/pod/fast/pod-delete.yaml",
+}
+
+// EnsureBinaries returns the cluster's programs under cacheDir/bin, named
+// <name>-<version>, building those that are missing from the Go module proxy
+// one at a time. Progress and build times go to out. With everything built it
+// only looks at the files, so it returns at once; a cold build of Kubernetes
+// takes many minutes and a few GB of Go build cache.
+func EnsureBinaries(ctx context.Context, cacheDir string, out io.Writer) (*Binaries, error) {
+	bins := &Binaries{KwokStageDir: filepath.Join(cacheDir, "share", "kwok-stages-"+KwokVersion)}
+	var missing []command
+	for _, c := range bins.commands() {
+		*c.dst = binaryPath(cacheDir, c.name, c.version())
+		if !isExecutable(*c.dst) {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) == 0 && hasKwokStages(bins.KwokStageDir) {
+		return bins, nil
+	}
+
+	unlock, err := lockCache(ctx, cacheDir, out)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	b, err := newBuilder(cacheDir, out)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range missing {
+		// Another process may have built it while this one waited for the lock.
+		if isExecutable(*c.dst) {
+			continue
+		}
+		if err := b.build(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	if !hasKwokStages(bins.KwokStageDir) {
+		if err := b.copyKwokStages(ctx, bins.KwokStageDir); err != nil {
+			return nil, err
+		}
+	}
+	klog.FromContext(ctx).V(2).Info("Binaries ready", "cacheDir", cacheDir)
+	return bins, nil
+}
+
+func binaryPath(cacheDir, name, version string) string {
+	return filepath.Join(cacheDir, "bin", name+"-"+version)
+}
+
+func isExecutable(path string) bool {
+	info, err := os.Stat(path)
+	return err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 && info.Size() > 0
+}
+
+func hasKwokStages(dir string) bool {
+	for name := range kwokStages {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// build builds one command into a temporary file beside its final path and
+// renames it into place, so a killed build never leaves a half binary.
+func (b *builder) build(ctx context.Context, c command) error {
+	dir, err := b.prepareModule(ctx, c.mod)
+	if err != nil {
+		return err
+	}
+	dst := *c.dst
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	removeStale(dst + ".tmp-*")
+	tmp := fmt.Sprintf("%s.tmp-%d", dst, os.Getpid())
+	defer os.Remove(tmp) // fails harmlessly once renamed
+
+	fmt.Fprintf(b.out, "building %s %s ...\n", c.name, c.version())
+	start := time.Now()
+	args := []string{"build", "-trimpath", "-ldflags", strings.Join(ldflags(c, start), " "), "-o", tmp, c.pkg}
+	if _, err := b.goCmd(ctx, dir, args...); err != nil {
+		return fmt.Errorf("building %s %s: %w", c.name, c.version(), err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return err
+	}
+	info, err := os.Stat(dst)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(b.out, "built %s %s in %s (%d MB)\n", c.name, c.version(), time.Since(start).Round(time.Second), info.Size()>>20)
+	return nil
+}
+
+// ldflags strips debug info and, for Kubernetes, stamps the version the way
+// Kubernetes' own build does (hack/lib/version.sh sets the same variables in
+// both packages), so `kubectl version` and the API server's /version report
+// the release instead of v0.0.0-master.
+func ldflags(c command, buildTime time.Time) []string {
+	flags := []string{"-s", "-w"}
+	if c.mod.path != kubernetesModule.path {
+		return flags
+	}
+	major, minor, _ := strings.Cut(strings.TrimPrefix(c.mod.version, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	vars := [][2]string{
+		{"gitVersion", c.mod.version},
+		{"gitMajor", major},
+		{"gitMinor", minor},
+		{"gitTreeState", "clean"},
+		{"buildDate", buildTime.UTC().Format(time.RFC3339)},
+	}
+	for _, pkg := range []string{"k8s.io/client-go/pkg/version", "k8s.io/component-base/version"} {
+		for _, v := range vars {
+			flags = append(flags, "-X", pkg+"."+v[0]+"="+v[1])
+		}
+	}
+	return flags
+}
+
+// copyKwokStages copies the Stage configs out of the kwok module in the
+// module cache, as `kwok` itself only embeds them in kwokctl.
+func (b *builder) copyKwokStages(ctx context.Context, dst string) error {
+	dir, err := b.prepareModule(ctx, kwokModule)
+	if err != nil {
+		return err
+	}
+	modDir, err := b.goCmd(ctx, dir, "list", "-m", "-f", "{{.Dir}}", kwokModule.path)
+	if err != nil {
+		return fmt.Errorf("locating %s in the module cache: %w", kwokModule.path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dst), filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp) // fails harmlessly once renamed
+	for name, src := range kwokStages {
+		data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(modDir)), filepath.FromSlash(src)))
+		if err != nil {
+			return fmt.Errorf("kwok %s stage config: %w", KwokVersion, err)
+		}
+		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(dst); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// removeStale removes what a killed earlier build left behind.
+func removeStale(pattern string) {
+	matches, _ := filepath.Glob(pattern)
+	for _, m := range matches {
+		os.RemoveAll(m)
+	}
+}
+
+// errNoGo is returned when the Go toolchain is not on PATH.
+var errNoGo = errors.New("the go command is not on PATH: the local cluster's binaries are built from the Go module proxy and need the Go toolchain")
