@@ -15,10 +15,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/stickyvol/stickyvol/driver"
 )
 
 const (
-	driverName   = "hostpath.stickyvol.dev"
+	driverName   = driver.Name
 	className    = "stickyvol"
 	namespace    = "stickyvol"
 	agentName    = "stickyvol-node"
@@ -42,7 +44,7 @@ func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
 	want := []string{
 		"ClusterRole/stickyvol-node",
 		"ClusterRoleBinding/stickyvol-node",
-		"CSIDriver/hostpath.stickyvol.dev",
+		"CSIDriver/" + driverName,
 		"DaemonSet/stickyvol/stickyvol-node",
 		"Namespace/stickyvol",
 		"Role/stickyvol/stickyvol-node",
