@@ -14,13 +14,28 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GO_BUILD    := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
+IMAGE       ?= stickyvol.local/stickyvol:dev
+IMAGE_TAR   := $(CACHE)/images/stickyvol.tar
 
-.PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check
+.PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check cache image
 
 all: build
 
 build:
 	$(GO_BUILD) -o $(BIN)/stickyvol ./cmd/stickyvol
+
+# The stickyvol binary as the image $(IMAGE), an OCI tarball that
+# `ctr -n k8s.io images import` and the local cluster load with no registry.
+image: build
+	go run ./e2e/cmd/mkimage --ref $(IMAGE) --file $(BIN)/stickyvol:/stickyvol:0755 \
+		--entrypoint /stickyvol --out $(IMAGE_TAR)
+
+# Everything the local cluster needs before it starts: OS packages (apt-get,
+# as root), the pinned binaries built from the Go module proxy (many minutes
+# and a few GB of Go build cache the first time, instant after) and the base
+# images, all cached in $(CACHE).
+cache:
+	go run ./e2e/cmd/localcluster prepare --cache-dir $(CACHE)
 
 # Unit tests and the in-process csi-sanity suite (driver/). Needs root for the
 # real bind mounts; without root the mount tests skip and say so, and with
