@@ -271,13 +271,16 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, statusFor(err, "looking up volume "+id)
 	}
 	_, recorded := v.target(target)
-	unmounted, err := s.unmountAll(target, s.store.volumePath(id))
-	if err != nil {
+	unmounted, foreign, err := s.unmountAll(target, s.store.volumePath(id))
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if !recorded && !unmounted {
+	case !recorded && !unmounted:
 		logger.V(4).Info("Volume is not published at this target; nothing to do")
 		return &csi.NodeUnpublishVolumeResponse{}, nil
+	case foreign:
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"target path %s has a mount that is not volume %s; not touching it", target, id)
 	}
 	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "removing target path after unmount: %v", err)
@@ -289,26 +292,24 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-// unmountAll unmounts the volume at target until target no longer shows it.
-func (s *nodeServer) unmountAll(target, src string) (unmounted bool, err error) {
+// unmountAll unmounts the volume at target until target no longer shows
+// it. foreign reports that something else is mounted there then.
+func (s *nodeServer) unmountAll(target, src string) (unmounted, foreign bool, err error) {
 	for range maxStackedMounts {
 		mountPoint, ours, err := s.mounter.Mounted(target, src)
 		if err != nil {
-			return unmounted, statusFor(err, "checking target path")
+			return unmounted, false, statusFor(err, "checking target path")
 		}
 		if !ours {
-			if mountPoint {
-				return unmounted, status.Errorf(codes.FailedPrecondition,
-					"target path %s has a mount that is not this volume; not touching it", target)
-			}
-			return unmounted, nil
+			return unmounted, mountPoint, nil
 		}
 		if err := s.mounter.Unmount(target); err != nil {
-			return unmounted, statusFor(err, "unmounting volume")
+			return unmounted, false, statusFor(err, "unmounting volume")
 		}
 		unmounted = true
 	}
-	return unmounted, status.Errorf(codes.Internal, "target path %s still shows the volume after %d unmounts", target, maxStackedMounts)
+	return unmounted, false, status.Errorf(codes.Internal,
+		"target path %s still shows the volume after %d unmounts", target, maxStackedMounts)
 }
 
 // NodeGetVolumeStats reports a published volume's use. Bytes: total is the
