@@ -287,4 +287,3 @@ func diffTrees(before, after map[string]string) string {
 	}
 	return b.String()
 }
-

@@ -21,7 +21,7 @@ func TestCreateVolume(t *testing.T) {
 
 	req := createRequest("pvc-8f0e6f4c-1b7d-4c1e-9e2a-3f5b6c7d8e9f")
 	req.Parameters = map[string]string{
-		ParamDirectoryMode:               "0750",
+		ParamDirectoryMode:                 "0750",
 		"csi.storage.k8s.io/pvc/name":      "data-web-0",
 		"csi.storage.k8s.io/pvc/namespace": "shop",
 		"csi.storage.k8s.io/pv/name":       req.Name,
