@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -46,7 +45,8 @@ func DefaultCacheDir() string {
 
 // Prepare makes everything a cluster needs before it starts: the OS
 // packages, the binaries and the base images (in that order: the busybox
-// image is made from an OS package). out receives progress lines.
+// image is made from an OS package), and returns the binaries and the base
+// images' tarballs. out receives progress lines.
 func Prepare(ctx context.Context, cacheDir string, out io.Writer) (*Binaries, []string, error) {
 	if err := EnsureOSPackages(ctx, out); err != nil {
 		return nil, nil, err
@@ -277,6 +277,3 @@ func removeStale(pattern string) {
 		os.RemoveAll(m)
 	}
 }
-
-// errNoGo is returned when the Go toolchain is not on PATH.
-var errNoGo = errors.New("the go command is not on PATH: the local cluster's binaries are built from the Go module proxy and need the Go toolchain")

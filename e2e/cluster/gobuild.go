@@ -33,6 +33,9 @@ type goModule struct {
 	stagingReplaces bool
 }
 
+// errNoGo is returned when the Go toolchain is not on PATH.
+var errNoGo = errors.New("the go command is not on PATH: the local cluster's binaries are built from the Go module proxy and need the Go toolchain")
+
 // builder runs the go command for EnsureBinaries and EnsureBaseImages.
 type builder struct {
 	cacheDir string
