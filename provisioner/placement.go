@@ -40,9 +40,13 @@ type PlacementConfig struct {
 	DriverName  string
 	TopologyKey string
 	Client      kubernetes.Interface
-	// Informers is the cluster-wide factory; Run takes the informers it
-	// needs from it and starts them.
-	Informers informers.SharedInformerFactory
+	// Informers is the cluster-wide factory and CapacityInformers one
+	// limited to the namespace where the driver's CSIStorageCapacity
+	// objects are published (stickyvol's own, all the RBAC role grants).
+	// NewPlacement takes its informers from them; the caller starts both
+	// for the life of the process, so that a new leader starts with warm
+	// caches and a lost lease does not stop informers other parts share.
+	Informers, CapacityInformers informers.SharedInformerFactory
 }
 
 // Placement is the cluster duty that chooses a node for claims of
@@ -64,103 +68,56 @@ type PlacementConfig struct {
 // claim's resourceVersion as precondition: a claim that changed meanwhile, or
 // that a former leader placed, is not placed twice.
 type Placement struct {
-	cfg PlacementConfig
-}
-
-// NewPlacement checks cfg and returns the duty.
-func NewPlacement(cfg PlacementConfig) (*Placement, error) {
-	if cfg.DriverName == "" || cfg.TopologyKey == "" || cfg.Client == nil || cfg.Informers == nil {
-		return nil, errors.New("placement: driver name, topology key, client and informers are required")
-	}
-	return &Placement{cfg: cfg}, nil
-}
-
-// placer is the state of one term of the duty.
-type placer struct {
 	driverName string
 	client     kubernetes.Interface
+	informers  informerSet
 	claims     corelisters.PersistentVolumeClaimLister
-	claimIdx   cache.Indexer
-	volumeIdx  cache.Indexer
 	classes    storagelisters.StorageClassLister
 	nodes      corelisters.NodeLister
 	csiNodes   storagelisters.CSINodeLister
 	capacities storagelisters.CSIStorageCapacityLister
-	queue      workqueue.TypedRateLimitingInterface[string]
-	recorder   record.EventRecorder
-
-	mu      sync.Mutex
-	assumed map[string]string           // claim key -> node placed this term
-	refused map[string]sets.Set[string] // claim key -> nodes that sent it back
 }
 
-// Run places claims until ctx is done.
-func (p *Placement) Run(ctx context.Context) error {
-	logger := klog.FromContext(ctx).WithName("placement")
-	ctx = klog.NewContext(ctx, logger)
-	pl, informersUsed, err := p.newPlacer()
-	if err != nil {
-		return err
-	}
-	p.cfg.Informers.StartWithContext(ctx)
-	if !cache.WaitForNamedCacheSyncWithContext(ctx, syncedFuncs(informersUsed)...) {
-		return fmt.Errorf("placement: waiting for informers: %w", context.Cause(ctx))
-	}
-
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.cfg.Client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	pl.recorder = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "stickyvol-placement"})
-
-	regs, err := pl.addHandlers(logger, informersUsed)
-	defer removeHandlers(logger, regs)
-	if err != nil {
-		return err
-	}
-
-	logger.Info("Placing claims of Immediate-binding classes")
-	var worker sync.WaitGroup
-	// One worker: placements are decided one after another against the
-	// counts the previous ones left, which is what spreads a burst.
-	worker.Go(func() { wait.UntilWithContext(ctx, pl.work, time.Second) })
-	<-ctx.Done()
-	pl.queue.ShutDown()
-	worker.Wait()
-	logger.Info("Stopped placing claims")
-	return nil
-}
-
-// informerSet lists the informers a placer uses, for sync and handlers.
+// informerSet lists the informers placement uses, for sync and handlers.
 type informerSet struct {
 	claims, volumes, nodes, csiNodes, capacities, classes cache.SharedIndexInformer
 }
 
-func syncedFuncs(s informerSet) []cache.InformerSynced {
-	return []cache.InformerSynced{s.claims.HasSynced, s.volumes.HasSynced, s.nodes.HasSynced,
-		s.csiNodes.HasSynced, s.capacities.HasSynced, s.classes.HasSynced}
-}
-
-func (p *Placement) newPlacer() (*placer, informerSet, error) {
-	f := p.cfg.Informers
-	s := informerSet{
-		claims:     f.Core().V1().PersistentVolumeClaims().Informer(),
-		volumes:    f.Core().V1().PersistentVolumes().Informer(),
-		nodes:      f.Core().V1().Nodes().Informer(),
-		csiNodes:   f.Storage().V1().CSINodes().Informer(),
-		capacities: f.Storage().V1().CSIStorageCapacities().Informer(),
-		classes:    f.Storage().V1().StorageClasses().Informer(),
+// NewPlacement checks cfg, takes the informers it needs from the factories
+// and indexes PVs and pending claims by node.
+func NewPlacement(cfg PlacementConfig) (*Placement, error) {
+	if cfg.DriverName == "" || cfg.TopologyKey == "" || cfg.Client == nil || cfg.Informers == nil || cfg.CapacityInformers == nil {
+		return nil, errors.New("placement: driver name, topology key, client and informer factories are required")
 	}
-	driver, key := p.cfg.DriverName, p.cfg.TopologyKey
-	if err := addIndex(s.volumes, func(obj any) ([]string, error) {
+	f, cf := cfg.Informers, cfg.CapacityInformers
+	p := &Placement{
+		driverName: cfg.DriverName,
+		client:     cfg.Client,
+		informers: informerSet{
+			claims:     f.Core().V1().PersistentVolumeClaims().Informer(),
+			volumes:    f.Core().V1().PersistentVolumes().Informer(),
+			nodes:      f.Core().V1().Nodes().Informer(),
+			csiNodes:   f.Storage().V1().CSINodes().Informer(),
+			capacities: cf.Storage().V1().CSIStorageCapacities().Informer(),
+			classes:    f.Storage().V1().StorageClasses().Informer(),
+		},
+		claims:     f.Core().V1().PersistentVolumeClaims().Lister(),
+		classes:    f.Storage().V1().StorageClasses().Lister(),
+		nodes:      f.Core().V1().Nodes().Lister(),
+		csiNodes:   f.Storage().V1().CSINodes().Lister(),
+		capacities: cf.Storage().V1().CSIStorageCapacities().Lister(),
+	}
+	driver, key := cfg.DriverName, cfg.TopologyKey
+	if err := addIndex(p.informers.volumes, func(obj any) ([]string, error) {
 		pv, ok := obj.(*v1.PersistentVolume)
 		if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver {
 			return nil, nil
 		}
 		return NodesOf(pv, key).UnsortedList(), nil
 	}); err != nil {
-		return nil, s, err
+		return nil, err
 	}
-	if err := addIndex(s.claims, func(obj any) ([]string, error) {
+	if err := addIndex(p.informers.claims, func(obj any) ([]string, error) {
 		claim, ok := obj.(*v1.PersistentVolumeClaim)
 		if !ok || claim.Spec.VolumeName != "" || claim.Annotations[annStorageProvisioner] != driver {
 			return nil, nil
@@ -170,25 +127,61 @@ func (p *Placement) newPlacer() (*placer, informerSet, error) {
 		}
 		return nil, nil
 	}); err != nil {
-		return nil, s, err
+		return nil, err
+	}
+	return p, nil
+}
+
+// term is the state of one leadership term of the duty.
+type term struct {
+	*Placement
+	queue    workqueue.TypedRateLimitingInterface[string]
+	recorder record.EventRecorder
+
+	mu      sync.Mutex
+	assumed map[string]string           // claim key -> node placed this term
+	refused map[string]sets.Set[string] // claim key -> nodes that sent it back
+}
+
+// Run places claims until ctx is done; call it while holding the Lease.
+func (p *Placement) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithName("placement")
+	ctx = klog.NewContext(ctx, logger)
+	s := p.informers
+	if !cache.WaitForNamedCacheSyncWithContext(ctx, s.claims.HasSynced, s.volumes.HasSynced, s.nodes.HasSynced,
+		s.csiNodes.HasSynced, s.capacities.HasSynced, s.classes.HasSynced) {
+		return fmt.Errorf("placement: waiting for informers: %w", context.Cause(ctx))
 	}
 
-	return &placer{
-		driverName: driver,
-		client:     p.cfg.Client,
-		claims:     f.Core().V1().PersistentVolumeClaims().Lister(),
-		claimIdx:   s.claims.GetIndexer(),
-		volumeIdx:  s.volumes.GetIndexer(),
-		classes:    f.Storage().V1().StorageClasses().Lister(),
-		nodes:      f.Core().V1().Nodes().Lister(),
-		csiNodes:   f.Storage().V1().CSINodes().Lister(),
-		capacities: f.Storage().V1().CSIStorageCapacities().Lister(),
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	t := &term{
+		Placement: p,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "placement"}),
-		assumed: map[string]string{},
-		refused: map[string]sets.Set[string]{},
-	}, s, nil
+		recorder: broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "stickyvol-placement"}),
+		assumed:  map[string]string{},
+		refused:  map[string]sets.Set[string]{},
+	}
+	defer t.queue.ShutDown()
+	regs, err := t.addHandlers(logger)
+	defer removeHandlers(logger, regs)
+	if err != nil {
+		return err
+	}
+
+	logger.Info("Placing claims of Immediate-binding classes")
+	var worker sync.WaitGroup
+	// One worker: placements are decided one after another against the
+	// counts the previous ones left, which is what spreads a burst.
+	worker.Go(func() { wait.UntilWithContext(ctx, t.work, time.Second) })
+	<-ctx.Done()
+	t.queue.ShutDown()
+	worker.Wait()
+	logger.Info("Stopped placing claims")
+	return nil
 }
 
 // addIndex adds the node index unless an earlier term already did.
@@ -203,53 +196,53 @@ func addIndex(inf cache.SharedIndexInformer, fn cache.IndexFunc) error {
 }
 
 // work processes claims until the queue shuts down.
-func (pl *placer) work(ctx context.Context) {
+func (t *term) work(ctx context.Context) {
 	for {
-		key, shutdown := pl.queue.Get()
+		key, shutdown := t.queue.Get()
 		if shutdown {
 			return
 		}
-		if err := pl.sync(ctx, key); err != nil {
+		if err := t.sync(ctx, key); err != nil {
 			klog.FromContext(ctx).V(2).Info("Placement failed, will retry", "pvc", key, "err", err)
-			pl.queue.AddRateLimited(key)
+			t.queue.AddRateLimited(key)
 		} else {
-			pl.queue.Forget(key)
+			t.queue.Forget(key)
 		}
-		pl.queue.Done(key)
+		t.queue.Done(key)
 	}
 }
 
 // sync places one claim if it still needs a node.
-func (pl *placer) sync(ctx context.Context, key string) error {
+func (t *term) sync(ctx context.Context, key string) error {
 	namespace, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return nil // not a key this duty made; nothing to retry
 	}
-	claim, err := pl.claims.PersistentVolumeClaims(namespace).Get(name)
+	claim, err := t.claims.PersistentVolumeClaims(namespace).Get(name)
 	if apierrors.IsNotFound(err) {
-		pl.forget(key)
+		t.forget(key)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	class := pl.classToPlace(claim)
+	class := t.classToPlace(claim)
 	if class == nil {
 		return nil
 	}
-	node, err := pl.choose(key, claim, class)
+	node, err := t.choose(key, claim, class)
 	if err != nil {
-		pl.recorder.Event(claim, v1.EventTypeWarning, "PlacementFailed", err.Error())
+		t.recorder.Event(claim, v1.EventTypeWarning, "PlacementFailed", err.Error())
 		return err
 	}
-	if err := pl.annotate(ctx, claim, node); err != nil {
+	if err := t.annotate(ctx, claim, node); err != nil {
 		return fmt.Errorf("setting the selected node of %s: %w", key, err)
 	}
-	pl.mu.Lock()
-	pl.assumed[key] = node
-	pl.mu.Unlock()
+	t.mu.Lock()
+	t.assumed[key] = node
+	t.mu.Unlock()
 	klog.FromContext(ctx).V(2).Info("Claim placed", "pvc", klog.KObj(claim), "node", node)
-	pl.recorder.Eventf(claim, v1.EventTypeNormal, "Placed",
+	t.recorder.Eventf(claim, v1.EventTypeNormal, "Placed",
 		"stickyvol chose node %s for this claim (Immediate binding: no pod to follow, so the node with the fewest volumes that has room)", node)
 	return nil
 }
@@ -257,13 +250,13 @@ func (pl *placer) sync(ctx context.Context, key string) error {
 // classToPlace returns the claim's class when the claim waits for this duty:
 // unbound, no node chosen, not being deleted, of an Immediate class served by
 // this driver.
-func (pl *placer) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
+func (t *term) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
 	if claim.Spec.VolumeName != "" || selectedNode(claim) != "" || claim.DeletionTimestamp != nil ||
 		claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName == "" {
 		return nil
 	}
-	class, err := pl.classes.Get(*claim.Spec.StorageClassName)
-	if err != nil || class.Provisioner != pl.driverName {
+	class, err := t.classes.Get(*claim.Spec.StorageClassName)
+	if err != nil || class.Provisioner != t.driverName {
 		return nil
 	}
 	if class.VolumeBindingMode != nil && *class.VolumeBindingMode != storagev1.VolumeBindingImmediate {
@@ -274,32 +267,32 @@ func (pl *placer) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.Stora
 
 // choose returns the node for the claim, or an error that says why there is
 // none.
-func (pl *placer) choose(key string, claim *v1.PersistentVolumeClaim, class *storagev1.StorageClass) (string, error) {
-	nodes, err := pl.nodes.List(labels.Everything())
+func (t *term) choose(key string, claim *v1.PersistentVolumeClaim, class *storagev1.StorageClass) (string, error) {
+	nodes, err := t.nodes.List(labels.Everything())
 	if err != nil {
 		return "", err
 	}
-	capacities, err := pl.capacities.List(labels.Everything())
+	capacities, err := t.capacities.List(labels.Everything())
 	if err != nil {
 		return "", err
 	}
 	size := capacityRange(claim).RequiredBytes
 	var candidates []nodeLoad
 	for _, node := range nodes {
-		csiNode, _ := pl.csiNodes.Get(node.Name) // missing: not registered
-		if !nodeUsable(node, csiNode, pl.driverName) || !allowedByClass(node, class) {
+		csiNode, _ := t.csiNodes.Get(node.Name) // missing: not registered
+		if !nodeUsable(node, csiNode, t.driverName) || !allowedByClass(node, class) {
 			continue
 		}
 		fits, known := roomFor(node, class.Name, size, capacities)
 		if !fits {
 			continue
 		}
-		candidates = append(candidates, nodeLoad{name: node.Name, load: pl.load(node.Name), known: known})
+		candidates = append(candidates, nodeLoad{name: node.Name, load: t.load(node.Name), known: known})
 	}
 
-	pl.mu.Lock()
-	refused := pl.refused[key]
-	pl.mu.Unlock()
+	t.mu.Lock()
+	refused := t.refused[key]
+	t.mu.Unlock()
 	if node, ok := pickNode(candidates, refused); ok {
 		return node, nil
 	}
@@ -309,28 +302,28 @@ func (pl *placer) choose(key string, claim *v1.PersistentVolumeClaim, class *sto
 	}
 	// Every candidate sent the claim back; try them all again, after the
 	// backoff this error causes.
-	pl.mu.Lock()
-	delete(pl.refused, key)
-	pl.mu.Unlock()
+	t.mu.Lock()
+	delete(t.refused, key)
+	t.mu.Unlock()
 	return "", fmt.Errorf("every node that could take this claim (%d) reported it has no room; trying again later", len(candidates))
 }
 
 // load counts the node's stickyvol PVs, its pending placed claims, and the
 // claims placed this term that the cache does not show placed yet.
-func (pl *placer) load(node string) int {
-	pvs, _ := pl.volumeIdx.ByIndex(nodeIndex, node)
-	pending, _ := pl.claimIdx.ByIndex(nodeIndex, node)
+func (t *term) load(node string) int {
+	pvs, _ := t.informers.volumes.GetIndexer().ByIndex(nodeIndex, node)
+	pending, _ := t.informers.claims.GetIndexer().ByIndex(nodeIndex, node)
 	n := len(pvs) + len(pending)
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	for key, assumedNode := range pl.assumed {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, assumedNode := range t.assumed {
 		if assumedNode != node {
 			continue
 		}
 		namespace, name, _ := cache.SplitMetaNamespaceKey(key)
-		claim, err := pl.claims.PersistentVolumeClaims(namespace).Get(name)
+		claim, err := t.claims.PersistentVolumeClaims(namespace).Get(name)
 		if err != nil || selectedNode(claim) != "" || claim.Spec.VolumeName != "" {
-			delete(pl.assumed, key) // the cache caught up (or the claim is gone)
+			delete(t.assumed, key) // the cache caught up (or the claim is gone)
 			continue
 		}
 		n++
@@ -340,7 +333,7 @@ func (pl *placer) load(node string) int {
 
 // annotate sets the selected-node annotation, only on the claim version the
 // decision was made on.
-func (pl *placer) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
+func (t *term) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"resourceVersion": claim.ResourceVersion,
 		"annotations":     map[string]string{AnnSelectedNode: node},
@@ -348,14 +341,14 @@ func (pl *placer) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim,
 	if err != nil {
 		return err
 	}
-	_, err = pl.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
+	_, err = t.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
 		types.MergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
 
-func (pl *placer) forget(key string) {
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	delete(pl.assumed, key)
-	delete(pl.refused, key)
+func (t *term) forget(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.assumed, key)
+	delete(t.refused, key)
 }

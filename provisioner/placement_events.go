@@ -16,28 +16,29 @@ type handlerReg struct {
 // addHandlers makes the duty react to claims that need a node and to nodes
 // that become able to take them. It returns what it registered, also on
 // error, so the caller can remove it.
-func (pl *placer) addHandlers(logger klog.Logger, s informerSet) ([]handlerReg, error) {
+func (t *term) addHandlers(logger klog.Logger) ([]handlerReg, error) {
+	s := t.informers
 	var regs []handlerReg
 	for _, h := range []struct {
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
 	}{
 		{s.claims, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { pl.claimChanged(nil, obj) },
-			UpdateFunc: pl.claimChanged,
-			DeleteFunc: pl.claimDeleted,
+			AddFunc:    func(obj any) { t.claimChanged(nil, obj) },
+			UpdateFunc: t.claimChanged,
+			DeleteFunc: t.claimDeleted,
 		}},
 		{s.nodes, cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { pl.enqueueWaiting(logger) },
+			AddFunc: func(any) { t.enqueueWaiting(logger) },
 			UpdateFunc: func(oldObj, newObj any) {
 				if nodeChanged(oldObj, newObj) {
-					pl.enqueueWaiting(logger)
+					t.enqueueWaiting(logger)
 				}
 			},
 		}},
 		{s.csiNodes, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { pl.enqueueWaiting(logger) },
-			UpdateFunc: func(any, any) { pl.enqueueWaiting(logger) },
+			AddFunc:    func(any) { t.enqueueWaiting(logger) },
+			UpdateFunc: func(any, any) { t.enqueueWaiting(logger) },
 		}},
 	} {
 		reg, err := h.informer.AddEventHandler(h.handler)
@@ -61,7 +62,7 @@ func removeHandlers(logger klog.Logger, regs []handlerReg) {
 // chosen node sent the claim back (the library removes the selected-node
 // annotation on ProvisioningReschedule), it remembers that node as refused
 // for this claim.
-func (pl *placer) claimChanged(oldObj, newObj any) {
+func (t *term) claimChanged(oldObj, newObj any) {
 	claim, ok := newObj.(*v1.PersistentVolumeClaim)
 	if !ok {
 		return
@@ -71,44 +72,44 @@ func (pl *placer) claimChanged(oldObj, newObj any) {
 		return
 	}
 	if claim.Spec.VolumeName != "" {
-		pl.forget(key)
+		t.forget(key)
 		return
 	}
 	if old, ok := oldObj.(*v1.PersistentVolumeClaim); ok {
 		if prev := selectedNode(old); prev != "" && selectedNode(claim) == "" {
-			pl.mu.Lock()
-			if pl.refused[key] == nil {
-				pl.refused[key] = sets.New[string]()
+			t.mu.Lock()
+			if t.refused[key] == nil {
+				t.refused[key] = sets.New[string]()
 			}
-			pl.refused[key].Insert(prev)
-			pl.mu.Unlock()
+			t.refused[key].Insert(prev)
+			t.mu.Unlock()
 		}
 	}
-	if pl.classToPlace(claim) != nil {
-		pl.queue.Add(key)
+	if t.classToPlace(claim) != nil {
+		t.queue.Add(key)
 	}
 }
 
-func (pl *placer) claimDeleted(obj any) {
+func (t *term) claimDeleted(obj any) {
 	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-		pl.forget(key)
+		t.forget(key)
 	}
 }
 
 // enqueueWaiting queues every claim still waiting for a node: a node became
 // usable, so one that found none may find one now.
-func (pl *placer) enqueueWaiting(logger klog.Logger) {
-	claims, err := pl.claims.List(labels.Everything())
+func (t *term) enqueueWaiting(logger klog.Logger) {
+	claims, err := t.claims.List(labels.Everything())
 	if err != nil {
 		logger.Error(err, "Listing claims")
 		return
 	}
 	for _, claim := range claims {
-		if pl.classToPlace(claim) == nil {
+		if t.classToPlace(claim) == nil {
 			continue
 		}
 		if key, err := cache.MetaNamespaceKeyFunc(claim); err == nil {
-			pl.queue.Add(key)
+			t.queue.Add(key)
 		}
 	}
 }

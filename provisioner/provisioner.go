@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -235,7 +237,19 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 	defer cancel()
 	// The driver answers success for an unknown ID, so a retry after a
 	// lost reply is harmless.
-	if _, err := p.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: volumeID}); err != nil {
+	_, err := p.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: volumeID})
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.FailedPrecondition:
+		// The driver refuses to delete a volume that is still bind-mounted
+		// into a pod (the claim and its pod were deleted together). The
+		// library retries a VolumeInUseError with a Normal event instead
+		// of a Warning and a failure count: this is expected, and it ends
+		// when kubelet unpublishes the volume.
+		return &controller.VolumeInUseError{Reason: fmt.Sprintf(
+			"volume %s on node %s is still mounted by a pod; deleting it once the pod is gone: %s",
+			volumeID, p.nodeName, status.Convert(err).Message())}
+	default:
 		return fmt.Errorf("deleting volume %s on node %s: %w", volumeID, p.nodeName, err)
 	}
 	logger.V(2).Info("Volume deleted")

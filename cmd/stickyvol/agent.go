@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/driver/registration"
+	"github.com/stickyvol/stickyvol/provisioner"
+)
+
+// agent is everything `stickyvol node` runs, built and ready to start.
+type agent struct {
+	opts         *nodeOptions
+	driver       *driver.Driver
+	csiConn      *grpc.ClientConn
+	identity     csi.IdentityClient
+	informers    informers.SharedInformerFactory
+	capacities   informers.SharedInformerFactory // nil without leader election
+	controller   *provisioner.Controller
+	placement    *provisioner.Placement // nil without leader election
+	registration *registration.Server   // nil without kubelet
+	leader       provisioner.LeaderConfig
+}
+
+// newAgent builds the parts; nothing runs yet. The driver reloads its
+// records here, so a broken data root fails before anything is served.
+func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*agent, error) {
+	dcfg := o.driverConfig()
+	dcfg.Logger = klog.FromContext(ctx)
+	d, err := driver.New(dcfg)
+	if err != nil {
+		return nil, fmt.Errorf("driver: %w", err)
+	}
+	// The provisioner talks to the driver over its socket like any CSI
+	// client; grpc.NewClient connects lazily, once the driver listens.
+	conn, err := grpc.NewClient("unix://"+o.csiSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, errors.Join(err, d.Close())
+	}
+	a := &agent{opts: o, driver: d, csiConn: conn, identity: csi.NewIdentityClient(conn),
+		informers: informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod)}
+	if err := a.build(ctx, kube); err != nil {
+		return nil, errors.Join(err, conn.Close(), d.Close())
+	}
+	return a, nil
+}
+
+func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
+	o := a.opts
+	ctrl, err := provisioner.NewController(ctx, provisioner.ControllerConfig{
+		Provisioner: provisioner.Config{
+			NodeName:         o.nodeName,
+			DriverName:       driver.Name,
+			TopologyKey:      driver.TopologyKey,
+			ControllerClient: csi.NewControllerClient(a.csiConn),
+			Timeout:          o.operationTimeout,
+		},
+		Client:      kube,
+		Informers:   a.informers,
+		Threadiness: o.threadiness,
+	})
+	if err != nil {
+		return err
+	}
+	a.controller = ctrl
+	if o.leaderElection {
+		a.capacities = informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
+			informers.WithNamespace(o.leaderElectionNamespace))
+		a.placement, err = provisioner.NewPlacement(provisioner.PlacementConfig{
+			DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube,
+			Informers: a.informers, CapacityInformers: a.capacities,
+		})
+		if err != nil {
+			return err
+		}
+		a.leader = provisioner.LeaderConfig{Client: kube, Namespace: o.leaderElectionNamespace,
+			Name: driver.Name, Identity: o.nodeName}
+	}
+	if o.registerWithKubelet {
+		a.registration, err = registration.New(registration.Config{
+			DriverName: driver.Name,
+			Endpoint:   o.csiSocket(),
+			SocketPath: registration.SocketPath(o.kubeletRoot, driver.Name),
+		})
+	}
+	return err
+}
+
+// run starts the parts and returns when ctx is done or one of them fails,
+// after all have stopped. The driver stops last, so that provisioning calls
+// in flight finish and kubelet is told the driver is gone (registration
+// socket removed) before its CSI socket goes away.
+func (a *agent) run(ctx context.Context) error {
+	defer func() {
+		if err := errors.Join(a.csiConn.Close(), a.driver.Close()); err != nil {
+			klog.FromContext(ctx).Error(err, "Closing the driver")
+		}
+	}()
+	// The driver's context is not the parts' context: a signal stops the
+	// parts first, and only then, when they have returned, the driver.
+	driverCtx, stopDriver := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDriver()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.driver.Run(driverCtx); err != nil {
+			return fmt.Errorf("driver: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer stopDriver()
+		return a.runParts(gctx)
+	})
+	return g.Wait()
+}
+
+// runParts waits for the driver to answer, then runs everything that uses it.
+func (a *agent) runParts(ctx context.Context) error {
+	if err := waitForDriver(ctx, a.identity); err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.controller.Run(ctx) })
+	if a.placement != nil {
+		a.capacities.StartWithContext(ctx)
+		a.informers.StartWithContext(ctx)
+		g.Go(func() error {
+			return provisioner.RunLeaderElected(ctx, a.leader, func(ctx context.Context) {
+				if err := a.placement.Run(ctx); err != nil {
+					klog.FromContext(ctx).Error(err, "Placement stopped")
+				}
+			})
+		})
+	}
+	if a.registration != nil {
+		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as
+		// it sees this one.
+		g.Go(func() error { return a.registration.Run(ctx) })
+	}
+	if a.opts.metricsAddress != "" {
+		g.Go(func() error { return serveHTTP(ctx, a.opts.metricsAddress, a.httpHandler()) })
+	}
+	return g.Wait()
+}
+
+// waitForDriver blocks until the driver answers Probe with ready, or ctx
+// ends. WaitForReady makes the call wait for the socket instead of failing
+// while the driver is still starting.
+func waitForDriver(ctx context.Context, identity csi.IdentityClient) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := identity.Probe(ctx, &csi.ProbeRequest{}, grpc.WaitForReady(true))
+	if err != nil {
+		return fmt.Errorf("waiting for the driver to answer: %w", err)
+	}
+	if r := resp.GetReady(); r != nil && !r.GetValue() {
+		return errors.New("the driver says it is not ready")
+	}
+	return nil
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/provisioner"
+)
+
+// nodeOptions are the flags of `stickyvol node`.
+type nodeOptions struct {
+	nodeName                string
+	kubeletRoot             string
+	dataRoot                string
+	capacity                string
+	maxVolumes              int64
+	socketGroup             int
+	kubeconfig              string
+	qps                     float32
+	burst                   int
+	threadiness             int
+	operationTimeout        time.Duration
+	metricsAddress          string
+	registerWithKubelet     bool
+	leaderElection          bool
+	leaderElectionNamespace string
+}
+
+func newNodeCommand(env environment) *cobra.Command {
+	o := &nodeOptions{}
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run the node agent: CSI driver, provisioner, kubelet registration, metrics",
+		Long: "Runs everything stickyvol does on one node: the CSI driver on\n" +
+			"<kubelet-root>/plugins/" + driver.Name + "/csi.sock, kubelet plugin registration, the\n" +
+			"provisioner for claims scheduled to this node, the leader-elected cluster duties,\n" +
+			"and /healthz and /metrics. Outside a cluster (tests, simulated nodes) give\n" +
+			"--kubeconfig, --node-name, --data-root, --kubelet-root and --register-with-kubelet=false.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(); err != nil {
+				return err
+			}
+			return runNode(cmd.Context(), o)
+		},
+	}
+	defaultNamespace := env.podNamespace
+	if defaultNamespace == "" {
+		defaultNamespace = "stickyvol"
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.nodeName, "node-name", env.nodeName, "Kubernetes name of this node; defaults to $NODE_NAME.")
+	f.StringVar(&o.kubeletRoot, "kubelet-root", "/var/lib/kubelet", "kubelet's root directory; the CSI socket and the registration socket go under it.")
+	f.StringVar(&o.dataRoot, "data-root", "/var/lib/stickyvol", "Directory that holds the volumes (volumes/<id>/) and their records (meta/).")
+	f.StringVar(&o.capacity, "capacity", "", "Bytes all volumes on this node may reserve, as a quantity (10Gi). Empty: the free space of the data root's file system at start, plus what existing volumes reserve.")
+	f.Int64Var(&o.maxVolumes, "max-volumes", 0, "Most volumes kubelet may put on this node (reported to the scheduler via CSINode). 0: no limit.")
+	f.IntVar(&o.socketGroup, "socket-group", -1, "Group ID that may use the CSI socket (mode 0660). -1: owner only (mode 0600).")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file. Empty: the in-cluster service account.")
+	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about four (PV, two events, finalizer).")
+	f.IntVar(&o.burst, "kube-api-burst", 100, "Requests allowed in a burst above --kube-api-qps.")
+	f.IntVar(&o.threadiness, "threadiness", provisioner.DefaultThreadiness, "Claims provisioned (and volumes deleted) in parallel.")
+	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume or DeleteVolume call to the driver.")
+	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz and /metrics. Empty: no HTTP server.")
+	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
+	f.BoolVar(&o.leaderElection, "leader-election", true, "Take part in the Lease election for cluster duties (choosing nodes for claims of Immediate-binding classes). Off: this process never does them.")
+	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", defaultNamespace, "Namespace of the Lease and of the CSIStorageCapacity objects; defaults to $POD_NAMESPACE when set.")
+	return cmd
+}
+
+func (o *nodeOptions) validate() error {
+	var errs []error
+	if o.nodeName == "" {
+		errs = append(errs, errors.New("--node-name is required (or set NODE_NAME)"))
+	}
+	if !filepath.IsAbs(o.kubeletRoot) {
+		errs = append(errs, fmt.Errorf("--kubelet-root %q must be an absolute path", o.kubeletRoot))
+	}
+	if o.capacity != "" {
+		if q, err := resource.ParseQuantity(o.capacity); err != nil || q.Sign() <= 0 {
+			errs = append(errs, fmt.Errorf("--capacity %q must be a positive quantity such as 10Gi", o.capacity))
+		}
+	}
+	if o.qps <= 0 || o.burst <= 0 || o.threadiness <= 0 || o.operationTimeout <= 0 {
+		errs = append(errs, errors.New("--kube-api-qps, --kube-api-burst, --threadiness and --operation-timeout must be positive"))
+	}
+	if o.leaderElection && o.leaderElectionNamespace == "" {
+		errs = append(errs, errors.New("--leader-election-namespace is required with --leader-election"))
+	}
+	return errors.Join(errs...)
+}
+
+// csiSocket is where the driver listens and where kubelet finds it.
+func (o *nodeOptions) csiSocket() string {
+	return filepath.Join(o.kubeletRoot, "plugins", driver.Name, "csi.sock")
+}
+
+func (o *nodeOptions) driverConfig() driver.Config {
+	var capacity int64
+	if o.capacity != "" {
+		q := resource.MustParse(o.capacity)
+		capacity = q.Value() // checked by validate
+	}
+	return driver.Config{
+		Name:              driver.Name,
+		Version:           version,
+		NodeID:            o.nodeName,
+		DataRoot:          filepath.Clean(o.dataRoot),
+		Capacity:          capacity,
+		MaxVolumesPerNode: o.maxVolumes,
+		Endpoint:          o.csiSocket(),
+		SocketGroup:       o.socketGroup,
+	}
+}
+
+// nodeRESTConfig is the in-cluster configuration, or kubeconfig's.
+func nodeRESTConfig(kubeconfig string) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("API client configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+// kubeClient builds the API client. client-go's default of 5 QPS would let
+// a 500-claim StatefulSet take minutes; see --kube-api-qps.
+func kubeClient(cfg *rest.Config, qps float32, burst int) (kubernetes.Interface, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = qps, burst
+	cfg.UserAgent = "stickyvol/" + version
+	// Protobuf for built-in types: less CPU and bandwidth than JSON for
+	// the cluster-wide claim and PV watches every node keeps.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	return kubernetes.NewForConfig(cfg)
+}
+
+// runNode runs the agent until ctx is done or a part fails.
+func runNode(ctx context.Context, o *nodeOptions) error {
+	cfg, err := nodeRESTConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	kube, err := kubeClient(cfg, o.qps, o.burst)
+	if err != nil {
+		return err
+	}
+	a, err := newAgent(ctx, o, kube)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx)
+}

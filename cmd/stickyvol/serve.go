@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+)
+
+// httpHandler serves /healthz and /metrics on a mux of its own, with a
+// registry of its own: nothing registered globally by a library leaks in.
+func (a *agent) httpHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stickyvol_capacity_bytes",
+			Help: "Bytes the volumes on this node may reserve in total.",
+		}, func() float64 { return float64(a.driver.Capacity()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stickyvol_allocated_bytes",
+			Help: "Bytes the volumes on this node reserve.",
+		}, func() float64 { return float64(a.driver.Allocated()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stickyvol_volumes",
+			Help: "Volumes on this node.",
+		}, func() float64 { return float64(len(a.driver.Volumes())) }),
+	)
+	// The provisioning library's counters and histograms:
+	// controller_persistentvolumeclaim_provision_{total,failed_total,duration_seconds}
+	// and controller_persistentvolume_delete_{total,failed_total,duration_seconds}.
+	reg.MustRegister(a.controller.Collectors()...)
+
+	checks := []healthCheck{{"driver", func(ctx context.Context) error { return probe(ctx, a.identity) }}}
+	if a.registration != nil {
+		checks = append(checks, healthCheck{"kubelet registration", func(context.Context) error { return a.registration.Check() }})
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /healthz", healthzHandler(checks))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
+type healthCheck struct {
+	name  string
+	check func(context.Context) error
+}
+
+// healthzHandler answers 200 "ok" when every check passes, else 503 with
+// the failures, one per line. The liveness probe restarts the pod on 503.
+func healthzHandler(checks []healthCheck) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		var failed []error
+		for _, c := range checks {
+			if err := c.check(ctx); err != nil {
+				failed = append(failed, fmt.Errorf("%s: %w", c.name, err))
+			}
+		}
+		if len(failed) > 0 {
+			klog.FromContext(ctx).V(2).Info("Health check failed", "err", errors.Join(failed...))
+			http.Error(w, errors.Join(failed...).Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+}
+
+// probe calls the driver's Probe over its socket, as kubelet would reach it.
+func probe(ctx context.Context, identity csi.IdentityClient) error {
+	resp, err := identity.Probe(ctx, &csi.ProbeRequest{})
+	if err != nil {
+		return err
+	}
+	if r := resp.GetReady(); r != nil && !r.GetValue() {
+		return errors.New("not ready")
+	}
+	return nil
+}
+
+// serveHTTP serves h on addr until ctx is done.
+func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics address: %w", err)
+	}
+	logger := klog.FromContext(ctx)
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		// Requests get ctx's logger, and are not cut off by its end:
+		// Shutdown lets them finish.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	logger.Info("Serving /healthz and /metrics", "address", lis.Addr().String())
+	select {
+	case err := <-done:
+		return fmt.Errorf("serving %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("stopping the HTTP server: %w", err)
+	}
+	return nil
+}
