@@ -13,6 +13,7 @@ import (
 	_ "k8s.io/client-go/tools/leaderelection"
 	_ "k8s.io/component-base/logs"
 	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	_ "k8s.io/klog/v2"
 	_ "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 	_ "sigs.k8s.io/kustomize/api/krusty"
