@@ -33,11 +33,12 @@ const (
 // overlays are what users apply; base is what they share.
 var overlays = []string{"overlays/kind", "overlays/local"}
 
-// nodeFlags are the flags of `stickyvol node`.
+// nodeFlags are the flags of `stickyvol node` (cmd/stickyvol/node.go) and
+// the logging flag -v.
 var nodeFlags = []string{
-	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "kubeconfig",
-	"kube-api-qps", "kube-api-burst", "threadiness", "metrics-address",
-	"register-with-kubelet", "leader-election", "leader-election-namespace", "v",
+	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "socket-group",
+	"kubeconfig", "kube-api-qps", "kube-api-burst", "threadiness", "operation-timeout",
+	"metrics-address", "register-with-kubelet", "leader-election", "leader-election-namespace", "v",
 }
 
 func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
