@@ -70,8 +70,30 @@ $(STATICCHECK):
 deploy-check:
 	go test -count=1 ./deploy/
 
-bench:
-	go test -run '^$$' -bench . -benchmem -count 6 ./driver/...
+# Driver benchmarks over the real socket and data root (root: bind mounts),
+# 6 runs each; benchstat prints the median and its spread.
+BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
+BENCHSTAT := $(TOOLS)/benchstat-$(BENCHSTAT_VERSION)
+
+bench: $(BENCHSTAT)
+	mkdir -p $(CACHE)
+	go test -run '^$$' -bench . -benchmem -count 6 ./driver/ | tee $(CACHE)/bench.txt
+	$(BENCHSTAT) $(CACHE)/bench.txt
+
+$(BENCHSTAT):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS)/benchstat.tmp go install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
+	mv $(TOOLS)/benchstat.tmp/benchstat $@ && rmdir $(TOOLS)/benchstat.tmp
+
+# Fuzz the driver's input checks (volume IDs, parameters, target paths),
+# FUZZTIME each.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := FuzzValidateVolumeID FuzzParameters FuzzValidateTargetPath
+
+fuzz:
+	for target in $(FUZZ_TARGETS); do \
+		go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./driver/ || exit 1; \
+	done
 
 clean:
 	rm -rf $(BIN)
