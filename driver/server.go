@@ -101,6 +101,11 @@ func socketPath(endpoint string) (string, error) {
 
 // listen creates the socket at p with its final permissions.
 func listen(p string, group int) (net.Listener, error) {
+	// In a DaemonSet the socket's directory lives under the kubelet root
+	// mounted from the host; on a fresh node nothing has created it yet.
+	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+		return nil, fmt.Errorf("creating socket directory: %w", err)
+	}
 	if err := removeStaleSocket(p); err != nil {
 		return nil, err
 	}
