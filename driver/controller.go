@@ -259,9 +259,9 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 
 // GetCapacity reports the capacity still free on this node, and also the
 // largest volume that fits (all of it: a volume is one directory). It is 0
-// for a topology segment of another node and for capabilities or
-// parameters this driver cannot provision, since no volume can be made
-// there or so.
+// for a topology segment of another node and for capabilities this driver
+// cannot provision, since no such volume can be made here. Parameters are
+// checked as CreateVolume checks them: an unknown one is InvalidArgument.
 func (s *controllerServer) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	if _, err := parseParameters(req.GetParameters()); err != nil {
 		return nil, err

@@ -37,8 +37,8 @@ func (s *identityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCa
 
 // Probe is ready while the data root can be read.
 func (s *identityServer) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	if _, err := s.store.root.Stat(metaDir); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "data root %s is not usable: %v", s.store.rootPath, err)
+	if err := s.store.check(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "data root is not usable: %v", err)
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }

@@ -37,7 +37,7 @@ func NewMounter() Mounter { return unixMounter{} }
 
 type unixMounter struct{}
 
-func (unixMounter) BindMount(source, target string, readOnly bool) error {
+func (m unixMounter) BindMount(source, target string, readOnly bool) error {
 	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
 	}
@@ -47,7 +47,7 @@ func (unixMounter) BindMount(source, target string, readOnly bool) error {
 	// A bind mount takes the flags of its source; read-only needs a second
 	// call, which has a window where the target is writable. Nothing uses
 	// the target before NodePublishVolume returns, so that is harmless.
-	if err := (unixMounter{}).RemountReadOnly(target); err != nil {
+	if err := m.RemountReadOnly(target); err != nil {
 		return errors.Join(err, unix.Unmount(target, unix.UMOUNT_NOFOLLOW))
 	}
 	return nil
@@ -93,11 +93,13 @@ func (unixMounter) Unmount(target string) error {
 
 func (unixMounter) Mounted(target, source string) (bool, bool, error) {
 	mountPoint, err := isMountPoint(target)
-	if errors.Is(err, fs.ErrNotExist) || !mountPoint {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return false, false, nil
-	}
-	if err != nil {
+	case err != nil:
 		return false, false, err
+	case !mountPoint:
+		return false, false, nil
 	}
 	// A bind mount shows the source directory itself: same device, same
 	// inode. This also works where mountinfo's root field would need the

@@ -336,8 +336,10 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	if _, ok := v.target(p); !ok {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
 	}
-	if _, ours, err := s.mounter.Mounted(p, src); err != nil || !ours {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s (%v)", id, p, err)
+	if _, ours, err := s.mounter.Mounted(p, src); err != nil {
+		return nil, statusFor(err, "checking volume path")
+	} else if !ours {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s any more", id, p)
 	}
 	u, err := measureDir(src)
 	if err != nil {

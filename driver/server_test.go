@@ -49,7 +49,6 @@ func TestSocketPermissions(t *testing.T) {
 	}
 }
 
-
 func TestSocketReplacement(t *testing.T) {
 	testutil.RequireRoot(t)
 	cfg := testConfig(t)
