@@ -53,6 +53,9 @@ func (c *Cluster) kubeconfigPath(user string) string {
 // Kubeconfig returns the path of the cluster-admin kubeconfig.
 func (c *Cluster) Kubeconfig() string { return c.kubeconfigPath("admin") }
 
+// Kubectl returns the path of the kubectl built for the cluster.
+func (c *Cluster) Kubectl() string { return c.st.Binaries.Kubectl }
+
 // RESTConfig returns a client configuration for the cluster admin, with QPS
 // raised for tests that create many objects.
 func (c *Cluster) RESTConfig() (*rest.Config, error) {

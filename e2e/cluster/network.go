@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 
 	"k8s.io/klog/v2"
 )
@@ -308,12 +309,18 @@ func (c *Cluster) ensureHostDirs() error {
 	return nil
 }
 
-// removeHostDirs removes the mount points the cluster created, if they are
-// empty; a non-empty one is reported, not emptied.
-func removeHostDirs(dirs []string) error {
+// removeHostDirs removes the mount points the cluster created. One that is
+// not empty any more is in use by something else now (a host containerd
+// under /run/containerd) and stays.
+func removeHostDirs(ctx context.Context, dirs []string) error {
 	var errs []error
 	for _, d := range dirs {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		err := os.Remove(d)
+		switch {
+		case err == nil, errors.Is(err, os.ErrNotExist):
+		case errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST):
+			klog.FromContext(ctx).Info("Leaving a mount point in place: something else uses it now", "path", d)
+		default:
 			errs = append(errs, fmt.Errorf("host directory %s made by the cluster: %w", d, err))
 		}
 	}

@@ -69,7 +69,7 @@ func teardown(ctx context.Context, dir string, out io.Writer) error {
 		add("removing kube-proxy's chains", removeKubeChains(ctx, st.KubeChains))
 		add("restoring sysctls", restoreSysctls(st.Sysctls))
 	}
-	add("removing host mount points", removeHostDirs(st.HostDirs))
+	add("removing host mount points", removeHostDirs(ctx, st.HostDirs))
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
