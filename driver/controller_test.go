@@ -235,3 +235,60 @@ func TestValidateVolumeCapabilities(t *testing.T) {
 		}
 	}
 }
+
+// TestBusyVolume checks that an RPC on a volume another RPC is working on
+// answers Aborted at once instead of queueing behind it.
+func TestBusyVolume(t *testing.T) {
+	testutil.RequireRoot(t)
+	ts := startServer(t, testConfig(t))
+	ctx := testContext(t)
+	unlock, err := ts.Driver.controller.locks.lock("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ts.controller.CreateVolume(ctx, createRequest("vol"))
+	if status.Code(err) != codes.Aborted {
+		t.Errorf("CreateVolume on a busy volume: %v, want Aborted", err)
+	}
+	_, err = ts.node.NodePublishVolume(ctx, publishRequest("vol", filepath.Join(ts.dir, "t")))
+	if status.Code(err) != codes.Aborted {
+		t.Errorf("NodePublishVolume on a busy volume: %v, want Aborted", err)
+	}
+	unlock()
+	if _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); err != nil {
+		t.Errorf("CreateVolume once the volume is free: %v", err)
+	}
+}
+
+// TestConcurrentCreates races more creates than fit: exactly as many as
+// fit succeed, the rest get ResourceExhausted, and the accounting adds up.
+func TestConcurrentCreates(t *testing.T) {
+	testutil.RequireRoot(t)
+	cfg := testConfig(t)
+	cfg.Capacity = 5 << 20
+	ts := startServer(t, cfg)
+	ctx := testContext(t)
+	errs := make(chan error, 12)
+	for i := range cap(errs) {
+		go func() {
+			_, err := ts.controller.CreateVolume(ctx, createRequest(fmt.Sprintf("vol-%d", i)))
+			errs <- err
+		}()
+	}
+	created := 0
+	for range cap(errs) {
+		switch err := <-errs; status.Code(err) {
+		case codes.OK:
+			created++
+		case codes.ResourceExhausted:
+		default:
+			t.Errorf("CreateVolume: %v", err)
+		}
+	}
+	if created != 5 || ts.Allocated() != 5<<20 || len(ts.Volumes()) != 5 {
+		t.Errorf("created %d, allocated %d, %d volumes; want 5 of 1 MiB", created, ts.Allocated(), len(ts.Volumes()))
+	}
+	if dirs := listDir(t, filepath.Join(ts.dataRoot, volumesDir)); len(dirs) != 5 {
+		t.Errorf("volume directories: %v", dirs)
+	}
+}
