@@ -251,7 +251,10 @@ func pruneTargets(ctx context.Context, st *store, m Mounter, v Volume, except st
 // NodeUnpublishVolume unmounts the volume from the target path and removes
 // the target directory. A missing target, or one the volume was never
 // published at, is success; a target that is the volume's but holds another
-// mount is left alone (FailedPrecondition).
+// mount is left alone (FailedPrecondition). For a volume the driver does
+// not know, a target that is no mount point is success too, so kubelet can
+// finish tearing a pod down whatever happened to the volume; a mount point
+// there is NotFound, since nothing says it is the volume's.
 func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := validateVolumeID(id, "volume ID"); err != nil {
@@ -268,6 +271,10 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	defer unlock()
 	v, err := s.store.get(id)
 	if err != nil {
+		if mountPoint, _, merr := s.mounter.Mounted(target, s.store.volumePath(id)); errors.Is(err, errNotFound) && merr == nil && !mountPoint {
+			logger.V(4).Info("Unknown volume and no mount at the target; nothing to do")
+			return &csi.NodeUnpublishVolumeResponse{}, nil
+		}
 		return nil, statusFor(err, "looking up volume "+id)
 	}
 	_, recorded := v.target(target)

@@ -175,6 +175,16 @@ func TestUnpublishLeavesOtherMounts(t *testing.T) {
 	if !ts.isMounted(t, "vol-a", target) {
 		t.Error("unpublishing vol-b unmounted vol-a")
 	}
+	// A volume the driver does not know: nothing to do where nothing is
+	// mounted, NotFound where something is.
+	unknown := &csi.NodeUnpublishVolumeRequest{VolumeId: "pvc-unknown", TargetPath: filepath.Join(ts.dir, "gone")}
+	if _, err := ts.node.NodeUnpublishVolume(ctx, unknown); err != nil {
+		t.Errorf("NodeUnpublishVolume of an unknown volume at a missing target: %v", err)
+	}
+	unknown.TargetPath = target
+	if _, err := ts.node.NodeUnpublishVolume(ctx, unknown); status.Code(err) != codes.NotFound {
+		t.Errorf("NodeUnpublishVolume of an unknown volume at a mount point: %v, want NotFound", err)
+	}
 	// Publishing another volume on an occupied target is refused.
 	_, err := ts.node.NodePublishVolume(ctx, publishRequest("vol-b", target))
 	if status.Code(err) != codes.FailedPrecondition {
