@@ -57,8 +57,8 @@ func (s *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 // read-only when the request says readonly or the access mode is
 // SINGLE_NODE_READER_ONLY.
 //
-// The target itself is created here. CSI makes that the plugin's job and
-// the CO's the parent's: kubelet's csiMountMgr.SetUpAt runs
+// The target itself is created here: CSI leaves the parent directory to
+// the CO and the target to the plugin. Kubelet's csiMountMgr.SetUpAt runs
 // os.MkdirAll(filepath.Dir(dir)) before NodePublishVolume and never creates
 // dir, and its TearDownAt removes dir again after NodeUnpublishVolume only
 // if the plugin left it. So a missing parent is the CO's error
@@ -121,10 +121,11 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 		if old == want {
 			return nil
 		}
-		if _, mounted, err := s.mounter.Mounted(want.Path, src); err != nil || mounted {
-			if err != nil {
-				return statusFor(err, "checking target path")
-			}
+		_, mounted, err := s.mounter.Mounted(want.Path, src)
+		if err != nil {
+			return statusFor(err, "checking target path")
+		}
+		if mounted {
 			return status.Errorf(codes.AlreadyExists,
 				"volume %s is already published at %s with readOnly=%t and access mode %s",
 				v.ID, want.Path, old.ReadOnly, old.AccessMode)
