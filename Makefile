@@ -18,6 +18,7 @@ IMAGE       ?= stickyvol.local/stickyvol:dev
 IMAGE_TAR   := $(CACHE)/images/stickyvol.tar
 
 .PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check cache image
+.PHONY: localcluster cluster-up cluster-down cluster-env e2e
 
 all: build
 
@@ -37,13 +38,44 @@ image: build
 cache:
 	go run ./e2e/cmd/localcluster prepare --cache-dir $(CACHE)
 
+# The local cluster (e2e/cluster), as root: a real control plane, NODES real
+# nodes (private mount namespaces with their own containerd and kubelet) and
+# FAKE_NODES kwok nodes. `eval "$$(make -s cluster-env)"` points a shell at it.
+NODES      ?= 2
+FAKE_NODES ?= 0
+LOCALCLUSTER := $(BIN)/localcluster
+
+localcluster:
+	@$(GO_BUILD) -o $(LOCALCLUSTER) ./e2e/cmd/localcluster
+
+cluster-up: localcluster
+	$(LOCALCLUSTER) up --cache-dir $(CACHE) --nodes $(NODES) --fake-nodes $(FAKE_NODES)
+
+cluster-down: localcluster
+	$(LOCALCLUSTER) down --cache-dir $(CACHE)
+
+cluster-env: localcluster
+	@$(LOCALCLUSTER) env --cache-dir $(CACHE)
+
+# The cluster tier: the tests under e2e/ (build tag e2e), which bring the local
+# cluster up and down themselves, one package at a time (-p 1: the machine holds
+# one cluster). Binaries are built first, outside the test timeout. The trap
+# tears the cluster down however the tests end (failure, Ctrl-C, SIGTERM from a
+# CI timeout); after a SIGKILL, the next up clears what was left.
+E2E_TIMEOUT ?= 60m
+E2E_PKGS    ?= ./e2e/...
+
+e2e: cache localcluster
+	trap '$(LOCALCLUSTER) down --cache-dir $(CACHE)' EXIT; trap 'exit 130' INT TERM; \
+	go test -tags e2e -count=1 -p 1 -timeout $(E2E_TIMEOUT) $(E2E_PKGS)
+
 # Unit tests and the in-process csi-sanity suite (driver/). Needs root for the
 # real bind mounts; without root the mount tests skip and say so, and with
 # CI=true they fail instead.
 unit:
 	go test -count=1 ./...
 
-test: lint unit
+test: lint unit e2e
 
 lint: fmt vet staticcheck
 
