@@ -32,7 +32,7 @@ const (
 	serviceRange  = "10.96.0.0/16"
 	kubernetesSvc = "10.96.0.1" // first address of serviceRange
 	fakePodRange  = "10.89.0.0/16"
-	fakeNodeIP    = "10.89.0.1"
+	fakeNodeIP    = "10.89.255.254"
 	clusterDomain = "cluster.local"
 
 	// namePrefix starts the name of every link and cgroup the cluster

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -58,9 +57,8 @@ type exitWatch struct {
 // reaped (an unreaped child stays a zombie that kill(pid, 0) still finds)
 // and so that waits fail fast when a component dies.
 type children struct {
-	mu      sync.Mutex
-	byName  map[string]*exitWatch
-	logsDir string
+	mu     sync.Mutex
+	byName map[string]*exitWatch
 }
 
 func (c *Cluster) logPath(name string) string {
@@ -84,7 +82,6 @@ func (c *Cluster) start(ctx context.Context, spec procSpec) (proc, error) {
 	fmt.Fprintf(logFile, "=== %s: %s\n", time.Now().Format(time.RFC3339), strings.Join(argv, " "))
 
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), markerEnv+"="+c.dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -221,7 +218,7 @@ func stopProcs(ctx context.Context, procs map[string]proc, grace time.Duration) 
 				return fmt.Errorf("still running after SIGKILL: %s", strings.Join(names, ", "))
 			}
 			for name, p := range live {
-				logger.Info("Did not stop in time, killing", "component", name, "pid", p.PID, "grace", grace)
+				logger.V(2).Info("Did not stop in time, killing", "component", name, "pid", p.PID, "grace", grace)
 				p.signal(syscall.SIGKILL)
 			}
 			killed, deadline = true, time.Now().Add(10*time.Second)
@@ -304,6 +301,3 @@ func (c *Cluster) PrintLogTails(w io.Writer, lines int) {
 		fmt.Fprintf(w, "==> %s <==\n%s\n", p, strings.Join(l, "\n"))
 	}
 }
-
-// errProcessGone is returned by waits when the component they wait for died.
-var errProcessGone = errors.New("process exited")
