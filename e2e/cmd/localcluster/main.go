@@ -77,6 +77,9 @@ func run(ctx context.Context, command string, args []string, stdout, stderr io.W
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v\n%s", fs.Args(), usage)
 	}
+	if command == "up" && cfg.Nodes < 1 {
+		return fmt.Errorf("--nodes must be at least 1, not %d", cfg.Nodes)
+	}
 	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
 		return err
 	}
