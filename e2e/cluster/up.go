@@ -85,6 +85,10 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 		})
 	}
 	c.st = st
+	// A unix socket path must fit in sun_path (108 bytes with its NUL).
+	if sock := c.containerdSocket(nodeName(cfg.Nodes)) + ".ttrpc"; len(sock) >= 108 {
+		return fmt.Errorf("socket path %s is too long for a unix socket: use a shorter --cache-dir", sock)
+	}
 	return st.write()
 }
 
