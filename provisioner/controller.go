@@ -42,8 +42,8 @@ type ControllerConfig struct {
 	// controller fills it with a lister that watches only this node.
 	Provisioner Config
 	// Client talks to the API server. Its QPS and burst bound how fast
-	// claims turn into PVs: each one costs about four writes (PV, two
-	// events, the finalizer patch).
+	// claims turn into PVs: each one costs about three writes (the PV,
+	// with the finalizer already on it, and two events).
 	Client kubernetes.Interface
 	// Informers is the cluster-wide informer factory, shared with the
 	// placement duty. NewController takes the claim, PV and StorageClass

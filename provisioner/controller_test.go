@@ -1,0 +1,218 @@
+package provisioner_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/provisioner"
+)
+
+// startController runs the library's controller with a Provisioner for nd's
+// node against client until the test ends, as `stickyvol node` does.
+func startController(ctx context.Context, t *testing.T, client *fake.Clientset, nd *nodeDriver) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	factory := informers.NewSharedInformerFactory(client, 0)
+	ctrl, err := provisioner.NewController(ctx, provisioner.ControllerConfig{
+		Provisioner: provisioner.Config{NodeName: nd.name, DriverName: driver.Name,
+			TopologyKey: driver.TopologyKey, ControllerClient: nd.controller},
+		Client:    client,
+		Informers: factory,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("controller Run: %v", err)
+		}
+	})
+}
+
+// eventually polls cond until it holds or 20s pass.
+func eventually(t *testing.T, what string, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, 20*time.Second, true, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+func pvFor(ctx context.Context, client *fake.Clientset, c *v1.PersistentVolumeClaim) (*v1.PersistentVolume, error) {
+	return client.CoreV1().PersistentVolumes().Get(ctx, "pvc-"+string(c.UID), metav1.GetOptions{})
+}
+
+func waitForPV(t *testing.T, client *fake.Clientset, c *v1.PersistentVolumeClaim) *v1.PersistentVolume {
+	t.Helper()
+	var pv *v1.PersistentVolume
+	eventually(t, "the PV of "+c.Name, func(ctx context.Context) (bool, error) {
+		var err error
+		pv, err = pvFor(ctx, client, c)
+		return err == nil, nil
+	})
+	return pv
+}
+
+// waitForEvent waits for an event of type on the claim whose message
+// contains text.
+func waitForEvent(t *testing.T, client *fake.Clientset, c *v1.PersistentVolumeClaim, eventType, text string) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("a %s event on %s saying %q", eventType, c.Name, text), func(ctx context.Context) (bool, error) {
+		events, err := client.CoreV1().Events(c.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		return slices.ContainsFunc(events.Items, func(e v1.Event) bool {
+			return e.InvolvedObject.Name == c.Name && e.Type == eventType && strings.Contains(e.Message, text)
+		}), nil
+	})
+}
+
+func createClaims(t *testing.T, client *fake.Clientset, claims ...*v1.PersistentVolumeClaim) {
+	t.Helper()
+	for _, c := range claims {
+		if _, err := client.CoreV1().PersistentVolumeClaims(c.Namespace).Create(t.Context(), c, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Two nodes, each with its own driver and controller, as two `stickyvol
+// node` processes: each claim gets its PV from the node the scheduler chose,
+// and neither node makes a volume for the other's claim.
+func TestControllerEndToEnd(t *testing.T) {
+	client := fake.NewClientset(class(storagev1.VolumeBindingWaitForFirstConsumer), readyNode("node-a"), readyNode("node-b"))
+	nodeA, nodeB := startDriver(t, "node-a", 10<<30), startDriver(t, "node-b", 10<<30)
+	startController(testContext(t), t, client, nodeA)
+	startController(testContext(t), t, client, nodeB)
+
+	web0, web1 := claim("data-web-0", "node-a", "1Gi", v1.ReadWriteOnce), claim("data-web-1", "node-b", "2Gi", v1.ReadWriteOncePod)
+	createClaims(t, client, web0, web1)
+
+	for _, tc := range []struct {
+		claim *v1.PersistentVolumeClaim
+		node  *nodeDriver
+	}{{web0, nodeA}, {web1, nodeB}} {
+		pv := waitForPV(t, client, tc.claim)
+		if got := provisioner.NodesOf(pv, driver.TopologyKey).UnsortedList(); !slices.Equal(got, []string{tc.node.name}) {
+			t.Errorf("%s: PV affinity names %v, want %s", tc.claim.Name, got, tc.node.name)
+		}
+		ref := pv.Spec.ClaimRef
+		if ref == nil || ref.Name != tc.claim.Name || ref.Namespace != tc.claim.Namespace || ref.UID != tc.claim.UID {
+			t.Errorf("%s: claimRef %+v", tc.claim.Name, ref)
+		}
+		if !slices.Equal(pv.Spec.AccessModes, tc.claim.Spec.AccessModes) || pv.Spec.StorageClassName != "stickyvol" {
+			t.Errorf("%s: access modes %v, class %q", tc.claim.Name, pv.Spec.AccessModes, pv.Spec.StorageClassName)
+		}
+		if pv.Annotations["pv.kubernetes.io/provisioned-by"] != driver.Name ||
+			!slices.Contains(pv.Finalizers, "external-provisioner.volume.kubernetes.io/finalizer") {
+			t.Errorf("%s: annotations %v, finalizers %v", tc.claim.Name, pv.Annotations, pv.Finalizers)
+		}
+		if dirs := tc.node.volumeDirs(t); !slices.Equal(dirs, []string{pv.Name}) {
+			t.Errorf("%s: node %s has volume directories %v, want only %s", tc.claim.Name, tc.node.name, dirs, pv.Name)
+		}
+	}
+
+	t.Run("refused access modes get an event and nothing else", func(t *testing.T) {
+		block := v1.PersistentVolumeBlock
+		rwx, raw := claim("shared", "node-a", "1Gi", v1.ReadWriteMany), claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
+		raw.Spec.VolumeMode = &block
+		createClaims(t, client, rwx, raw)
+		waitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")
+		// The library refuses Block itself, with its own words.
+		waitForEvent(t, client, raw, v1.EventTypeWarning, "does not support block volume provisioning")
+		for _, c := range []*v1.PersistentVolumeClaim{rwx, raw} {
+			if _, err := pvFor(t.Context(), client, c); !apierrors.IsNotFound(err) {
+				t.Errorf("%s: PV lookup = %v, want NotFound", c.Name, err)
+			}
+		}
+		if n := nodeA.createCalls(); n != 1 {
+			t.Errorf("node-a driver got %d CreateVolume calls, want 1 (data-web-0 only)", n)
+		}
+	})
+
+	t.Run("a claim too big for its node goes back to the scheduler", func(t *testing.T) {
+		big := claim("big", "node-a", "20Gi", v1.ReadWriteOnce)
+		createClaims(t, client, big)
+		eventually(t, "the selected-node annotation to be removed", func(ctx context.Context) (bool, error) {
+			c, err := client.CoreV1().PersistentVolumeClaims("default").Get(ctx, "big", metav1.GetOptions{})
+			return err == nil && c.Annotations[provisioner.AnnSelectedNode] == "", err
+		})
+		waitForEvent(t, client, big, v1.EventTypeWarning, "has no room for this volume")
+	})
+
+	t.Run("a released PV is deleted by its own node", func(t *testing.T) {
+		pv, err := pvFor(t.Context(), client, web0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pv.Status.Phase = v1.VolumeReleased
+		if _, err := client.CoreV1().PersistentVolumes().UpdateStatus(t.Context(), pv, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the PV to be deleted", func(ctx context.Context) (bool, error) {
+			_, err := pvFor(ctx, client, web0)
+			return apierrors.IsNotFound(err), nil
+		})
+		if dirs := nodeA.volumeDirs(t); len(dirs) != 0 {
+			t.Errorf("node-a still has %v", dirs)
+		}
+		if dirs := nodeB.volumeDirs(t); len(dirs) != 1 {
+			t.Errorf("node-b has %v, want its volume untouched", dirs)
+		}
+	})
+}
+
+var manyClaims = flag.Int("many-claims", 100, "claims TestManyClaims provisions")
+
+// TestManyClaims provisions a StatefulSet's worth of claims on one node
+// through the library, the real driver and a fake API server, and reports
+// the time and the API writes per claim (run with -v to see them). The fake
+// API server's watch channels hold 100 events and panic when full, so with
+// -race (slow consumers) keep -many-claims near the default.
+func TestManyClaims(t *testing.T) {
+	n := *manyClaims
+	client := fake.NewClientset(class(storagev1.VolumeBindingWaitForFirstConsumer), readyNode("node-a"))
+	nd := startDriver(t, "node-a", 1<<40)
+	startController(testContextV(t, 0), t, client, nd)
+
+	var claims []*v1.PersistentVolumeClaim
+	for i := range n {
+		claims = append(claims, claim(fmt.Sprintf("data-web-%d", i), "node-a", "1Gi", v1.ReadWriteOnce))
+	}
+	client.ClearActions()
+	start := time.Now()
+	createClaims(t, client, claims...)
+	eventually(t, fmt.Sprintf("%d PVs", n), func(ctx context.Context) (bool, error) {
+		pvs, err := client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+		return err == nil && len(pvs.Items) == n, err
+	})
+	elapsed := time.Since(start)
+	if dirs := nd.volumeDirs(t); len(dirs) != n {
+		t.Errorf("%d volume directories, want %d", len(dirs), n)
+	}
+	writes := map[string]int{}
+	for _, a := range client.Actions() {
+		if verb := a.GetVerb(); verb != "get" && verb != "list" && verb != "watch" {
+			writes[verb+" "+a.GetResource().Resource]++
+		}
+	}
+	t.Logf("%d claims -> PVs in %v (%.0f claims/s); API writes besides the claims themselves: %v",
+		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), writes)
+}

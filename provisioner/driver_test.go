@@ -1,0 +1,185 @@
+package provisioner_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/provisioner"
+)
+
+// testContext returns a context whose logger writes through t.Log at V(2).
+func testContext(t *testing.T) context.Context {
+	return testContextV(t, 2)
+}
+
+func testContextV(t *testing.T, v int) context.Context {
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(v), ktesting.BufferLogs(false)))
+	return klog.NewContext(t.Context(), logger)
+}
+
+// nodeDriver is the real driver of one node, serving on a temp socket.
+type nodeDriver struct {
+	name     string
+	dataRoot string
+	socket   string
+	conn     *grpc.ClientConn
+	// controller counts the calls per method on its way to the driver.
+	controller csi.ControllerClient
+	node       csi.NodeClient
+
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+// startDriver runs the real driver for node on a temp data root with the
+// given capacity until the test ends.
+func startDriver(t *testing.T, node string, capacity int64) *nodeDriver {
+	t.Helper()
+	// Short socket paths: a unix socket path has at most 107 bytes, and
+	// t.TempDir names grow with the test name.
+	sockDir, err := os.MkdirTemp("", "sv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
+	nd := &nodeDriver{
+		name:     node,
+		dataRoot: filepath.Join(t.TempDir(), "data"),
+		socket:   filepath.Join(sockDir, "csi.sock"),
+		calls:    map[string]int{},
+	}
+	d, err := driver.New(driver.Config{NodeID: node, DataRoot: nd.dataRoot, Capacity: capacity,
+		Endpoint: nd.socket, SocketGroup: -1, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(testContext(t))
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("driver Run: %v", err)
+		}
+		_ = d.Close()
+	})
+
+	// A short reconnect backoff: the first attempt may come before the
+	// driver listens, and the default backoff would wait a second.
+	backoffCfg := backoff.DefaultConfig
+	backoffCfg.BaseDelay = 10 * time.Millisecond
+	nd.conn, err = grpc.NewClient("unix://"+nd.socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(nd.count), grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffCfg}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nd.conn.Close() })
+	nd.controller = csi.NewControllerClient(nd.conn)
+	nd.node = csi.NewNodeClient(nd.conn)
+	// Wait until the driver serves, so the tests do not race its start.
+	if _, err := csi.NewIdentityClient(nd.conn).Probe(ctx, &csi.ProbeRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("driver did not start: %v", err)
+	}
+	return nd
+}
+
+func (nd *nodeDriver) count(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	nd.mu.Lock()
+	nd.calls[method]++
+	nd.mu.Unlock()
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+func (nd *nodeDriver) createCalls() int {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	return nd.calls[csi.Controller_CreateVolume_FullMethodName]
+}
+
+// volumeDirs lists the volume directories the driver made.
+func (nd *nodeDriver) volumeDirs(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(nd.dataRoot, "volumes"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// nodeLister holds the given nodes.
+func nodeLister(t *testing.T, nodes ...*v1.Node) corelisters.NodeLister {
+	t.Helper()
+	f := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	inf := f.Core().V1().Nodes()
+	for _, n := range nodes {
+		if err := inf.Informer().GetStore().Add(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return inf.Lister()
+}
+
+// newProvisioner is a Provisioner for nd's node, whose Node object exists.
+func newProvisioner(t *testing.T, nd *nodeDriver) *provisioner.Provisioner {
+	t.Helper()
+	p, err := provisioner.New(provisioner.Config{
+		NodeName: nd.name, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
+		ControllerClient: nd.controller, Nodes: nodeLister(t, readyNode(nd.name)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func readyNode(name string) *v1.Node {
+	return &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Status:     v1.NodeStatus{Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue}}},
+	}
+}
+
+// claim returns a claim of class "stickyvol" selected for node ("" for
+// none) as the PV controller leaves it for an external provisioner.
+func claim(name, node, size string, modes ...v1.PersistentVolumeAccessMode) *v1.PersistentVolumeClaim {
+	class := "stickyvol"
+	c := &v1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name),
+			Annotations: map[string]string{"volume.kubernetes.io/storage-provisioner": driver.Name}},
+		Spec: v1.PersistentVolumeClaimSpec{
+			AccessModes:      modes,
+			StorageClassName: &class,
+			Resources: v1.VolumeResourceRequirements{
+				Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse(size)},
+			},
+		},
+		Status: v1.PersistentVolumeClaimStatus{Phase: v1.ClaimPending},
+	}
+	if node != "" {
+		c.Annotations[provisioner.AnnSelectedNode] = node
+	}
+	return c
+}
