@@ -115,7 +115,7 @@ func (c *Cluster) startNode(ctx context.Context, n node) error {
 func (c *Cluster) waitContainerd(ctx context.Context, name string) error {
 	return c.poll(ctx, containerdName(name), 30*time.Second, func(ctx context.Context) (bool, error) {
 		_, err := run(ctx, c.tools.ctr, "--address", c.containerdSocket(name), "version")
-		return err == nil, nil
+		return err == nil, err
 	})
 }
 
