@@ -11,6 +11,7 @@ import (
 	_ "k8s.io/client-go/kubernetes"
 	_ "k8s.io/client-go/kubernetes/fake"
 	_ "k8s.io/client-go/tools/leaderelection"
+	_ "k8s.io/client-go/tools/remotecommand"
 	_ "k8s.io/component-base/logs"
 	_ "k8s.io/component-base/logs/json/register"
 	_ "k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
