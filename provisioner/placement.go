@@ -70,6 +70,7 @@ type PlacementConfig struct {
 type Placement struct {
 	driverName string
 	client     kubernetes.Interface
+	factories  []informers.SharedInformerFactory
 	informers  informerSet
 	claims     corelisters.PersistentVolumeClaimLister
 	classes    storagelisters.StorageClassLister
@@ -93,6 +94,7 @@ func NewPlacement(cfg PlacementConfig) (*Placement, error) {
 	p := &Placement{
 		driverName: cfg.DriverName,
 		client:     cfg.Client,
+		factories:  []informers.SharedInformerFactory{f, cf},
 		informers: informerSet{
 			claims:     f.Core().V1().PersistentVolumeClaims().Informer(),
 			volumes:    f.Core().V1().PersistentVolumes().Informer(),
@@ -147,10 +149,13 @@ type term struct {
 func (p *Placement) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("placement")
 	ctx = klog.NewContext(ctx, logger)
-	s := p.informers
-	if !cache.WaitForNamedCacheSyncWithContext(ctx, s.claims.HasSynced, s.volumes.HasSynced, s.nodes.HasSynced,
-		s.csiNodes.HasSynced, s.capacities.HasSynced, s.classes.HasSynced) {
-		return fmt.Errorf("placement: waiting for informers: %w", context.Cause(ctx))
+	for _, f := range p.factories {
+		if err := f.WaitForCacheSyncWithContext(ctx).AsError(); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped before it started: not an error
+			}
+			return fmt.Errorf("placement: waiting for informers: %w", err)
+		}
 	}
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))

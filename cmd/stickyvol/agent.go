@@ -9,6 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -44,7 +45,12 @@ func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*
 	}
 	// The provisioner talks to the driver over its socket like any CSI
 	// client; grpc.NewClient connects lazily, once the driver listens.
-	conn, err := grpc.NewClient("unix://"+o.csiSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The socket is local and comes up within milliseconds: reconnect
+	// after 100ms, not gRPC's default first backoff of a second.
+	backoffCfg := backoff.DefaultConfig
+	backoffCfg.BaseDelay, backoffCfg.MaxDelay = 100*time.Millisecond, 5*time.Second
+	conn, err := grpc.NewClient("unix://"+o.csiSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffCfg}))
 	if err != nil {
 		return nil, errors.Join(err, d.Close())
 	}

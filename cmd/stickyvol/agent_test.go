@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/driver/registration"
+)
+
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	return addr
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func poll(t *testing.T, what string, cond func(context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, 20*time.Second, true, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// The whole `stickyvol node` agent as a host process against a fake API
+// server: it registers with "kubelet", provisions a claim for its node,
+// answers /healthz and /metrics, and removes its sockets when stopped.
+func TestNodeAgent(t *testing.T) {
+	root, err := os.MkdirTemp("", "svnode") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(root) })
+	o := &nodeOptions{
+		nodeName: "node-a", kubeletRoot: filepath.Join(root, "kubelet"), dataRoot: filepath.Join(root, "data"),
+		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
+		metricsAddress: freeAddress(t), registerWithKubelet: true, leaderElection: true, leaderElectionNamespace: "stickyvol",
+	}
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	kube := fake.NewClientset(
+		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
+		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol"}, Provisioner: driver.Name, VolumeBindingMode: &wffc},
+	)
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(false)))
+	ctx, cancel := context.WithCancel(klog.NewContext(t.Context(), logger))
+	defer cancel()
+	a, err := newAgent(ctx, o, kube)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx) }()
+
+	base := "http://" + o.metricsAddress
+	poll(t, "/healthz", func(context.Context) (bool, error) {
+		code, _ := get(t, base+"/healthz")
+		return code == http.StatusOK, nil
+	})
+
+	regSocket := registration.SocketPath(o.kubeletRoot, driver.Name)
+	conn, err := grpc.NewClient("unix://"+regSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	info, err := registerapi.NewRegistrationClient(conn).GetInfo(ctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true))
+	if err != nil || info.Endpoint != o.csiSocket() || info.Name != driver.Name {
+		t.Fatalf("GetInfo = %+v, %v; want endpoint %s", info, err, o.csiSocket())
+	}
+
+	class := "stickyvol"
+	claim := &v1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "data-web-0", Namespace: "default", UID: types.UID("uid-1"),
+			Annotations: map[string]string{
+				"volume.kubernetes.io/storage-provisioner": driver.Name,
+				"volume.kubernetes.io/selected-node":       "node-a",
+			}},
+		Spec: v1.PersistentVolumeClaimSpec{
+			AccessModes:      []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce},
+			StorageClassName: &class,
+			Resources:        v1.VolumeResourceRequirements{Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse("256Mi")}},
+		},
+	}
+	if _, err := kube.CoreV1().PersistentVolumeClaims("default").Create(ctx, claim, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the PV", func(ctx context.Context) (bool, error) {
+		_, err := kube.CoreV1().PersistentVolumes().Get(ctx, "pvc-uid-1", metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if _, err := os.Stat(filepath.Join(o.dataRoot, "volumes", "pvc-uid-1")); err != nil {
+		t.Errorf("volume directory: %v", err)
+	}
+
+	_, metrics := get(t, base+"/metrics")
+	for _, want := range []string{
+		"stickyvol_capacity_bytes 1.073741824e+09",
+		"stickyvol_allocated_bytes 2.68435456e+08",
+		"stickyvol_volumes 1",
+		`controller_persistentvolumeclaim_provision_total{class="stickyvol",source=""} 1`,
+		"go_goroutines",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	poll(t, "the Lease", func(ctx context.Context) (bool, error) {
+		lease, err := kube.CoordinationV1().Leases("stickyvol").Get(ctx, driver.Name, metav1.GetOptions{})
+		return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == "node-a", nil
+	})
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not stop")
+	}
+	for _, p := range []string{regSocket, o.csiSocket()} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still there after shutdown: %v", p, err)
+		}
+	}
+}
+
+func TestNodeOptionsValidate(t *testing.T) {
+	valid := func() *nodeOptions {
+		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", qps: 1, burst: 1, threadiness: 1,
+			operationTimeout: time.Second, leaderElection: true, leaderElectionNamespace: "stickyvol"}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*nodeOptions)
+		want   string
+	}{
+		{"valid", func(*nodeOptions) {}, ""},
+		{"no node name", func(o *nodeOptions) { o.nodeName = "" }, "--node-name is required"},
+		{"relative kubelet root", func(o *nodeOptions) { o.kubeletRoot = "kubelet" }, "--kubelet-root"},
+		{"bad capacity", func(o *nodeOptions) { o.capacity = "ten gigs" }, "--capacity"},
+		{"zero capacity", func(o *nodeOptions) { o.capacity = "0" }, "--capacity"},
+		{"zero qps", func(o *nodeOptions) { o.qps = 0 }, "must be positive"},
+		{"no lease namespace", func(o *nodeOptions) { o.leaderElectionNamespace = "" }, "--leader-election-namespace"},
+	} {
+		o := valid()
+		tc.change(o)
+		err := o.validate()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	o := valid()
+	o.capacity = "10Gi"
+	if got := o.driverConfig().Capacity; got != 10<<30 {
+		t.Errorf("--capacity 10Gi gives %d bytes", got)
+	}
+}
+
+func TestNodeNameDefaultsFromEnvironment(t *testing.T) {
+	cmd := newRootCommand(environment{nodeName: "from-env", podNamespace: "ns-from-env"})
+	node, _, err := cmd.Find([]string{"node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for flag, want := range map[string]string{"node-name": "from-env", "leader-election-namespace": "ns-from-env"} {
+		if got := node.Flags().Lookup(flag).DefValue; got != want {
+			t.Errorf("--%s defaults to %q, want %q", flag, got, want)
+		}
+	}
+}
