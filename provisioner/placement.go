@@ -161,7 +161,7 @@ func (p *Placement) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
-	t := &term{
+	tm := &term{
 		Placement: p,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute),
@@ -170,8 +170,8 @@ func (p *Placement) Run(ctx context.Context) error {
 		assumed:  map[string]string{},
 		refused:  map[string]sets.Set[string]{},
 	}
-	defer t.queue.ShutDown()
-	regs, err := t.addHandlers(logger)
+	defer tm.queue.ShutDown()
+	regs, err := tm.addHandlers(logger)
 	defer removeHandlers(logger, regs)
 	if err != nil {
 		return err
@@ -181,9 +181,9 @@ func (p *Placement) Run(ctx context.Context) error {
 	var worker sync.WaitGroup
 	// One worker: placements are decided one after another against the
 	// counts the previous ones left, which is what spreads a burst.
-	worker.Go(func() { wait.UntilWithContext(ctx, t.work, time.Second) })
+	worker.Go(func() { wait.UntilWithContext(ctx, tm.work, time.Second) })
 	<-ctx.Done()
-	t.queue.ShutDown()
+	tm.queue.ShutDown()
 	worker.Wait()
 	logger.Info("Stopped placing claims")
 	return nil
@@ -201,53 +201,53 @@ func addIndex(inf cache.SharedIndexInformer, fn cache.IndexFunc) error {
 }
 
 // work processes claims until the queue shuts down.
-func (t *term) work(ctx context.Context) {
+func (tm *term) work(ctx context.Context) {
 	for {
-		key, shutdown := t.queue.Get()
+		key, shutdown := tm.queue.Get()
 		if shutdown {
 			return
 		}
-		if err := t.sync(ctx, key); err != nil {
+		if err := tm.sync(ctx, key); err != nil {
 			klog.FromContext(ctx).V(2).Info("Placement failed, will retry", "pvc", key, "err", err)
-			t.queue.AddRateLimited(key)
+			tm.queue.AddRateLimited(key)
 		} else {
-			t.queue.Forget(key)
+			tm.queue.Forget(key)
 		}
-		t.queue.Done(key)
+		tm.queue.Done(key)
 	}
 }
 
 // sync places one claim if it still needs a node.
-func (t *term) sync(ctx context.Context, key string) error {
+func (tm *term) sync(ctx context.Context, key string) error {
 	namespace, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return nil // not a key this duty made; nothing to retry
 	}
-	claim, err := t.claims.PersistentVolumeClaims(namespace).Get(name)
+	claim, err := tm.claims.PersistentVolumeClaims(namespace).Get(name)
 	if apierrors.IsNotFound(err) {
-		t.forget(key)
+		tm.forget(key)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	class := t.classToPlace(claim)
+	class := tm.classToPlace(claim)
 	if class == nil {
 		return nil
 	}
-	node, err := t.choose(key, claim, class)
+	node, err := tm.choose(key, claim, class)
 	if err != nil {
-		t.recorder.Event(claim, v1.EventTypeWarning, "PlacementFailed", err.Error())
+		tm.recorder.Event(claim, v1.EventTypeWarning, "PlacementFailed", err.Error())
 		return err
 	}
-	if err := t.annotate(ctx, claim, node); err != nil {
+	if err := tm.annotate(ctx, claim, node); err != nil {
 		return fmt.Errorf("setting the selected node of %s: %w", key, err)
 	}
-	t.mu.Lock()
-	t.assumed[key] = node
-	t.mu.Unlock()
+	tm.mu.Lock()
+	tm.assumed[key] = node
+	tm.mu.Unlock()
 	klog.FromContext(ctx).V(2).Info("Claim placed", "pvc", klog.KObj(claim), "node", node)
-	t.recorder.Eventf(claim, v1.EventTypeNormal, "Placed",
+	tm.recorder.Eventf(claim, v1.EventTypeNormal, "Placed",
 		"stickyvol chose node %s for this claim (Immediate binding: no pod to follow, so the node with the fewest volumes that has room)", node)
 	return nil
 }
@@ -255,13 +255,13 @@ func (t *term) sync(ctx context.Context, key string) error {
 // classToPlace returns the claim's class when the claim waits for this duty:
 // unbound, no node chosen, not being deleted, of an Immediate class served by
 // this driver.
-func (t *term) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
+func (tm *term) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
 	if claim.Spec.VolumeName != "" || selectedNode(claim) != "" || claim.DeletionTimestamp != nil ||
 		claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName == "" {
 		return nil
 	}
-	class, err := t.classes.Get(*claim.Spec.StorageClassName)
-	if err != nil || class.Provisioner != t.driverName {
+	class, err := tm.classes.Get(*claim.Spec.StorageClassName)
+	if err != nil || class.Provisioner != tm.driverName {
 		return nil
 	}
 	if class.VolumeBindingMode != nil && *class.VolumeBindingMode != storagev1.VolumeBindingImmediate {
@@ -272,32 +272,32 @@ func (t *term) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageC
 
 // choose returns the node for the claim, or an error that says why there is
 // none.
-func (t *term) choose(key string, claim *v1.PersistentVolumeClaim, class *storagev1.StorageClass) (string, error) {
-	nodes, err := t.nodes.List(labels.Everything())
+func (tm *term) choose(key string, claim *v1.PersistentVolumeClaim, class *storagev1.StorageClass) (string, error) {
+	nodes, err := tm.nodes.List(labels.Everything())
 	if err != nil {
 		return "", err
 	}
-	capacities, err := t.capacities.List(labels.Everything())
+	capacities, err := tm.capacities.List(labels.Everything())
 	if err != nil {
 		return "", err
 	}
 	size := capacityRange(claim).RequiredBytes
 	var candidates []nodeLoad
 	for _, node := range nodes {
-		csiNode, _ := t.csiNodes.Get(node.Name) // missing: not registered
-		if !nodeUsable(node, csiNode, t.driverName) || !allowedByClass(node, class) {
+		csiNode, _ := tm.csiNodes.Get(node.Name) // missing: not registered
+		if !nodeUsable(node, csiNode, tm.driverName) || !allowedByClass(node, class) {
 			continue
 		}
 		fits, known := roomFor(node, class.Name, size, capacities)
 		if !fits {
 			continue
 		}
-		candidates = append(candidates, nodeLoad{name: node.Name, load: t.load(node.Name), known: known})
+		candidates = append(candidates, nodeLoad{name: node.Name, load: tm.load(node.Name), known: known})
 	}
 
-	t.mu.Lock()
-	refused := t.refused[key]
-	t.mu.Unlock()
+	tm.mu.Lock()
+	refused := tm.refused[key]
+	tm.mu.Unlock()
 	if node, ok := pickNode(candidates, refused); ok {
 		return node, nil
 	}
@@ -307,28 +307,28 @@ func (t *term) choose(key string, claim *v1.PersistentVolumeClaim, class *storag
 	}
 	// Every candidate sent the claim back; try them all again, after the
 	// backoff this error causes.
-	t.mu.Lock()
-	delete(t.refused, key)
-	t.mu.Unlock()
+	tm.mu.Lock()
+	delete(tm.refused, key)
+	tm.mu.Unlock()
 	return "", fmt.Errorf("every node that could take this claim (%d) reported it has no room; trying again later", len(candidates))
 }
 
 // load counts the node's stickyvol PVs, its pending placed claims, and the
 // claims placed this term that the cache does not show placed yet.
-func (t *term) load(node string) int {
-	pvs, _ := t.informers.volumes.GetIndexer().ByIndex(nodeIndex, node)
-	pending, _ := t.informers.claims.GetIndexer().ByIndex(nodeIndex, node)
+func (tm *term) load(node string) int {
+	pvs, _ := tm.informers.volumes.GetIndexer().ByIndex(nodeIndex, node)
+	pending, _ := tm.informers.claims.GetIndexer().ByIndex(nodeIndex, node)
 	n := len(pvs) + len(pending)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for key, assumedNode := range t.assumed {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	for key, assumedNode := range tm.assumed {
 		if assumedNode != node {
 			continue
 		}
 		namespace, name, _ := cache.SplitMetaNamespaceKey(key)
-		claim, err := t.claims.PersistentVolumeClaims(namespace).Get(name)
+		claim, err := tm.claims.PersistentVolumeClaims(namespace).Get(name)
 		if err != nil || selectedNode(claim) != "" || claim.Spec.VolumeName != "" {
-			delete(t.assumed, key) // the cache caught up (or the claim is gone)
+			delete(tm.assumed, key) // the cache caught up (or the claim is gone)
 			continue
 		}
 		n++
@@ -338,7 +338,7 @@ func (t *term) load(node string) int {
 
 // annotate sets the selected-node annotation, only on the claim version the
 // decision was made on.
-func (t *term) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
+func (tm *term) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"resourceVersion": claim.ResourceVersion,
 		"annotations":     map[string]string{AnnSelectedNode: node},
@@ -346,14 +346,14 @@ func (t *term) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, no
 	if err != nil {
 		return err
 	}
-	_, err = t.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
+	_, err = tm.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
 		types.MergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
 
-func (t *term) forget(key string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.assumed, key)
-	delete(t.refused, key)
+func (tm *term) forget(key string) {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	delete(tm.assumed, key)
+	delete(tm.refused, key)
 }

@@ -16,29 +16,29 @@ type handlerReg struct {
 // addHandlers makes the duty react to claims that need a node and to nodes
 // that become able to take them. It returns what it registered, also on
 // error, so the caller can remove it.
-func (t *term) addHandlers(logger klog.Logger) ([]handlerReg, error) {
-	s := t.informers
+func (tm *term) addHandlers(logger klog.Logger) ([]handlerReg, error) {
+	s := tm.informers
 	var regs []handlerReg
 	for _, h := range []struct {
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
 	}{
 		{s.claims, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { t.claimChanged(nil, obj) },
-			UpdateFunc: t.claimChanged,
-			DeleteFunc: t.claimDeleted,
+			AddFunc:    func(obj any) { tm.claimChanged(nil, obj) },
+			UpdateFunc: tm.claimChanged,
+			DeleteFunc: tm.claimDeleted,
 		}},
 		{s.nodes, cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { t.enqueueWaiting(logger) },
+			AddFunc: func(any) { tm.enqueueWaiting(logger) },
 			UpdateFunc: func(oldObj, newObj any) {
 				if nodeChanged(oldObj, newObj) {
-					t.enqueueWaiting(logger)
+					tm.enqueueWaiting(logger)
 				}
 			},
 		}},
 		{s.csiNodes, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { t.enqueueWaiting(logger) },
-			UpdateFunc: func(any, any) { t.enqueueWaiting(logger) },
+			AddFunc:    func(any) { tm.enqueueWaiting(logger) },
+			UpdateFunc: func(any, any) { tm.enqueueWaiting(logger) },
 		}},
 	} {
 		reg, err := h.informer.AddEventHandler(h.handler)
@@ -62,7 +62,7 @@ func removeHandlers(logger klog.Logger, regs []handlerReg) {
 // chosen node sent the claim back (the library removes the selected-node
 // annotation on ProvisioningReschedule), it remembers that node as refused
 // for this claim.
-func (t *term) claimChanged(oldObj, newObj any) {
+func (tm *term) claimChanged(oldObj, newObj any) {
 	claim, ok := newObj.(*v1.PersistentVolumeClaim)
 	if !ok {
 		return
@@ -72,44 +72,44 @@ func (t *term) claimChanged(oldObj, newObj any) {
 		return
 	}
 	if claim.Spec.VolumeName != "" {
-		t.forget(key)
+		tm.forget(key)
 		return
 	}
 	if old, ok := oldObj.(*v1.PersistentVolumeClaim); ok {
 		if prev := selectedNode(old); prev != "" && selectedNode(claim) == "" {
-			t.mu.Lock()
-			if t.refused[key] == nil {
-				t.refused[key] = sets.New[string]()
+			tm.mu.Lock()
+			if tm.refused[key] == nil {
+				tm.refused[key] = sets.New[string]()
 			}
-			t.refused[key].Insert(prev)
-			t.mu.Unlock()
+			tm.refused[key].Insert(prev)
+			tm.mu.Unlock()
 		}
 	}
-	if t.classToPlace(claim) != nil {
-		t.queue.Add(key)
+	if tm.classToPlace(claim) != nil {
+		tm.queue.Add(key)
 	}
 }
 
-func (t *term) claimDeleted(obj any) {
+func (tm *term) claimDeleted(obj any) {
 	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-		t.forget(key)
+		tm.forget(key)
 	}
 }
 
 // enqueueWaiting queues every claim still waiting for a node: a node became
 // usable, so one that found none may find one now.
-func (t *term) enqueueWaiting(logger klog.Logger) {
-	claims, err := t.claims.List(labels.Everything())
+func (tm *term) enqueueWaiting(logger klog.Logger) {
+	claims, err := tm.claims.List(labels.Everything())
 	if err != nil {
 		logger.Error(err, "Listing claims")
 		return
 	}
 	for _, claim := range claims {
-		if t.classToPlace(claim) == nil {
+		if tm.classToPlace(claim) == nil {
 			continue
 		}
 		if key, err := cache.MetaNamespaceKeyFunc(claim); err == nil {
-			t.queue.Add(key)
+			tm.queue.Add(key)
 		}
 	}
 }

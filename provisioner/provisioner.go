@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/sets"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
@@ -204,6 +205,9 @@ func (p *Provisioner) checkNode() (controller.ProvisioningState, error) {
 // volume ID is deterministic (from the PV name), so when this fails the next
 // Provision finds and reuses it.
 func (p *Provisioner) cleanup(ctx context.Context, volumeID string) {
+	if volumeID == "" {
+		return
+	}
 	callCtx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	if _, err := p.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: volumeID}); err != nil {
@@ -228,7 +232,7 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 	}
 	if !nodes.Has(p.nodeName) {
 		return &controller.IgnoredError{Reason: fmt.Sprintf("PV %s lives on node %s, this is node %s",
-			pv.Name, nodes.UnsortedList()[0], p.nodeName)}
+			pv.Name, sets.List(nodes)[0], p.nodeName)}
 	}
 
 	volumeID := pv.Spec.CSI.VolumeHandle

@@ -131,6 +131,24 @@ func TestNoRoomReschedules(t *testing.T) {
 	}
 }
 
+// What the driver refuses for good is final, with the driver's reason and
+// a hint in the event.
+func TestDriverRefusalIsFinished(t *testing.T) {
+	ctx := testContext(t)
+	nd := startDriver(t, "node-a", 10<<30)
+	p := newProvisioner(t, nd)
+	opts := options(claim("c", "node-a", "1Gi", v1.ReadWriteOnce))
+	opts.StorageClass.MountOptions = []string{"noatime"}
+	_, state, err := p.Provision(ctx, opts)
+	if state != controller.ProvisioningFinished || err == nil ||
+		!strings.Contains(err.Error(), "fix the StorageClass") || !strings.Contains(err.Error(), "mount options") {
+		t.Errorf("state %s, error %v; want Finished with the driver's reason", state, err)
+	}
+	if dirs := nd.volumeDirs(t); len(dirs) != 0 {
+		t.Errorf("volume directories %v after a refusal", dirs)
+	}
+}
+
 func TestSelectedNodeGoneReschedules(t *testing.T) {
 	ctx := testContext(t)
 	nd := startDriver(t, "node-a", 10<<30)
