@@ -18,7 +18,7 @@ IMAGE       ?= stickyvol.local/stickyvol:dev
 IMAGE_TAR   := $(CACHE)/images/stickyvol.tar
 
 .PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check cache image
-.PHONY: localcluster cluster-up cluster-down cluster-env e2e
+.PHONY: localcluster cluster-up cluster-down cluster-env e2e demo
 
 all: build
 
@@ -68,6 +68,16 @@ E2E_PKGS    ?= ./e2e/...
 e2e: cache localcluster
 	trap '$(LOCALCLUSTER) down --cache-dir $(CACHE)' EXIT; trap 'exit 130' INT TERM; \
 	go test -tags e2e -count=1 -p 1 -timeout $(E2E_TIMEOUT) $(E2E_PKGS)
+
+# The README's first command, as root: brings up the local cluster (the first
+# run builds and caches it), builds and loads the stickyvol and example images,
+# deploys deploy/overlays/local and walks through the StatefulSet story of
+# deploy/examples/web.yaml. The cluster stays up; `make cluster-down` ends it.
+# DEMO_FLAGS=--attach reuses a cluster that `make cluster-up` started.
+DEMO_FLAGS ?=
+
+demo:
+	go run ./e2e/cmd/demo --cache-dir $(CACHE) $(DEMO_FLAGS)
 
 # Unit tests and the in-process csi-sanity suite (driver/). Needs root for the
 # real bind mounts; without root the mount tests skip and say so, and with

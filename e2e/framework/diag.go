@@ -44,8 +44,12 @@ func (f *Framework) dumpEvents(ctx context.Context, w io.Writer, ns string) {
 	sort.SliceStable(items, func(i, j int) bool { return eventTime(&items[i]).Before(eventTime(&items[j])) })
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	for _, e := range items {
+		from := e.ReportingController
+		if from == "" {
+			from = e.Source.Component
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s/%s\t%s\t(x%d, %s)\n", eventTime(&e).Format("15:04:05"), e.Type, e.Reason,
-			e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Message, max(e.Count, 1), e.Source.Component+e.ReportingController)
+			e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Message, max(e.Count, 1), from)
 	}
 	tw.Flush()
 }

@@ -1,0 +1,163 @@
+//go:build e2e
+
+package story
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/stickyvol/stickyvol/e2e/framework"
+)
+
+// TestCapacity: every node's agent runs with --capacity=nodeCapacity. One
+// node is filled up to a sliver; a claim that does not fit there but fits
+// the other node ends up there, also when the scheduler first picks the
+// full node: that node's agent refuses it (ResourceExhausted), the claim goes
+// back to the scheduler, which picks again. A claim bigger than any node's
+// capacity stays Pending, and its events say that the node has no room.
+//
+// The scheduler does not know the nodes' room (stickyvol publishes no
+// CSIStorageCapacity yet), so to make its first pick the full node, the
+// other node is cordoned until the full node has refused the claim once.
+func TestCapacity(t *testing.T) {
+	e := start(t, 5*time.Minute)
+	free := e.freeRoom()
+	full := e.Cluster.Nodes()[0].Name
+	other := e.otherNode(full)
+	const sliver = 8 << 20
+	const big = 64 << 20
+	t.Logf("room before: %v", free)
+	if free[full] <= sliver || free[other] < big {
+		t.Fatalf("not enough room to start with: %v", free)
+	}
+
+	e.step("fill %s up to %s", full, quantity(sliver))
+	e.createClaim(claim("filler", quantity(free[full]-sliver), v1.ReadWriteOnce))
+	e.createPod("filler", "filler", onNode(full))
+	filler := e.bindingOf(e.podReady("filler"))
+	if filler.node != full {
+		t.Fatalf("filler: %s, want node %s", filler, full)
+	}
+	// The next scenarios need the room back, not just once the namespace
+	// is gone.
+	t.Cleanup(func() {
+		e.deleteClaimAndPod(filler)
+		e.waitVolume(filler.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
+	})
+
+	e.step("claim %s with %s cordoned: %s refuses it", quantity(big), other, full)
+	e.setCordoned(other, true)
+	t.Cleanup(func() { e.setCordoned(other, false) })
+	e.createClaim(claim("big", quantity(big), v1.ReadWriteOnce))
+	e.createPod("big", "big")
+	e.waitNoRoom("big", full)
+
+	e.step("uncordon %s: the claim goes there", other)
+	e.setCordoned(other, false)
+	b := e.bindingOf(e.podReady("big"))
+	if b.node != other {
+		t.Fatalf("%s, want node %s", b, other)
+	}
+	t.Logf("%s", b)
+
+	e.step("a claim bigger than any node (%s)", quantity(2*capacityBytes()))
+	e.createClaim(claim("huge", quantity(2*capacityBytes()), v1.ReadWriteOnce))
+	e.createPod("huge", "huge")
+	ev := e.waitNoRoom("huge", "")
+	c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(e.ctx, "huge", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Status.Phase != v1.ClaimPending || c.Spec.VolumeName != "" {
+		t.Errorf("claim huge is %s with volume %q, want Pending without one", c.Status.Phase, c.Spec.VolumeName)
+	}
+	pod, err := e.Client.CoreV1().Pods(e.ns).Get(e.ctx, "huge", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.Status.Phase != v1.PodPending {
+		t.Errorf("pod huge is %s, want Pending", pod.Status.Phase)
+	}
+	t.Logf("claim huge stays Pending: %s", ev.Message)
+}
+
+// waitNoRoom waits for the Warning event that says a node (node, or any when
+// empty) has no room for the claim, and returns it.
+func (e *env) waitNoRoom(claimName, node string) *v1.Event {
+	e.t.Helper()
+	want := "has no room for this volume"
+	if node != "" {
+		want = fmt.Sprintf("node %q has no room for this volume", node)
+	}
+	ev, err := e.WaitForEvent(e.ctx, e.ns, "PersistentVolumeClaim", claimName, func(ev *v1.Event) bool {
+		return ev.Type == v1.EventTypeWarning && ev.Reason == "ProvisioningFailed" && strings.Contains(ev.Message, want)
+	})
+	if err != nil {
+		e.t.Fatalf("waiting for %q on claim %s: %v", want, claimName, err)
+	}
+	e.t.Logf("claim %s: %s %s: %s", claimName, ev.Type, ev.Reason, ev.Message)
+	return ev
+}
+
+// freeRoom returns how many bytes each node's agent can still hand out:
+// nodeCapacity less the capacity of the stickyvol PVs on it. It first waits
+// until the namespaces of earlier scenarios and their volumes are gone, so
+// that the numbers hold.
+func (e *env) freeRoom() map[string]int64 {
+	e.t.Helper()
+	_, err := framework.WaitFor(e.ctx, e.Namespaces(), &v1.Namespace{}, func(nss []*v1.Namespace) (bool, error) {
+		for _, ns := range nss {
+			if strings.HasPrefix(ns.Name, "e2e-") && ns.Name != e.ns {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting for the namespaces of earlier scenarios to go: %v", err)
+	}
+	var pvs []*v1.PersistentVolume
+	pvs, err = framework.WaitFor(e.ctx, e.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
+		for _, pv := range pvs {
+			leaving := pv.DeletionTimestamp != nil ||
+				(pv.Status.Phase == v1.VolumeReleased && pv.Spec.PersistentVolumeReclaimPolicy == v1.PersistentVolumeReclaimDelete)
+			if leaving {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		e.t.Fatalf("waiting for deleted claims' PVs to go: %v", err)
+	}
+	free := map[string]int64{}
+	for _, n := range e.Cluster.Nodes() {
+		free[n.Name] = capacityBytes()
+	}
+	for _, pv := range pvs {
+		if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != framework.DriverName {
+			continue
+		}
+		size := pv.Spec.Capacity[v1.ResourceStorage]
+		for _, n := range framework.NodesOf(pv) {
+			free[n] -= size.Value()
+		}
+	}
+	return free
+}
+
+func capacityBytes() int64 {
+	q := resource.MustParse(nodeCapacity)
+	return q.Value()
+}
+
+// quantity writes bytes as a claim size.
+func quantity(bytes int64) string {
+	return resource.NewQuantity(bytes, resource.BinarySI).String()
+}
