@@ -7,6 +7,7 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -133,7 +134,7 @@ func (d *demo) scaleDownUp(ctx context.Context) error {
 		return err
 	}
 	for _, c := range claims.Items {
-		if strings.HasPrefix(c.Name, "data-"+stsName+"-") {
+		if isWebClaim(&c) {
 			d.p.logf("claim %s: %s, volume %s", c.Name, c.Status.Phase, c.Spec.VolumeName)
 		}
 	}
@@ -200,22 +201,26 @@ func (d *demo) removeEarlierWeb(ctx context.Context) error {
 		return err
 	}
 	for _, c := range claims.Items {
-		if strings.HasPrefix(c.Name, "data-"+stsName+"-") {
+		if isWebClaim(&c) {
 			if err := cs.CoreV1().PersistentVolumeClaims(demoNamespace).Delete(ctx, c.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 				return err
 			}
 		}
 	}
-	return nil
+	// A claim still being deleted would be taken for the new pod's claim.
+	_, err = framework.WaitFor(ctx, d.f.Claims(demoNamespace), &v1.PersistentVolumeClaim{}, func(claims []*v1.PersistentVolumeClaim) (bool, error) {
+		return !slices.ContainsFunc(claims, isWebClaim), nil
+	})
+	return err
 }
 
-// readyPods waits until the StatefulSet has n Ready pods and returns them by
-// name.
+// isWebClaim reports whether the claim is one of the example's.
+func isWebClaim(c *v1.PersistentVolumeClaim) bool { return strings.HasPrefix(c.Name, "data-"+stsName+"-") }
+
+// readyPods waits until the StatefulSet has n Ready pods, saying when each
+// becomes Ready, and returns them by name.
 func (d *demo) readyPods(ctx context.Context, n int) ([]*v1.Pod, error) {
-	if _, err := d.f.WaitForStatefulSet(ctx, demoNamespace, stsName); err != nil {
-		return nil, err
-	}
-	return framework.WaitFor(ctx, d.f.Pods(demoNamespace, webPods), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) {
+	pods, err := framework.WaitFor(ctx, d.f.Pods(demoNamespace, webPods), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) {
 		ready := 0
 		for _, p := range pods {
 			if p.DeletionTimestamp == nil && framework.PodReady(p) {
@@ -228,6 +233,12 @@ func (d *demo) readyPods(ctx context.Context, n int) ([]*v1.Pod, error) {
 		}
 		return len(pods) == n && ready == n, nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	// The pods are there; this waits for the controller to have seen them.
+	_, err = d.f.WaitForStatefulSet(ctx, demoNamespace, stsName)
+	return pods, err
 }
 
 func (d *demo) scale(ctx context.Context, n int32) error {
