@@ -39,7 +39,9 @@ func TestCustomizeAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := slices.IndexFunc(objs, func(o *unstructured.Unstructured) bool { return o.GetKind() == "DaemonSet" && o.GetName() == DaemonSetName })
+	i := slices.IndexFunc(objs, func(o *unstructured.Unstructured) bool {
+		return o.GetKind() == "DaemonSet" && o.GetName() == DaemonSetName
+	})
 	if i < 0 {
 		t.Fatalf("no DaemonSet %s in %s", DaemonSetName, LocalOverlay)
 	}
@@ -81,7 +83,7 @@ func TestCustomizeAgent(t *testing.T) {
 
 func TestReadManifests(t *testing.T) {
 	for file, want := range map[string][]string{
-		ExampleWebFile:                    {"Service/web", "StatefulSet/web"},
+		ExampleWebFile:                     {"Service/web", "StatefulSet/web"},
 		"deploy/examples/claims/rwop.yaml": {"PersistentVolumeClaim/single-writer", "Pod/single-writer-a", "Pod/single-writer-b"},
 	} {
 		objs, err := ReadManifests(filepath.Join(repoDir(t), file))

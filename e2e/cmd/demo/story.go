@@ -215,7 +215,9 @@ func (d *demo) removeEarlierWeb(ctx context.Context) error {
 }
 
 // isWebClaim reports whether the claim is one of the example's.
-func isWebClaim(c *v1.PersistentVolumeClaim) bool { return strings.HasPrefix(c.Name, "data-"+stsName+"-") }
+func isWebClaim(c *v1.PersistentVolumeClaim) bool {
+	return strings.HasPrefix(c.Name, "data-"+stsName+"-")
+}
 
 // readyPods waits until the StatefulSet has n Ready pods, saying when each
 // becomes Ready, and returns them by name.
