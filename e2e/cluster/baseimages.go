@@ -125,15 +125,28 @@ func makePauseImage(ctx context.Context, b *builder, path string) error {
 
 // makeBusyboxImage packs the host's static busybox with its applet symlinks.
 func makeBusyboxImage(ctx context.Context, _ *builder, path string) error {
-	if err := checkStatic(hostBusybox); err != nil {
+	spec, err := BusyboxSpec(ctx, BusyboxImage)
+	if err != nil {
 		return err
+	}
+	_, err = image.WriteFile(path, spec)
+	return err
+}
+
+// BusyboxSpec returns the spec of an image named ref with what BusyboxImage
+// holds: the host's static busybox with a symlink per applet in /bin, /tmp,
+// /root, and the root and nobody users. Other images that only need a shell
+// and its tools start from it.
+func BusyboxSpec(ctx context.Context, ref string) (image.Spec, error) {
+	if err := checkStatic(hostBusybox); err != nil {
+		return image.Spec{}, err
 	}
 	out, err := exec.CommandContext(ctx, hostBusybox, "--list").Output()
 	if err != nil {
-		return fmt.Errorf("%s --list: %w", hostBusybox, err)
+		return image.Spec{}, fmt.Errorf("%s --list: %w", hostBusybox, err)
 	}
 	spec := image.Spec{
-		Ref:   BusyboxImage,
+		Ref:   ref,
 		Files: []image.File{{Path: "/bin/busybox", Source: hostBusybox, Mode: 0o755}},
 		Dirs:  []image.Dir{{Path: "/tmp", Mode: 0o1777}, {Path: "/root", Mode: 0o700}},
 		Cmd:   []string{"sh"},
@@ -144,8 +157,7 @@ func makeBusyboxImage(ctx context.Context, _ *builder, path string) error {
 			spec.Symlinks = append(spec.Symlinks, image.Symlink{Path: "/bin/" + applet, Target: "busybox"})
 		}
 	}
-	_, err = image.WriteFile(path, spec)
-	return err
+	return spec, nil
 }
 
 // busyboxEtc gives the image the users and groups tools expect to resolve.

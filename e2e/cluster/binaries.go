@@ -78,6 +78,7 @@ type command struct {
 	pkg  string
 	mod  goModule
 	dst  *string
+	test bool // a test binary of pkg (go test -c)
 }
 
 func (c command) version() string { return c.mod.version }
@@ -192,7 +193,11 @@ func (b *builder) build(ctx context.Context, c command) error {
 
 	fmt.Fprintf(b.out, "building %s %s ...\n", c.name, c.version())
 	start := time.Now()
-	args := []string{"build", "-trimpath", "-ldflags", strings.Join(ldflags(c, start), " "), "-o", tmp, c.pkg}
+	verb := []string{"build"}
+	if c.test {
+		verb = []string{"test", "-c"}
+	}
+	args := append(verb, "-trimpath", "-ldflags", strings.Join(ldflags(c, start), " "), "-o", tmp, c.pkg)
 	if _, err := b.goCmd(ctx, dir, args...); err != nil {
 		return fmt.Errorf("building %s %s: %w", c.name, c.version(), err)
 	}

@@ -31,6 +31,13 @@ type goModule struct {
 	// only hold in its own repository, so a module that requires it must
 	// pin each staging module to its published v0.x release itself.
 	stagingReplaces bool
+	// pkgs are the packages the helper module's tools.go imports; nil: the
+	// commands EnsureBinaries builds from this module.
+	pkgs []string
+	// files are more files of the helper module, by slash-separated path
+	// relative to it, written before it is tidied so that their imports
+	// are resolved too.
+	files map[string][]byte
 }
 
 // errNoGo is returned when the Go toolchain is not on PATH.
@@ -81,6 +88,15 @@ func (b *builder) prepareModule(ctx context.Context, m goModule) (string, error)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "tools.go"), toolsGo(modulePackages(m)), 0o644); err != nil {
 		return "", err
+	}
+	for name, data := range m.files {
+		path := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			return "", err
+		}
 	}
 	// -e: Kubernetes' module graph names test-only modules the proxy does
 	// not serve at every version; tidy would stop at the first of them.
@@ -176,8 +192,12 @@ func stagingVersion(kubernetesVersion string) (string, error) {
 	return "v0." + strings.TrimPrefix(kubernetesVersion, "v1."), nil
 }
 
-// modulePackages returns the packages EnsureBinaries builds from m.
+// modulePackages returns the packages the helper module of m builds: m.pkgs,
+// or else those EnsureBinaries builds from m.
 func modulePackages(m goModule) []string {
+	if m.pkgs != nil {
+		return m.pkgs
+	}
 	var pkgs []string
 	for _, c := range (&Binaries{}).commands() {
 		if c.mod.name == m.name {
