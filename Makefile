@@ -18,7 +18,7 @@ IMAGE       ?= stickyvol.local/stickyvol:dev
 IMAGE_TAR   := $(CACHE)/images/stickyvol.tar
 
 .PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check cache image
-.PHONY: localcluster cluster-up cluster-down cluster-env e2e demo
+.PHONY: localcluster cluster-up cluster-down cluster-env e2e demo conformance
 
 all: build
 
@@ -78,6 +78,20 @@ DEMO_FLAGS ?=
 
 demo:
 	go run ./e2e/cmd/demo --cache-dir $(CACHE) $(DEMO_FLAGS)
+
+# Conformance (e2e/conformance), as root: csi-sanity against the agent of a
+# real node through its CSI socket, then the upstream Kubernetes
+# External.Storage e2e suites (not Serial, Disruptive, Slow or Feature)
+# through e2e/conformance/test-driver.yaml, on a local cluster it brings up
+# and tears down. The first run builds the e2e binary, agnhost and csi-sanity
+# into $(CACHE)/bin. Reports and logs: $(CACHE)/conformance/<time>/.
+# CONFORMANCE_FLAGS=--attach (or STICKYVOL_E2E_ATTACH=1) uses the running
+# cluster and leaves it up; --dry-run lists the specs without a cluster;
+# --sanity=false, --e2e=false, --focus=subPath narrow the run.
+CONFORMANCE_FLAGS ?=
+
+conformance:
+	go run ./e2e/conformance/cmd/conformance --cache-dir $(CACHE) $(CONFORMANCE_FLAGS)
 
 # Unit tests and the in-process csi-sanity suite (driver/). Needs root for the
 # real bind mounts; without root the mount tests skip and say so, and with

@@ -1,0 +1,104 @@
+package conformance
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stickyvol/stickyvol/e2e/image"
+)
+
+func TestRequiredVersion(t *testing.T) {
+	gomod := filepath.Join(t.TempDir(), "go.mod")
+	data := "module example.com/m\n\ngo 1.26.0\n\nrequire (\n\tgithub.com/kubernetes-csi/csi-test/v5 v5.6.0\n\tk8s.io/api v0.37.2 // indirect\n)\n"
+	if err := os.WriteFile(gomod, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := requiredVersion(gomod, csiTestModule); err != nil || v != "v5.6.0" {
+		t.Errorf("requiredVersion = %q, %v; want v5.6.0", v, err)
+	}
+	if _, err := requiredVersion(gomod, "example.com/absent"); err == nil || !strings.Contains(err.Error(), "does not require") {
+		t.Errorf("a module go.mod does not require gave %v", err)
+	}
+	// stickyvol's own go.mod pins the csi-test the in-process sanity test uses.
+	if v, err := requiredVersion("../../go.mod", csiTestModule); err != nil || !strings.HasPrefix(v, "v5.") {
+		t.Errorf("stickyvol's go.mod: csi-test %q, %v", v, err)
+	}
+}
+
+func TestShortHash(t *testing.T) {
+	a := shortHash([]byte("ab"), []byte("c"))
+	if a == shortHash([]byte("a"), []byte("bc")) {
+		t.Error("moving a byte from one input to the next kept the hash")
+	}
+	if a != shortHash([]byte("ab"), []byte("c")) || len(a) != 12 {
+		t.Errorf("shortHash %q: want a stable 12-character hash", a)
+	}
+}
+
+func TestSpecKeyFollowsFileContents(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "agnhost")
+	write := func(content string) {
+		if err := os.WriteFile(bin, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := image.Spec{Ref: AgnhostImage, Files: []image.File{{Path: "/agnhost", Source: bin, Mode: 0o755}}}
+	key := func() string {
+		k, err := specKey(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	write("v1")
+	k1 := key()
+	if key() != k1 {
+		t.Error("the same inputs gave another key")
+	}
+	write("v2")
+	if key() == k1 {
+		t.Error("a rebuilt agnhost kept the image's cache key: the old image would be loaded")
+	}
+	spec.Ref = BusyboxImage
+	if key() == k1 {
+		t.Error("another image name kept the cache key")
+	}
+	spec.Files[0].Source = filepath.Join(t.TempDir(), "missing")
+	if _, err := specKey(spec); err == nil {
+		t.Error("a missing source file gave no error")
+	}
+}
+
+func TestImageFileName(t *testing.T) {
+	if got := imageFileName(GlibcDNSTestingImage); got != "glibc-dns-testing-2.1.1" {
+		t.Errorf("imageFileName(%s) = %q", GlibcDNSTestingImage, got)
+	}
+}
+
+func TestE2EArgs(t *testing.T) {
+	cfg := E2EConfig{Binary: "/e2e.test", DriverFile: "/src/e2e/conformance/test-driver.yaml", ReportDir: "/r",
+		Kubeconfig: "/kc", Kubectl: "/kubectl"}
+	args := cfg.args()
+	for _, want := range []string{
+		"-provider=local", "-storage.testdriver=/src/e2e/conformance/test-driver.yaml",
+		"-ginkgo.focus=" + DefaultFocus, "-ginkgo.skip=" + DefaultSkip, "-ginkgo.timeout=2h0m0s",
+		"-report-dir=/r", "-kubeconfig=/kc", "-kubectl-path=/kubectl",
+	} {
+		if !slices.Contains(args, want) {
+			t.Errorf("args %q lack %q", args, want)
+		}
+	}
+	cfg.DryRun, cfg.Focus, cfg.Timeout = true, "subPath", time.Minute
+	args = cfg.args()
+	if !slices.Contains(args, "-ginkgo.dry-run") || !slices.Contains(args, "-ginkgo.focus=subPath") ||
+		!slices.Contains(args, "-ginkgo.timeout=1m0s") {
+		t.Errorf("dry run args %q", args)
+	}
+	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "-kubeconfig") }) {
+		t.Errorf("a dry run needs no cluster, but args %q name one", args)
+	}
+}

@@ -1,0 +1,128 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// The specs `make conformance` selects by default: the External.Storage
+// suites instantiated for stickyvol's driver file, without those that need a
+// cluster of their own (Serial, Disruptive), take long (Slow), or need
+// features and feature gates a default cluster does not have.
+const (
+	DefaultFocus = `External.Storage.*hostpath\.stickyvol\.dev`
+	DefaultSkip  = `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[FeatureGate:`
+)
+
+// E2EConfig says how RunE2E runs the storage e2e binary.
+type E2EConfig struct {
+	// Binary is Binaries.E2E; DriverFile the absolute path of the test
+	// driver file (test-driver.yaml).
+	Binary, DriverFile string
+	// Kubeconfig and Kubectl reach the cluster; some specs run kubectl
+	// exec. Neither is needed for a dry run.
+	Kubeconfig, Kubectl string
+	// ReportDir receives junit_01.xml and e2e.log, the binary's output.
+	ReportDir string
+	// Focus and Skip select specs (regular expressions on their full
+	// text). Defaults: DefaultFocus, DefaultSkip.
+	Focus, Skip string
+	// DryRun lists the selected specs without running them, and without a
+	// cluster.
+	DryRun bool
+	// Timeout bounds the whole run (Ginkgo's suite timeout). Default: 2h.
+	Timeout time.Duration
+	// Out also receives the binary's output as it runs.
+	Out io.Writer
+}
+
+// JUnitFile is the report the e2e framework writes into its -report-dir.
+const JUnitFile = "junit_01.xml"
+
+func (cfg E2EConfig) args() []string {
+	args := []string{
+		"-provider=local",
+		"-storage.testdriver=" + cfg.DriverFile,
+		"-ginkgo.focus=" + cmpOr(cfg.Focus, DefaultFocus),
+		"-ginkgo.skip=" + cmpOr(cfg.Skip, DefaultSkip),
+		"-ginkgo.timeout=" + cmpOr(cfg.Timeout, 2*time.Hour).String(),
+		"-ginkgo.no-color",
+		"-report-dir=" + cfg.ReportDir,
+		"-e2e-output-dir=" + cfg.ReportDir,
+	}
+	if cfg.DryRun {
+		return append(args, "-ginkgo.dry-run")
+	}
+	return append(args, "-kubeconfig="+cfg.Kubeconfig, "-kubectl-path="+cfg.Kubectl)
+}
+
+// RunE2E runs the e2e binary, checks that it decoded the whole driver file
+// (CheckDriverFile), and returns what its JUnit report says. Failed specs
+// are in the report, not in the error: the error says that the run itself
+// went wrong. On ctx's end the binary gets one SIGINT, on which Ginkgo runs
+// the specs' cleanups and still writes its report, and is killed two minutes
+// later if it has not ended.
+func RunE2E(ctx context.Context, cfg E2EConfig) (*Report, error) {
+	if err := os.MkdirAll(cfg.ReportDir, 0o755); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(cfg.ReportDir, "e2e.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	out := io.Writer(log)
+	if cfg.Out != nil {
+		out = io.MultiWriter(log, cfg.Out)
+	}
+	cmd := exec.CommandContext(ctx, cfg.Binary, cfg.args()...)
+	cmd.Dir = cfg.ReportDir
+	cmd.Stdout, cmd.Stderr = out, out
+	// A process group of its own: Ctrl-C in the terminal reaches this
+	// program only, which passes on exactly one interrupt. A second one
+	// would make Ginkgo skip the cleanups and leave test namespaces behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 2 * time.Minute
+	runErr := cmd.Run()
+
+	if err := checkLoggedDriver(cfg.DriverFile, logPath); err != nil {
+		return nil, err
+	}
+	report, err := ReadJUnit(filepath.Join(cfg.ReportDir, JUnitFile))
+	if err != nil {
+		return nil, fmt.Errorf("the e2e binary wrote no report (%v): %w; its output is in %s", runErr, err, logPath)
+	}
+	var exitErr *exec.ExitError
+	if runErr != nil && !errors.As(runErr, &exitErr) {
+		return report, fmt.Errorf("running %s: %w", cfg.Binary, runErr)
+	}
+	// A non-zero exit with a report means failed specs or a failed suite
+	// setup; both are in the report.
+	return report, nil
+}
+
+func checkLoggedDriver(driverFile, logPath string) error {
+	log, err := os.Open(logPath)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	return CheckDriverFile(driverFile, log)
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
