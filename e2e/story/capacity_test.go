@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -27,12 +28,13 @@ import (
 // other node is cordoned until the full node has refused the claim once.
 func TestCapacity(t *testing.T) {
 	e := start(t, 5*time.Minute)
+	e.step("room on each node, once earlier scenarios' volumes are gone")
 	free := e.freeRoom()
 	full := e.Cluster.Nodes()[0].Name
 	other := e.otherNode(full)
 	const sliver = 8 << 20
 	const big = 64 << 20
-	t.Logf("room before: %v", free)
+	t.Logf("room: %v", free)
 	if free[full] <= sliver || free[other] < big {
 		t.Fatalf("not enough room to start with: %v", free)
 	}
@@ -107,26 +109,19 @@ func (e *env) waitNoRoom(claimName, node string) *v1.Event {
 
 // freeRoom returns how many bytes each node's agent can still hand out:
 // nodeCapacity less the capacity of the stickyvol PVs on it. It first waits
-// until the namespaces of earlier scenarios and their volumes are gone, so
-// that the numbers hold.
+// until no PV is on its way out, including those whose claims are in the
+// namespaces of earlier scenarios still being deleted, so that the numbers
+// hold.
 func (e *env) freeRoom() map[string]int64 {
 	e.t.Helper()
-	_, err := framework.WaitFor(e.ctx, e.Namespaces(), &v1.Namespace{}, func(nss []*v1.Namespace) (bool, error) {
-		for _, ns := range nss {
-			if strings.HasPrefix(ns.Name, "e2e-") && ns.Name != e.ns {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		e.t.Fatalf("waiting for the namespaces of earlier scenarios to go: %v", err)
-	}
-	var pvs []*v1.PersistentVolume
-	pvs, err = framework.WaitFor(e.ctx, e.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
+	pvs, err := framework.WaitFor(e.ctx, e.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
 		for _, pv := range pvs {
 			leaving := pv.DeletionTimestamp != nil ||
 				(pv.Status.Phase == v1.VolumeReleased && pv.Spec.PersistentVolumeReclaimPolicy == v1.PersistentVolumeReclaimDelete)
+			if ref := pv.Spec.ClaimRef; !leaving && ref != nil && ref.Namespace != e.ns && strings.HasPrefix(ref.Namespace, "e2e-") {
+				ns, err := e.Client.CoreV1().Namespaces().Get(e.ctx, ref.Namespace, metav1.GetOptions{})
+				leaving = apierrors.IsNotFound(err) || (err == nil && ns.DeletionTimestamp != nil)
+			}
 			if leaving {
 				return false, nil
 			}

@@ -31,9 +31,10 @@ import (
 // framework.
 type env struct {
 	*framework.Framework
-	t   *testing.T
-	ctx context.Context
-	ns  string
+	t     *testing.T
+	ctx   context.Context
+	ns    string
+	begin time.Time
 }
 
 // start begins a scenario in a namespace of its own. When the scenario ends
@@ -75,13 +76,13 @@ func start(t *testing.T, timeout time.Duration) *env {
 		t.Logf("scenario run time: %s", took.Round(100*time.Millisecond))
 		recordTime(t.Name(), took, t.Failed())
 	})
-	return &env{Framework: f, t: t, ctx: ctx, ns: ns.Name}
+	return &env{Framework: f, t: t, ctx: ctx, ns: ns.Name, begin: begin}
 }
 
 // step logs what the scenario does next, with the time since it began.
 func (e *env) step(format string, args ...any) {
 	e.t.Helper()
-	e.t.Logf("--- "+format, args...)
+	e.t.Logf("--- [%5.1fs] %s", time.Since(e.begin).Seconds(), fmt.Sprintf(format, args...))
 }
 
 // node returns the cluster node of that name.
