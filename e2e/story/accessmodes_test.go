@@ -17,17 +17,17 @@ import (
 // ReadWriteMany and ReadOnlyMany, each with a pod: each claim gets a Warning
 // event that says why, and no PV; no directory appears on any node.
 func TestRefusedAccessModes(t *testing.T) {
-	e := start(t, 3*time.Minute)
+	ctx, e := start(t, 3*time.Minute)
 	dirsBefore := e.volumeDirs()
 	for _, x := range []struct{ file, claim, mode string }{
 		{"deploy/examples/claims/refused-rwx.yaml", "shared-rwx", "ReadWriteMany"},
 		{"deploy/examples/claims/refused-rox.yaml", "shared-rox", "ReadOnlyMany"},
 	} {
 		e.step("apply %s", x.file)
-		if _, err := e.ApplyFile(e.ctx, e.ns, x.file); err != nil {
+		if _, err := e.ApplyFile(ctx, e.ns, x.file); err != nil {
 			t.Fatal(err)
 		}
-		ev, err := e.WaitForEvent(e.ctx, e.ns, "PersistentVolumeClaim", x.claim, func(ev *v1.Event) bool {
+		ev, err := e.WaitForEvent(ctx, e.ns, "PersistentVolumeClaim", x.claim, func(ev *v1.Event) bool {
 			return ev.Type == v1.EventTypeWarning && ev.Reason == "ProvisioningFailed"
 		})
 		if err != nil {
@@ -37,7 +37,7 @@ func TestRefusedAccessModes(t *testing.T) {
 		if !strings.Contains(ev.Message, x.mode) {
 			t.Errorf("the event on %s does not name the refused access mode %s: %q", x.claim, x.mode, ev.Message)
 		}
-		c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(e.ctx, x.claim, metav1.GetOptions{})
+		c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(ctx, x.claim, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +45,7 @@ func TestRefusedAccessModes(t *testing.T) {
 			t.Errorf("claim %s is %s with volume %q, want Pending without one", x.claim, c.Status.Phase, c.Spec.VolumeName)
 		}
 	}
-	pvs, err := e.Client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	pvs, err := e.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,14 +66,14 @@ func TestRefusedAccessModes(t *testing.T) {
 // scheduler saying why, and it starts, with the first one's data, once the
 // first is deleted.
 func TestReadWriteOncePod(t *testing.T) {
-	e := start(t, 3*time.Minute)
+	ctx, e := start(t, 3*time.Minute)
 	const file = "deploy/examples/claims/rwop.yaml"
 	e.step("apply %s", file)
-	if _, err := e.ApplyFile(e.ctx, e.ns, file); err != nil {
+	if _, err := e.ApplyFile(ctx, e.ns, file); err != nil {
 		t.Fatal(err)
 	}
 	var running, waiting *v1.Pod
-	_, err := framework.WaitFor(e.ctx, e.Pods(e.ns, nil), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) {
+	_, err := framework.WaitFor(ctx, e.Pods(e.ns, nil), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) {
 		running, waiting = nil, nil
 		for _, p := range pods {
 			if framework.PodReady(p) {
@@ -92,14 +92,14 @@ func TestReadWriteOncePod(t *testing.T) {
 	if !strings.Contains(msg, "ReadWriteOncePod") {
 		t.Errorf("the scheduler's reason for %s does not name ReadWriteOncePod: %q", waiting.Name, msg)
 	}
-	b := e.bindingOf(running)
-	sum := e.writeBlob(running.Name)
+	b := e.bindingOf(ctx, running)
+	sum := e.writeBlob(ctx, running.Name)
 
 	e.step("delete %s", running.Name)
-	e.deletePod(running)
-	next := e.podReady(waiting.Name)
-	if got := e.bindingOf(next); got.pv != b.pv || got.node != b.node {
+	e.deletePod(ctx, running)
+	next := e.podReady(ctx, waiting.Name)
+	if got := e.bindingOf(ctx, next); got.pv != b.pv || got.node != b.node {
 		t.Fatalf("%s, want PV %s on %s", got, b.pv, b.node)
 	}
-	e.checkBlob(next.Name, sum, "the second pod on the ReadWriteOncePod claim")
+	e.checkBlob(ctx, next.Name, sum, "the second pod on the ReadWriteOncePod claim")
 }

@@ -3,6 +3,7 @@
 package story
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -27,9 +28,9 @@ import (
 // CSIStorageCapacity yet), so to make its first pick the full node, the
 // other node is cordoned until the full node has refused the claim once.
 func TestCapacity(t *testing.T) {
-	e := start(t, 5*time.Minute)
+	ctx, e := start(t, 5*time.Minute)
 	e.step("room on each node, once earlier scenarios' volumes are gone")
-	free := e.freeRoom()
+	free := e.freeRoom(ctx)
 	full := e.Cluster.Nodes()[0].Name
 	other := e.otherNode(full)
 	const sliver = 8 << 20
@@ -40,46 +41,46 @@ func TestCapacity(t *testing.T) {
 	}
 
 	e.step("fill %s up to %s", full, quantity(sliver))
-	e.createClaim(claim("filler", quantity(free[full]-sliver), v1.ReadWriteOnce))
-	e.createPod("filler", "filler", onNode(full))
-	filler := e.bindingOf(e.podReady("filler"))
+	e.createClaim(ctx, claim("filler", quantity(free[full]-sliver), v1.ReadWriteOnce))
+	e.createPod(ctx, "filler", "filler", onNode(full))
+	filler := e.bindingOf(ctx, e.podReady(ctx, "filler"))
 	if filler.node != full {
 		t.Fatalf("filler: %s, want node %s", filler, full)
 	}
 	// The next scenarios need the room back, not just once the namespace
 	// is gone.
 	t.Cleanup(func() {
-		e.deleteClaimAndPod(filler)
-		e.waitVolume(filler.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
+		e.deleteClaimAndPod(ctx, filler)
+		e.waitVolume(ctx, filler.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
 	})
 
 	e.step("claim %s with %s cordoned: %s refuses it", quantity(big), other, full)
-	e.setCordoned(other, true)
-	t.Cleanup(func() { e.setCordoned(other, false) })
-	e.createClaim(claim("big", quantity(big), v1.ReadWriteOnce))
-	e.createPod("big", "big")
-	e.waitNoRoom("big", full)
+	e.setCordoned(ctx, other, true)
+	t.Cleanup(func() { e.setCordoned(ctx, other, false) })
+	e.createClaim(ctx, claim("big", quantity(big), v1.ReadWriteOnce))
+	e.createPod(ctx, "big", "big")
+	e.waitNoRoom(ctx, "big", full)
 
 	e.step("uncordon %s: the claim goes there", other)
-	e.setCordoned(other, false)
-	b := e.bindingOf(e.podReady("big"))
+	e.setCordoned(ctx, other, false)
+	b := e.bindingOf(ctx, e.podReady(ctx, "big"))
 	if b.node != other {
 		t.Fatalf("%s, want node %s", b, other)
 	}
 	t.Logf("%s", b)
 
 	e.step("a claim bigger than any node (%s)", quantity(2*capacityBytes()))
-	e.createClaim(claim("huge", quantity(2*capacityBytes()), v1.ReadWriteOnce))
-	e.createPod("huge", "huge")
-	ev := e.waitNoRoom("huge", "")
-	c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(e.ctx, "huge", metav1.GetOptions{})
+	e.createClaim(ctx, claim("huge", quantity(2*capacityBytes()), v1.ReadWriteOnce))
+	e.createPod(ctx, "huge", "huge")
+	ev := e.waitNoRoom(ctx, "huge", "")
+	c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(ctx, "huge", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Status.Phase != v1.ClaimPending || c.Spec.VolumeName != "" {
 		t.Errorf("claim huge is %s with volume %q, want Pending without one", c.Status.Phase, c.Spec.VolumeName)
 	}
-	pod, err := e.Client.CoreV1().Pods(e.ns).Get(e.ctx, "huge", metav1.GetOptions{})
+	pod, err := e.Client.CoreV1().Pods(e.ns).Get(ctx, "huge", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,13 +92,13 @@ func TestCapacity(t *testing.T) {
 
 // waitNoRoom waits for the Warning event that says a node (node, or any when
 // empty) has no room for the claim, and returns it.
-func (e *env) waitNoRoom(claimName, node string) *v1.Event {
+func (e *env) waitNoRoom(ctx context.Context, claimName, node string) *v1.Event {
 	e.t.Helper()
 	want := "has no room for this volume"
 	if node != "" {
 		want = fmt.Sprintf("node %q has no room for this volume", node)
 	}
-	ev, err := e.WaitForEvent(e.ctx, e.ns, "PersistentVolumeClaim", claimName, func(ev *v1.Event) bool {
+	ev, err := e.WaitForEvent(ctx, e.ns, "PersistentVolumeClaim", claimName, func(ev *v1.Event) bool {
 		return ev.Type == v1.EventTypeWarning && ev.Reason == "ProvisioningFailed" && strings.Contains(ev.Message, want)
 	})
 	if err != nil {
@@ -112,14 +113,14 @@ func (e *env) waitNoRoom(claimName, node string) *v1.Event {
 // until no PV is on its way out, including those whose claims are in the
 // namespaces of earlier scenarios still being deleted, so that the numbers
 // hold.
-func (e *env) freeRoom() map[string]int64 {
+func (e *env) freeRoom(ctx context.Context) map[string]int64 {
 	e.t.Helper()
-	pvs, err := framework.WaitFor(e.ctx, e.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
+	pvs, err := framework.WaitFor(ctx, e.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
 		for _, pv := range pvs {
 			leaving := pv.DeletionTimestamp != nil ||
 				(pv.Status.Phase == v1.VolumeReleased && pv.Spec.PersistentVolumeReclaimPolicy == v1.PersistentVolumeReclaimDelete)
 			if ref := pv.Spec.ClaimRef; !leaving && ref != nil && ref.Namespace != e.ns && strings.HasPrefix(ref.Namespace, "e2e-") {
-				ns, err := e.Client.CoreV1().Namespaces().Get(e.ctx, ref.Namespace, metav1.GetOptions{})
+				ns, err := e.Client.CoreV1().Namespaces().Get(ctx, ref.Namespace, metav1.GetOptions{})
 				leaving = apierrors.IsNotFound(err) || (err == nil && ns.DeletionTimestamp != nil)
 			}
 			if leaving {

@@ -27,20 +27,19 @@ import (
 	"github.com/stickyvol/stickyvol/internal/testutil"
 )
 
-// env is one scenario: its namespace, a context with its deadline, and the
-// framework.
+// env is one scenario: its namespace and the framework.
 type env struct {
 	*framework.Framework
 	t     *testing.T
-	ctx   context.Context
 	ns    string
 	begin time.Time
 }
 
-// start begins a scenario in a namespace of its own. When the scenario ends
-// it logs the run time, dumps events, pods, claims, stickyvol logs and the
-// cluster's log tails if the scenario failed, and deletes the namespace.
-func start(t *testing.T, timeout time.Duration) *env {
+// start begins a scenario in a namespace of its own and returns a context
+// with the scenario's deadline. When the scenario ends it logs the run time,
+// dumps events, pods, claims, stickyvol logs and the cluster's log tails if
+// the scenario failed, and deletes the namespace.
+func start(t *testing.T, timeout time.Duration) (context.Context, *env) {
 	testutil.RequireRoot(t)
 	if suite.setupErr != nil {
 		t.Fatalf("no cluster with stickyvol: %v", suite.setupErr)
@@ -76,7 +75,7 @@ func start(t *testing.T, timeout time.Duration) *env {
 		t.Logf("scenario run time: %s", took.Round(100*time.Millisecond))
 		recordTime(t.Name(), took, t.Failed())
 	})
-	return &env{Framework: f, t: t, ctx: ctx, ns: ns.Name, begin: begin}
+	return ctx, &env{Framework: f, t: t, ns: ns.Name, begin: begin}
 }
 
 // step logs what the scenario does next, with the time since it began.
@@ -122,7 +121,7 @@ func (b binding) String() string {
 // bindingOf follows a Ready pod's "data" volume to its claim and PV and
 // checks that they agree: the claim is Bound to the PV, the PV is a stickyvol
 // volume claimed by that claim, and its node affinity names the pod's node.
-func (e *env) bindingOf(pod *v1.Pod) binding {
+func (e *env) bindingOf(ctx context.Context, pod *v1.Pod) binding {
 	e.t.Helper()
 	var claimName string
 	for _, vol := range pod.Spec.Volumes {
@@ -133,14 +132,14 @@ func (e *env) bindingOf(pod *v1.Pod) binding {
 	if claimName == "" {
 		e.t.Fatalf("pod %s has no claim in its volume \"data\"", pod.Name)
 	}
-	claim, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(e.ctx, claimName, metav1.GetOptions{})
+	claim, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(ctx, claimName, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	if claim.Status.Phase != v1.ClaimBound || claim.Spec.VolumeName == "" {
 		e.t.Fatalf("claim %s of running pod %s is %s, not Bound", claimName, pod.Name, claim.Status.Phase)
 	}
-	pv, err := e.Client.CoreV1().PersistentVolumes().Get(e.ctx, claim.Spec.VolumeName, metav1.GetOptions{})
+	pv, err := e.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -167,20 +166,20 @@ const blobSize = 256 << 10
 
 // writeBlob writes random bytes to /data/blob in the pod, as the pod's user,
 // and returns their checksum.
-func (e *env) writeBlob(pod string) string {
+func (e *env) writeBlob(ctx context.Context, pod string) string {
 	e.t.Helper()
 	data := make([]byte, blobSize)
 	rand.Read(data)
-	if _, err := e.Exec(e.ctx, e.ns, pod, bytes.NewReader(data), "sh", "-c", "cat > /data/blob.tmp && mv /data/blob.tmp /data/blob"); err != nil {
+	if _, err := e.Exec(ctx, e.ns, pod, bytes.NewReader(data), "sh", "-c", "cat > /data/blob.tmp && mv /data/blob.tmp /data/blob"); err != nil {
 		e.t.Fatal(err)
 	}
 	return checksum(data)
 }
 
 // readBlob reads /data/blob in the pod and returns its checksum.
-func (e *env) readBlob(pod string) string {
+func (e *env) readBlob(ctx context.Context, pod string) string {
 	e.t.Helper()
-	data, err := e.Exec(e.ctx, e.ns, pod, nil, "cat", "/data/blob")
+	data, err := e.Exec(ctx, e.ns, pod, nil, "cat", "/data/blob")
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -188,9 +187,9 @@ func (e *env) readBlob(pod string) string {
 }
 
 // checkBlob fails unless the pod reads back the blob with checksum want.
-func (e *env) checkBlob(pod, want, when string) {
+func (e *env) checkBlob(ctx context.Context, pod, want, when string) {
 	e.t.Helper()
-	if got := e.readBlob(pod); got != want {
+	if got := e.readBlob(ctx, pod); got != want {
 		e.t.Fatalf("%s: %s reads /data/blob with sha256 %s, want %s (written before)", when, pod, got, want)
 	}
 }
@@ -215,23 +214,23 @@ func checksum(data []byte) string {
 }
 
 // deletePod deletes the pod (that very pod, by UID) and waits until it is gone.
-func (e *env) deletePod(pod *v1.Pod) {
+func (e *env) deletePod(ctx context.Context, pod *v1.Pod) {
 	e.t.Helper()
-	err := e.Client.CoreV1().Pods(pod.Namespace).Delete(e.ctx, pod.Name, metav1.DeleteOptions{
+	err := e.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 		Preconditions: &metav1.Preconditions{UID: &pod.UID},
 	})
 	if err != nil && !apierrors.IsNotFound(err) {
 		e.t.Fatal(err)
 	}
-	if err := e.WaitForPodGone(e.ctx, pod.Namespace, pod.Name, string(pod.UID)); err != nil {
+	if err := e.WaitForPodGone(ctx, pod.Namespace, pod.Name, string(pod.UID)); err != nil {
 		e.t.Fatal(err)
 	}
 }
 
 // podReady waits for the pod to be Ready and returns it.
-func (e *env) podReady(name string) *v1.Pod {
+func (e *env) podReady(ctx context.Context, name string) *v1.Pod {
 	e.t.Helper()
-	pod, err := e.WaitForPodReady(e.ctx, e.ns, name)
+	pod, err := e.WaitForPodReady(ctx, e.ns, name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -258,10 +257,10 @@ func (e *env) volumeDirs() map[string]bool {
 
 // setCordoned marks the node unschedulable or schedulable again, as
 // `kubectl cordon` and `uncordon` do.
-func (e *env) setCordoned(node string, cordoned bool) {
+func (e *env) setCordoned(ctx context.Context, node string, cordoned bool) {
 	e.t.Helper()
 	patch := fmt.Sprintf(`{"spec":{"unschedulable":%v}}`, cordoned)
-	if _, err := e.Client.CoreV1().Nodes().Patch(context.WithoutCancel(e.ctx), node, types.MergePatchType,
+	if _, err := e.Client.CoreV1().Nodes().Patch(context.WithoutCancel(ctx), node, types.MergePatchType,
 		[]byte(patch), metav1.PatchOptions{}); err != nil {
 		e.t.Fatalf("cordon=%v %s: %v", cordoned, node, err)
 	}

@@ -22,18 +22,18 @@ import (
 // PV of its own on its pod's node, the pods spread over both nodes, and the
 // replicas copied the primary's log by its DNS name web-0.web.
 func TestOrderedCreation(t *testing.T) {
-	e := start(t, 4*time.Minute)
+	ctx, e := start(t, 4*time.Minute)
 
 	// Watch the namespace's claims before anything exists, so the order
 	// of the ADDED events is the order in which they were created.
-	w, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Watch(e.ctx, metav1.ListOptions{})
+	w, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Watch(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var created []string
 	watched := make(chan error, 1)
 	go func() {
-		_, err := watchtools.UntilWithoutRetry(e.ctx, w, func(ev watch.Event) (bool, error) {
+		_, err := watchtools.UntilWithoutRetry(ctx, w, func(ev watch.Event) (bool, error) {
 			if c, ok := ev.Object.(*v1.PersistentVolumeClaim); ok && ev.Type == watch.Added {
 				created = append(created, c.Name)
 			}
@@ -43,10 +43,10 @@ func TestOrderedCreation(t *testing.T) {
 	}()
 
 	e.step("apply %s", framework.ExampleWebFile)
-	if _, err := e.ApplyFile(e.ctx, e.ns, framework.ExampleWebFile); err != nil {
+	if _, err := e.ApplyFile(ctx, e.ns, framework.ExampleWebFile); err != nil {
 		t.Fatal(err)
 	}
-	pods := e.statefulSetReady("web")
+	pods := e.statefulSetReady(ctx, "web")
 	if err := <-watched; err != nil {
 		t.Fatalf("watching claims (created so far: %v): %v", created, err)
 	}
@@ -58,7 +58,7 @@ func TestOrderedCreation(t *testing.T) {
 	pvs := map[string]bool{}
 	nodes := map[string]bool{}
 	for i, pod := range pods {
-		b := e.bindingOf(pod)
+		b := e.bindingOf(ctx, pod)
 		t.Logf("%s", b)
 		if want := fmt.Sprintf("data-web-%d", i); b.claim != want {
 			t.Errorf("pod %s uses claim %s, want %s", pod.Name, b.claim, want)
@@ -69,7 +69,7 @@ func TestOrderedCreation(t *testing.T) {
 		pvs[b.pv] = true
 		nodes[b.node] = true
 	}
-	all, err := e.Client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	all, err := e.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestOrderedCreation(t *testing.T) {
 
 	e.step("the replicas copied the primary's log from web-0.web")
 	for _, pod := range pods[1:] {
-		out, err := e.Exec(e.ctx, e.ns, pod.Name, nil, "cat", "/data/web-0.log")
+		out, err := e.Exec(ctx, e.ns, pod.Name, nil, "cat", "/data/web-0.log")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,20 +20,20 @@ import (
 // says why (the volume's node affinity); uncordoned, it comes back there
 // with its data.
 func TestPodFollowsItsVolume(t *testing.T) {
-	e := start(t, 4*time.Minute)
+	ctx, e := start(t, 4*time.Minute)
 	home := e.Cluster.Nodes()[0].Name
 	other := e.otherNode(home)
 
 	e.step("first pod of StatefulSet sticky on %s", home)
-	pods := e.createStatefulSet(statefulSet("sticky", 1, func(sts *appsv1.StatefulSet) {
+	pods := e.createStatefulSet(ctx, statefulSet("sticky", 1, func(sts *appsv1.StatefulSet) {
 		sts.Spec.Template.Spec.NodeSelector = map[string]string{hostnameLabel: home}
 	}))
-	b := e.bindingOf(pods[0])
-	sum := e.writeBlob(b.pod)
+	b := e.bindingOf(ctx, pods[0])
+	sum := e.writeBlob(ctx, b.pod)
 	t.Logf("%s", b)
 
 	e.step("the template now prefers %s; the rolling update recreates the pod", other)
-	sts, err := e.Client.AppsV1().StatefulSets(e.ns).Get(e.ctx, "sticky", metav1.GetOptions{})
+	sts, err := e.Client.AppsV1().StatefulSets(e.ns).Get(ctx, "sticky", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,23 +46,23 @@ func TestPodFollowsItsVolume(t *testing.T) {
 			}}},
 		}},
 	}}
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Update(e.ctx, sts, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Update(ctx, sts, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pods = e.statefulSetReady("sticky")
+	pods = e.statefulSetReady(ctx, "sticky")
 	if pods[0].UID == b.podUID {
 		t.Fatalf("the rolling update did not recreate %s", b.pod)
 	}
-	if got := e.bindingOf(pods[0]); got.node != home || got.pv != b.pv {
+	if got := e.bindingOf(ctx, pods[0]); got.node != home || got.pv != b.pv {
 		t.Fatalf("recreated pod: %s, want it on %s with PV %s", got, home, b.pv)
 	}
-	e.checkBlob(b.pod, sum, "recreated on its volume's node")
+	e.checkBlob(ctx, b.pod, sum, "recreated on its volume's node")
 
 	e.step("cordon %s and delete the pod", home)
-	e.setCordoned(home, true)
-	t.Cleanup(func() { e.setCordoned(home, false) })
-	e.deletePod(pods[0])
-	pending, err := framework.WaitForOne(e.ctx, e.Pod(e.ns, b.pod), &v1.Pod{}, func(p *v1.Pod) (bool, error) {
+	e.setCordoned(ctx, home, true)
+	t.Cleanup(func() { e.setCordoned(ctx, home, false) })
+	e.deletePod(ctx, pods[0])
+	pending, err := framework.WaitForOne(ctx, e.Pod(e.ns, b.pod), &v1.Pod{}, func(p *v1.Pod) (bool, error) {
 		if p == nil {
 			return false, nil
 		}
@@ -86,10 +86,10 @@ func TestPodFollowsItsVolume(t *testing.T) {
 	}
 
 	e.step("uncordon %s", home)
-	e.setCordoned(home, false)
-	back := e.podReady(b.pod)
-	if got := e.bindingOf(back); got.node != home || got.pv != b.pv {
+	e.setCordoned(ctx, home, false)
+	back := e.podReady(ctx, b.pod)
+	if got := e.bindingOf(ctx, back); got.node != home || got.pv != b.pv {
 		t.Fatalf("after uncordon: %s, want it on %s with PV %s", got, home, b.pv)
 	}
-	e.checkBlob(b.pod, sum, "after uncordon")
+	e.checkBlob(ctx, b.pod, sum, "after uncordon")
 }

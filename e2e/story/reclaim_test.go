@@ -21,15 +21,15 @@ import (
 // claim of the example class stickyvol-retain (Retain) leaves the PV Released
 // and the directory, with the data, on the node.
 func TestReclaimPolicy(t *testing.T) {
-	e := start(t, 4*time.Minute)
+	ctx, e := start(t, 4*time.Minute)
 
 	e.step("class stickyvol (Delete)")
-	e.createClaim(claim("scratch", "16Mi", v1.ReadWriteOnce))
-	e.createPod("scratch", "scratch")
-	b := e.bindingOf(e.podReady("scratch"))
-	e.checkHostBlob(b, e.writeBlob(b.pod))
-	e.deleteClaimAndPod(b)
-	e.waitVolume(b.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
+	e.createClaim(ctx, claim("scratch", "16Mi", v1.ReadWriteOnce))
+	e.createPod(ctx, "scratch", "scratch")
+	b := e.bindingOf(ctx, e.podReady(ctx, "scratch"))
+	e.checkHostBlob(b, e.writeBlob(ctx, b.pod))
+	e.deleteClaimAndPod(ctx, b)
+	e.waitVolume(ctx, b.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
 	for _, path := range e.hostPaths(b) {
 		if _, err := os.Stat(path); !os.IsNotExist(err) {
 			t.Errorf("%s is still on node %s after its claim was deleted (stat: %v)", path, b.node, err)
@@ -38,19 +38,19 @@ func TestReclaimPolicy(t *testing.T) {
 
 	const file = "deploy/examples/claims/retain.yaml"
 	e.step("class stickyvol-retain (Retain), %s", file)
-	if _, err := e.ApplyFile(e.ctx, e.ns, file); err != nil {
+	if _, err := e.ApplyFile(ctx, e.ns, file); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		err := e.Client.StorageV1().StorageClasses().Delete(context.WithoutCancel(e.ctx), "stickyvol-retain", metav1.DeleteOptions{})
+		err := e.Client.StorageV1().StorageClasses().Delete(context.WithoutCancel(ctx), "stickyvol-retain", metav1.DeleteOptions{})
 		if err != nil {
 			t.Errorf("deleting the StorageClass of %s: %v", file, err)
 		}
 	})
-	b = e.bindingOf(e.podReady("kept"))
-	sum := e.writeBlob(b.pod)
-	e.deleteClaimAndPod(b)
-	e.waitVolume(b.pv, func(pv *v1.PersistentVolume) bool {
+	b = e.bindingOf(ctx, e.podReady(ctx, "kept"))
+	sum := e.writeBlob(ctx, b.pod)
+	e.deleteClaimAndPod(ctx, b)
+	e.waitVolume(ctx, b.pv, func(pv *v1.PersistentVolume) bool {
 		return pv != nil && pv.Status.Phase == v1.VolumeReleased
 	}, "Released")
 	e.checkHostBlob(b, sum)
@@ -58,10 +58,10 @@ func TestReclaimPolicy(t *testing.T) {
 
 	e.step("switch the Released PV to Delete: the volume goes")
 	patch := []byte(`{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}`)
-	if _, err := e.Client.CoreV1().PersistentVolumes().Patch(e.ctx, b.pv, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := e.Client.CoreV1().PersistentVolumes().Patch(ctx, b.pv, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	e.waitVolume(b.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
+	e.waitVolume(ctx, b.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
 	if _, err := os.Stat(e.volumeDir(b)); !os.IsNotExist(err) {
 		t.Errorf("%s is still on node %s after its PV was deleted (stat: %v)", e.volumeDir(b), b.node, err)
 	}
@@ -74,17 +74,17 @@ func (e *env) hostPaths(b binding) []string {
 
 // deleteClaimAndPod deletes the pod, then its claim, and waits for the
 // claim to be gone.
-func (e *env) deleteClaimAndPod(b binding) {
+func (e *env) deleteClaimAndPod(ctx context.Context, b binding) {
 	e.t.Helper()
-	pod, err := e.Client.CoreV1().Pods(e.ns).Get(e.ctx, b.pod, metav1.GetOptions{})
+	pod, err := e.Client.CoreV1().Pods(e.ns).Get(ctx, b.pod, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.deletePod(pod)
-	if err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Delete(e.ctx, b.claim, metav1.DeleteOptions{}); err != nil {
+	e.deletePod(ctx, pod)
+	if err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Delete(ctx, b.claim, metav1.DeleteOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
-	_, err = framework.WaitForOne(e.ctx, e.Claim(e.ns, b.claim), &v1.PersistentVolumeClaim{},
+	_, err = framework.WaitForOne(ctx, e.Claim(e.ns, b.claim), &v1.PersistentVolumeClaim{},
 		func(c *v1.PersistentVolumeClaim) (bool, error) { return c == nil, nil })
 	if err != nil {
 		e.t.Fatalf("waiting for claim %s to go: %v", b.claim, err)
@@ -92,9 +92,9 @@ func (e *env) deleteClaimAndPod(b binding) {
 }
 
 // waitVolume waits until cond holds for the PV (nil once it is gone).
-func (e *env) waitVolume(name string, cond func(*v1.PersistentVolume) bool, what string) {
+func (e *env) waitVolume(ctx context.Context, name string, cond func(*v1.PersistentVolume) bool, what string) {
 	e.t.Helper()
-	_, err := framework.WaitForOne(e.ctx, e.Volume(name), &v1.PersistentVolume{},
+	_, err := framework.WaitForOne(ctx, e.Volume(name), &v1.PersistentVolume{},
 		func(pv *v1.PersistentVolume) (bool, error) { return cond(pv), nil })
 	if err != nil {
 		e.t.Fatalf("waiting for PV %s to be %s: %v", name, what, err)

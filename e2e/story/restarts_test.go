@@ -21,13 +21,13 @@ import (
 // deleted and recreated; the stickyvol pod of each node is restarted while
 // the volumes are mounted; each node's kubelet is restarted.
 func TestDataSurvivesRestarts(t *testing.T) {
-	e := start(t, 6*time.Minute)
-	pods := e.createStatefulSet(statefulSet("keeper", 2, onePerNode))
+	ctx, e := start(t, 6*time.Minute)
+	pods := e.createStatefulSet(ctx, statefulSet("keeper", 2, onePerNode))
 	sums := map[string]string{}
 	bindings := map[string]binding{}
 	for _, pod := range pods {
-		b := e.bindingOf(pod)
-		sums[pod.Name], bindings[pod.Name] = e.writeBlob(pod.Name), b
+		b := e.bindingOf(ctx, pod)
+		sums[pod.Name], bindings[pod.Name] = e.writeBlob(ctx, pod.Name), b
 		e.checkHostBlob(b, sums[pod.Name])
 		t.Logf("%s: wrote blob %s", b, sums[pod.Name])
 	}
@@ -36,22 +36,22 @@ func TestDataSurvivesRestarts(t *testing.T) {
 	recreate := func(when string) {
 		t.Helper()
 		for _, pod := range pods {
-			e.deletePod(pod)
+			e.deletePod(ctx, pod)
 		}
-		pods = e.statefulSetReady("keeper")
-		e.checkVolumes(pods, bindings, sums, when, false)
+		pods = e.statefulSetReady(ctx, "keeper")
+		e.checkVolumes(ctx, pods, bindings, sums, when, false)
 	}
 
 	e.step("delete the pods")
 	recreate("after the pods were recreated")
 
 	e.step("restart the stickyvol pod on every node while the volumes are mounted")
-	e.restartAgents()
-	e.checkVolumes(e.statefulSetReady("keeper"), bindings, sums, "after the stickyvol pods restarted", true)
+	e.restartAgents(ctx)
+	e.checkVolumes(ctx, e.statefulSetReady(ctx, "keeper"), bindings, sums, "after the stickyvol pods restarted", true)
 	recreate("after the stickyvol pods restarted, recreated pods")
 
 	e.step("restart the kubelet of every node")
-	g, gctx := errgroup.WithContext(e.ctx)
+	g, gctx := errgroup.WithContext(ctx)
 	for _, n := range e.Cluster.Nodes() {
 		g.Go(func() error { return e.Cluster.RestartKubelet(gctx, n.Name) })
 	}
@@ -59,9 +59,9 @@ func TestDataSurvivesRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pod := range pods {
-		e.waitExec(pod.Name)
+		e.waitExec(ctx, pod.Name)
 	}
-	e.checkVolumes(e.statefulSetReady("keeper"), bindings, sums, "after the kubelets restarted", true)
+	e.checkVolumes(ctx, e.statefulSetReady(ctx, "keeper"), bindings, sums, "after the kubelets restarted", true)
 	recreate("after the kubelets restarted, recreated pods")
 }
 
@@ -69,10 +69,10 @@ func TestDataSurvivesRestarts(t *testing.T) {
 // bindings and reads the data written before. With samePods, the pods must
 // be the very pods recorded, their containers not restarted; otherwise they
 // must be new ones, which bindings then records.
-func (e *env) checkVolumes(pods []*v1.Pod, bindings map[string]binding, sums map[string]string, when string, samePods bool) {
+func (e *env) checkVolumes(ctx context.Context, pods []*v1.Pod, bindings map[string]binding, sums map[string]string, when string, samePods bool) {
 	e.t.Helper()
 	for _, pod := range pods {
-		b, was := e.bindingOf(pod), bindings[pod.Name]
+		b, was := e.bindingOf(ctx, pod), bindings[pod.Name]
 		if b.claim != was.claim || b.pv != was.pv || b.node != was.node {
 			e.t.Fatalf("%s: %s, was %s", when, b, was)
 		}
@@ -86,7 +86,7 @@ func (e *env) checkVolumes(pods []*v1.Pod, bindings map[string]binding, sums map
 				}
 			}
 		}
-		e.checkBlob(pod.Name, sums[pod.Name], when)
+		e.checkBlob(ctx, pod.Name, sums[pod.Name], when)
 		bindings[pod.Name] = b
 		e.t.Logf("%s: %s reads its blob", when, b)
 	}
@@ -96,10 +96,10 @@ func (e *env) checkVolumes(pods []*v1.Pod, bindings map[string]binding, sums map
 // a kubelet restart the API still shows the pod Ready while the new kubelet
 // has not yet learnt of it and answers exec with "pod does not exist". No
 // object changes when it has, so this polls.
-func (e *env) waitExec(pod string) {
+func (e *env) waitExec(ctx context.Context, pod string) {
 	e.t.Helper()
 	var last error
-	err := wait.PollUntilContextCancel(e.ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		_, last = e.Exec(ctx, e.ns, pod, nil, "true")
 		return last == nil, nil
 	})
@@ -110,9 +110,9 @@ func (e *env) waitExec(pod string) {
 
 // restartAgents deletes the stickyvol pod of every node and waits for the
 // DaemonSet to run a new one on each, registered with kubelet again.
-func (e *env) restartAgents() {
+func (e *env) restartAgents(ctx context.Context) {
 	e.t.Helper()
-	old, err := e.Client.CoreV1().Pods(framework.Namespace).List(e.ctx, metav1.ListOptions{LabelSelector: framework.AgentPodLabel})
+	old, err := e.Client.CoreV1().Pods(framework.Namespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentPodLabel})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -120,16 +120,16 @@ func (e *env) restartAgents() {
 		e.t.Fatalf("%d stickyvol pods for %d nodes", len(old.Items), len(e.Cluster.Nodes()))
 	}
 	for i := range old.Items {
-		e.deletePod(&old.Items[i])
+		e.deletePod(ctx, &old.Items[i])
 	}
-	if err := e.WaitForDaemonSet(e.ctx, framework.Namespace, framework.DaemonSetName); err != nil {
+	if err := e.WaitForDaemonSet(ctx, framework.Namespace, framework.DaemonSetName); err != nil {
 		e.t.Fatal(err)
 	}
 	// kubelet drops the driver from its CSINode when the old pod removes
 	// its registration socket and lists it again once the new pod
 	// registers. Which state this sees is a race; the pods recreated next
 	// tell whether kubelet reaches the new driver.
-	if err := e.WaitForDriverRegistered(e.ctx); err != nil {
+	if err := e.WaitForDriverRegistered(ctx); err != nil {
 		e.t.Fatal(err)
 	}
 }

@@ -3,6 +3,7 @@
 package story
 
 import (
+	"context"
 	"fmt"
 	"sort"
 
@@ -109,19 +110,19 @@ func claim(name, size string, modes ...v1.PersistentVolumeAccessMode) v1.Persist
 
 // createStatefulSet creates the StatefulSet and waits until all its pods are
 // Ready; it returns them by ordinal.
-func (e *env) createStatefulSet(sts *appsv1.StatefulSet) []*v1.Pod {
+func (e *env) createStatefulSet(ctx context.Context, sts *appsv1.StatefulSet) []*v1.Pod {
 	e.t.Helper()
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(e.ctx, sts, metav1.CreateOptions{}); err != nil {
+	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
-	return e.statefulSetReady(sts.Name)
+	return e.statefulSetReady(ctx, sts.Name)
 }
 
 // statefulSetReady waits until the StatefulSet has all its replicas Ready and
 // returns its pods by ordinal.
-func (e *env) statefulSetReady(name string) []*v1.Pod {
+func (e *env) statefulSetReady(ctx context.Context, name string) []*v1.Pod {
 	e.t.Helper()
-	sts, err := e.WaitForStatefulSet(e.ctx, e.ns, name)
+	sts, err := e.WaitForStatefulSet(ctx, e.ns, name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func (e *env) statefulSetReady(name string) []*v1.Pod {
 	want := int(*sts.Spec.Replicas)
 	// The StatefulSet's status may count a pod Ready a moment before the
 	// pod list shows it, or still count a pod being deleted.
-	pods, err := framework.WaitFor(e.ctx, e.Pods(e.ns, sel), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) {
+	pods, err := framework.WaitFor(ctx, e.Pods(e.ns, sel), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) {
 		ready := 0
 		for _, p := range pods {
 			if p.DeletionTimestamp == nil && framework.PodReady(p) {
@@ -156,27 +157,27 @@ func ordinal(p *v1.Pod) int {
 
 // scale sets the StatefulSet's replicas, as `kubectl scale` does, and waits
 // for them.
-func (e *env) scale(name string, replicas int32) []*v1.Pod {
+func (e *env) scale(ctx context.Context, name string, replicas int32) []*v1.Pod {
 	e.t.Helper()
-	s, err := e.Client.AppsV1().StatefulSets(e.ns).GetScale(e.ctx, name, metav1.GetOptions{})
+	s, err := e.Client.AppsV1().StatefulSets(e.ns).GetScale(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	s.Spec.Replicas = replicas
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).UpdateScale(e.ctx, name, s, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.Client.AppsV1().StatefulSets(e.ns).UpdateScale(ctx, name, s, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
-	return e.statefulSetReady(name)
+	return e.statefulSetReady(ctx, name)
 }
 
 // createPod creates a pod that mounts the claim at /data.
-func (e *env) createPod(name, claimName string, edits ...func(*v1.Pod)) {
+func (e *env) createPod(ctx context.Context, name, claimName string, edits ...func(*v1.Pod)) {
 	e.t.Helper()
 	pod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: appPodSpec(claimName)}
 	for _, edit := range edits {
 		edit(pod)
 	}
-	if _, err := e.Client.CoreV1().Pods(e.ns).Create(e.ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := e.Client.CoreV1().Pods(e.ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -188,9 +189,9 @@ func onNode(node string) func(*v1.Pod) {
 }
 
 // createClaim creates a claim.
-func (e *env) createClaim(c v1.PersistentVolumeClaim) {
+func (e *env) createClaim(ctx context.Context, c v1.PersistentVolumeClaim) {
 	e.t.Helper()
-	if _, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Create(e.ctx, &c, metav1.CreateOptions{}); err != nil {
+	if _, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Create(ctx, &c, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 }
