@@ -28,7 +28,7 @@ import (
 // CSIStorageCapacity yet), so to make its first pick the full node, the
 // other node is cordoned until the full node has refused the claim once.
 func TestCapacity(t *testing.T) {
-	ctx, e := start(t, 5*time.Minute)
+	ctx, e := start(t, 3*time.Minute)
 	e.step("room on each node, once earlier scenarios' volumes are gone")
 	free := e.freeRoom(ctx)
 	full := e.Cluster.Nodes()[0].Name
@@ -50,6 +50,9 @@ func TestCapacity(t *testing.T) {
 	// The next scenarios need the room back, not just once the namespace
 	// is gone.
 	t.Cleanup(func() {
+		// Also when the scenario ran out of time.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
 		e.deleteClaimAndPod(ctx, filler)
 		e.waitVolume(ctx, filler.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
 	})
@@ -94,6 +97,9 @@ func TestCapacity(t *testing.T) {
 // empty) has no room for the claim, and returns it.
 func (e *env) waitNoRoom(ctx context.Context, claimName, node string) *v1.Event {
 	e.t.Helper()
+	// The refusal comes seconds after the scheduler picks the node.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	want := "has no room for this volume"
 	if node != "" {
 		want = fmt.Sprintf("node %q has no room for this volume", node)
