@@ -7,7 +7,6 @@ package framework
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -97,8 +96,3 @@ func isStickyvolModule(gomod []byte) bool { return modfile.ModulePath(gomod) == 
 
 // Logf prints a progress line; the suite and the demo pass their own.
 type Logf func(format string, args ...any)
-
-// Printer returns a Logf that writes lines to w.
-func Printer(w io.Writer) Logf {
-	return func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
-}

@@ -2,7 +2,6 @@ package framework
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 
@@ -56,9 +55,6 @@ func WaitFor[T Object](ctx context.Context, lw cache.ListerWatcher, objType T, c
 		store = s
 		return check()
 	}, func(watch.Event) (bool, error) { return check() })
-	if errors.Is(err, watchtools.ErrWatchClosed) {
-		err = fmt.Errorf("watch closed: %w", err)
-	}
 	return last, err
 }
 
