@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/stickyvol/stickyvol/e2e/cluster"
 	"github.com/stickyvol/stickyvol/e2e/image"
 )
 
@@ -19,10 +20,6 @@ const (
 	AgentImage = "stickyvol.local/stickyvol:dev"
 	DemoImage  = "stickyvol.local/demo:dev"
 )
-
-// hostBusybox is Debian's busybox-static binary; the local cluster's
-// preparation installs it.
-const hostBusybox = "/bin/busybox"
 
 // Image is an OCI tarball and the digest of the manifest in it.
 type Image struct {
@@ -117,31 +114,17 @@ func sourceVersion(ctx context.Context, repoDir string) string {
 }
 
 // demoSpec is the example's image, as the Dockerfile's demo target builds it
-// on busybox: busybox with a link per applet in /bin (sh, date, sleep, cat,
-// ...) for the pods' scripts and for `kubectl exec`, and stickyvol-demo for
-// HTTP, since Debian's static busybox wget crashes.
+// on busybox: the local cluster's busybox (a link per applet in /bin: sh,
+// date, sleep, cat, ... for the pods' scripts and for `kubectl exec`) and
+// stickyvol-demo for HTTP, since Debian's static busybox wget crashes.
 func demoSpec(ctx context.Context, demoBinary string) (image.Spec, error) {
-	out, err := exec.CommandContext(ctx, hostBusybox, "--list").Output()
+	spec, err := cluster.BusyboxSpec(ctx, DemoImage)
 	if err != nil {
-		return image.Spec{}, fmt.Errorf("demo image: %s --list: %w (install busybox-static)", hostBusybox, err)
+		return image.Spec{}, fmt.Errorf("demo image: %w", err)
 	}
-	spec := image.Spec{
-		Ref: DemoImage,
-		Files: []image.File{
-			{Path: "/bin/busybox", Source: hostBusybox, Mode: 0o755},
-			{Path: "/bin/stickyvol-demo", Source: demoBinary, Mode: 0o755},
-			{Path: "/etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532:nonroot:/tmp:/bin/sh\n")},
-			{Path: "/etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnonroot:x:65532:\n")},
-		},
-		Dirs: []image.Dir{{Path: "/tmp", Mode: 0o1777}, {Path: "/root", Mode: 0o700}},
-		// As the Dockerfile's demo target: the program needs no privilege.
-		User: "65532:65532",
-		Cmd:  []string{"/bin/stickyvol-demo", "serve"},
-	}
-	for _, applet := range strings.Fields(string(out)) {
-		if applet != "busybox" && !strings.Contains(applet, "/") {
-			spec.Symlinks = append(spec.Symlinks, image.Symlink{Path: "/bin/" + applet, Target: "busybox"})
-		}
-	}
+	spec.Files = append(spec.Files, image.File{Path: "/bin/stickyvol-demo", Source: demoBinary, Mode: 0o755})
+	// As the Dockerfile's demo target: the program needs no privilege.
+	spec.User = "65532:65532"
+	spec.Cmd = []string{"/bin/stickyvol-demo", "serve"}
 	return spec, nil
 }
