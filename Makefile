@@ -14,8 +14,6 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GO_BUILD    := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
-IMAGE       ?= stickyvol.local/stickyvol:dev
-IMAGE_TAR   := $(CACHE)/images/stickyvol.tar
 
 .PHONY: all build test unit sanity lint fmt vet staticcheck bench fuzz clean deploy-check cache image
 .PHONY: localcluster cluster-up cluster-down cluster-env e2e demo conformance
@@ -25,11 +23,13 @@ all: build
 build:
 	$(GO_BUILD) -o $(BIN)/stickyvol ./cmd/stickyvol
 
-# The stickyvol binary as the image $(IMAGE), an OCI tarball that
-# `ctr -n k8s.io images import` and the local cluster load with no registry.
-image: build
-	go run ./e2e/cmd/mkimage --ref $(IMAGE) --file $(BIN)/stickyvol:/stickyvol:0755 \
-		--entrypoint /stickyvol --out $(IMAGE_TAR)
+# The images stickyvol.local/stickyvol:dev (the agent) and
+# stickyvol.local/demo:dev (busybox and stickyvol-demo, for deploy/examples) as
+# OCI tarballs in $(CACHE)/images, which `ctr -n k8s.io images import`,
+# `kind load image-archive` and the local cluster load with no registry. The
+# same recipe the demo and the e2e suites use.
+image:
+	go run ./e2e/cmd/images --cache-dir $(CACHE)
 
 # Everything the local cluster needs before it starts: OS packages (apt-get,
 # as root), the pinned binaries built from the Go module proxy (many minutes
@@ -67,7 +67,7 @@ E2E_PKGS    ?= ./e2e/...
 
 e2e: cache localcluster
 	trap '$(LOCALCLUSTER) down --cache-dir $(CACHE)' EXIT; trap 'exit 130' INT TERM; \
-	go test -tags e2e -count=1 -p 1 -timeout $(E2E_TIMEOUT) $(E2E_PKGS)
+	go test -tags e2e -count=1 -p 1 -v -timeout $(E2E_TIMEOUT) $(E2E_PKGS)
 
 # The README's first command, as root: brings up the local cluster (the first
 # run builds and caches it), builds and loads the stickyvol and example images,
