@@ -28,16 +28,26 @@ func (tm *term) addHandlers(logger klog.Logger) ([]handlerReg, error) {
 			UpdateFunc: tm.claimChanged,
 			DeleteFunc: tm.claimDeleted,
 		}},
-		{s.nodes, cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { tm.enqueueWaiting(logger) },
+		// Nodes and CSINodes already known when the term starts change
+		// nothing: the claims' own initial list queues every waiting claim.
+		{s.nodes, cache.ResourceEventHandlerDetailedFuncs{
+			AddFunc: func(_ any, initial bool) {
+				if !initial {
+					tm.enqueueWaiting(logger)
+				}
+			},
 			UpdateFunc: func(oldObj, newObj any) {
 				if nodeChanged(oldObj, newObj) {
 					tm.enqueueWaiting(logger)
 				}
 			},
 		}},
-		{s.csiNodes, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { tm.enqueueWaiting(logger) },
+		{s.csiNodes, cache.ResourceEventHandlerDetailedFuncs{
+			AddFunc: func(_ any, initial bool) {
+				if !initial {
+					tm.enqueueWaiting(logger)
+				}
+			},
 			UpdateFunc: func(any, any) { tm.enqueueWaiting(logger) },
 		}},
 	} {
@@ -96,8 +106,8 @@ func (tm *term) claimDeleted(obj any) {
 	}
 }
 
-// enqueueWaiting queues every claim still waiting for a node: a node became
-// usable, so one that found none may find one now.
+// enqueueWaiting queues every claim still waiting for a node: a node may
+// have become usable, so a claim that found none may find one now.
 func (tm *term) enqueueWaiting(logger klog.Logger) {
 	claims, err := tm.claims.List(labels.Everything())
 	if err != nil {
