@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -15,6 +17,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
@@ -96,9 +99,16 @@ func statusRows(ctx context.Context, kube kubernetes.Interface, o *statusOptions
 		return nil, nil, fmt.Errorf("listing PersistentVolumes: %w", err)
 	}
 	pvs := map[string]*v1.PersistentVolume{}
+	// A PV made for a claim the PV controller has not bound yet names the
+	// claim in its claimRef only; showing it tells "provisioned, waiting
+	// for the bind" from "not provisioned".
+	prebound := map[types.UID]*v1.PersistentVolume{}
 	for i := range pvList.Items {
 		if pv := &pvList.Items[i]; pv.Spec.CSI != nil && pv.Spec.CSI.Driver == driver.Name {
 			pvs[pv.Name] = pv
+			if pv.Spec.ClaimRef != nil {
+				prebound[pv.Spec.ClaimRef.UID] = pv
+			}
 		}
 	}
 	claims, err := kube.CoreV1().PersistentVolumeClaims(o.namespace).List(ctx, metav1.ListOptions{})
@@ -111,6 +121,9 @@ func statusRows(ctx context.Context, kube kubernetes.Interface, o *statusOptions
 	for i := range claims.Items {
 		claim := &claims.Items[i]
 		pv := pvs[claim.Spec.VolumeName]
+		if claim.Spec.VolumeName == "" {
+			pv = prebound[claim.UID]
+		}
 		if pv == nil && (claim.Spec.StorageClassName == nil || !ours[*claim.Spec.StorageClassName]) {
 			continue
 		}
@@ -125,9 +138,32 @@ func statusRows(ctx context.Context, kube kubernetes.Interface, o *statusOptions
 		warnings = fillUsage(ctx, rows, nodes, usage)
 	}
 	slices.SortFunc(rows, func(a, b statusRow) int {
-		return strings.Compare(a.namespace+"/"+a.claim, b.namespace+"/"+b.claim)
+		if c := strings.Compare(a.namespace, b.namespace); c != 0 {
+			return c
+		}
+		return compareNames(a.claim, b.claim)
 	})
 	return rows, warnings, nil
+}
+
+// compareNames orders StatefulSet claims by ordinal: data-web-2 before
+// data-web-10.
+func compareNames(a, b string) int {
+	ap, an, aok := splitOrdinal(a)
+	bp, bn, bok := splitOrdinal(b)
+	if aok && bok && ap == bp {
+		return cmp.Compare(an, bn)
+	}
+	return strings.Compare(a, b)
+}
+
+func splitOrdinal(name string) (string, int, bool) {
+	i := strings.LastIndex(name, "-")
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(name[i+1:])
+	return name[:i], n, err == nil
 }
 
 // claimRow describes one claim; a pending claim shows its selected node.

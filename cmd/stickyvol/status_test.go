@@ -11,6 +11,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
@@ -19,7 +20,7 @@ import (
 
 func statusClaim(ns, name, class, volume, node string) *v1.PersistentVolumeClaim {
 	c := &v1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "/" + name)},
 		Spec: v1.PersistentVolumeClaimSpec{StorageClassName: &class, VolumeName: volume,
 			Resources: v1.VolumeResourceRequirements{Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse("1Gi")}}},
 		Status: v1.PersistentVolumeClaimStatus{Phase: v1.ClaimPending},
@@ -54,7 +55,10 @@ func TestStatus(t *testing.T) {
 		statusPV("pvc-other", "other.example.com", "node-a"),
 		statusClaim("web", "data-web-0", "stickyvol", "pvc-1", "node-a"),
 		statusClaim("web", "data-web-1", "stickyvol", "pvc-2", "node-b"),
+		statusClaim("web", "data-web-10", "stickyvol", "", "node-a"),
 		statusClaim("web", "data-web-2", "stickyvol", "", "node-a"),
+		prebound(statusPV("pvc-3", driver.Name, "node-a"), "web", "data-web-3"),
+		statusClaim("web", "data-web-3", "stickyvol", "", "node-a"),
 		statusClaim("db", "other", "standard", "pvc-other", "node-a"),
 	)
 	usage := func(_ context.Context, node string) (map[claimKey]uint64, error) {
@@ -74,10 +78,12 @@ func TestStatus(t *testing.T) {
 	if err := printStatus(&out, rows); err != nil {
 		t.Fatal(err)
 	}
-	want := `NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED
-web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi
-web        data-web-1  Bound    pvc-2  node-b  /var/lib/stickyvol/volumes/pvc-2  2Gi              -
-web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -
+	want := `NAMESPACE  CLAIM        STATUS   PV     NODE    PATH                              CAPACITY         USED
+web        data-web-0   Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi
+web        data-web-1   Bound    pvc-2  node-b  /var/lib/stickyvol/volumes/pvc-2  2Gi              -
+web        data-web-2   Pending  -      node-a  -                                 1Gi (requested)  -
+web        data-web-3   Pending  pvc-3  node-a  /var/lib/stickyvol/volumes/pvc-3  2Gi              -
+web        data-web-10  Pending  -      node-a  -                                 1Gi (requested)  -
 `
 	if out.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", out.String(), want)
@@ -88,3 +94,10 @@ web        data-web-2  Pending  -      node-a  -                                
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// prebound makes pv name the claim, as a PV the provisioner made but the PV
+// controller has not bound yet.
+func prebound(pv *v1.PersistentVolume, ns, name string) *v1.PersistentVolume {
+	pv.Spec.ClaimRef = &v1.ObjectReference{Namespace: ns, Name: name, UID: types.UID(ns + "/" + name)}
+	return pv
+}
