@@ -72,7 +72,9 @@ type Controller struct {
 }
 
 // NewController builds the Provisioner and the library controller with the
-// options stickyvol needs.
+// options stickyvol needs. The library makes its own event broadcaster on
+// cfg.Client and logs every event it records at V(0) ("Event occurred");
+// that is the library's setting.
 func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, error) {
 	if cfg.Client == nil || cfg.Informers == nil {
 		return nil, errors.New("provisioner: client and informer factory are required")

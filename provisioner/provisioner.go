@@ -121,9 +121,12 @@ func New(cfg Config) (*Provisioner, error) {
 
 // ShouldProvision accepts only claims selected for this node.
 //
-// The library calls it before anything else (also before its own checks of
-// the storage-provisioner annotation and binding mode), so every node's
-// instance sees every claim and all but one say no here. A claim of a
+// The library calls it before anything else, so every node's instance sees
+// every claim and all but one say no here. The library then requires on its
+// own that the claim's volume.kubernetes.io/storage-provisioner annotation
+// (set by the PV controller in kube-controller-manager) names this driver,
+// and, for WaitForFirstConsumer classes, that the selected-node annotation
+// is set. A claim of a
 // WaitForFirstConsumer class gets its node from the scheduler; a claim of an
 // Immediate class has none until the placement duty sets one, and until then
 // no instance provisions it.
@@ -182,8 +185,10 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 }
 
 // checkNode sends the claim back to the scheduler when the Node object of
-// this node is gone (the node is being removed from the cluster, or this
-// process was started with a name no Node has). The library answers
+// this node is gone. (ProvisionOptions of library v13.1 carries only the
+// selected node's name, not the Node, so the provisioner looks it up.) That
+// happens when the node is being removed from the cluster, or when this
+// process was started with a name no Node has. The library answers
 // ProvisioningReschedule by removing the selected-node annotation from the
 // claim; the scheduler (or the placement duty) then picks again.
 func (p *Provisioner) checkNode() (controller.ProvisioningState, error) {
