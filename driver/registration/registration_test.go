@@ -49,7 +49,9 @@ func start(t *testing.T, root string) (*Server, string, func() error) {
 func waitForSocket(t *testing.T, path string, errc chan error) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		// Connectable, not merely there: a stale socket file is there too.
+		if conn, err := net.Dial("unix", path); err == nil {
+			_ = conn.Close()
 			return
 		}
 		select {
