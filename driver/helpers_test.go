@@ -2,14 +2,15 @@ package driver
 
 import (
 	"context"
-	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/stickyvol/stickyvol/internal/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -118,20 +119,16 @@ func (ts *testServer) stop() { ts.stopOnce.Do(ts.stopFn) }
 // before TempDir's removal.
 func unmountUnder(tb testing.TB, dir string) {
 	tb.Cleanup(func() {
-		data, err := os.ReadFile("/proc/self/mountinfo")
+		mounts, err := mountinfo.Read()
 		if err != nil {
+			tb.Errorf("reading the mount table: %v", err)
 			return
 		}
-		lines := strings.Split(string(data), "\n")
 		// Deepest first, so stacked and nested mounts come off in order.
-		for i := len(lines) - 1; i >= 0; i-- {
-			fields := strings.Fields(lines[i])
-			if len(fields) < 5 {
-				continue
-			}
-			if mp := unescapeMountinfo(fields[4]); strings.HasPrefix(mp, dir+"/") {
-				if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
-					tb.Errorf("cleaning up mount %s: %v", mp, err)
+		for _, m := range slices.Backward(mounts) {
+			if strings.HasPrefix(m.MountPoint, dir+"/") {
+				if err := unix.Unmount(m.MountPoint, unix.MNT_DETACH); err != nil {
+					tb.Errorf("cleaning up mount %s: %v", m.MountPoint, err)
 				}
 			}
 		}

@@ -1,17 +1,16 @@
 package driver
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stickyvol/stickyvol/internal/mountinfo"
 )
 
 // Mounter does the mounts behind NodePublishVolume and NodeUnpublishVolume.
@@ -132,46 +131,9 @@ func isMountPoint(p string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return false, err
 	}
-	defer func() { _ = f.Close() }()
-	return mountinfoHas(f, resolved)
-}
-
-// mountinfoHas reports whether a mountinfo table (proc(5)) has a mount at
-// mountPoint. Field 5 is the mount point, with space, tab, newline and
-// backslash written as octal escapes.
-func mountinfoHas(r io.Reader, mountPoint string) (bool, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		if unescapeMountinfo(fields[4]) == mountPoint {
-			return true, nil
-		}
-	}
-	return false, sc.Err()
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return slices.ContainsFunc(mounts, func(m mountinfo.Mount) bool { return m.MountPoint == resolved }), nil
 }

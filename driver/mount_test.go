@@ -2,30 +2,10 @@ package driver
 
 import (
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stickyvol/stickyvol/internal/testutil"
 )
-
-func TestMountinfoHas(t *testing.T) {
-	const table = `22 27 0:21 / /proc rw,relatime - proc proc rw
-97 27 8:1 /lib/stickyvol/volumes/v /var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/pv\040one/mount rw - ext4 /dev/sda1 rw
-98 27 8:1 / /mnt/tab\011and\134backslash rw - ext4 /dev/sda1 rw
-`
-	for mountPoint, want := range map[string]bool{
-		"/proc": true,
-		"/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/pv one/mount": true,
-		"/mnt/tab\tand\\backslash":                                       true,
-		"/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/pv":           false,
-		"/pro": false,
-	} {
-		got, err := mountinfoHas(strings.NewReader(table), mountPoint)
-		if err != nil || got != want {
-			t.Errorf("mountinfoHas(%q) = %v, %v; want %v", mountPoint, got, err, want)
-		}
-	}
-}
 
 // TestUnixMounter checks the real mounter on a bind mount of a directory
 // of the same file system, the case comparing st_dev cannot see.

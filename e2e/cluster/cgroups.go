@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stickyvol/stickyvol/internal/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,29 +40,20 @@ func cgroupV2() (bool, error) {
 // cgroupMounts lists the cgroup hierarchies mounted under /sys/fs/cgroup,
 // from /proc/self/mountinfo.
 func cgroupMounts() ([]cgroupMount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	all, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var mounts []cgroupMount
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := slices.Index(fields, "-")
-		if sep < 5 || sep+1 >= len(fields) {
+	for _, m := range all {
+		if m.MountPoint != cgroupFS && !strings.HasPrefix(m.MountPoint, cgroupFS+"/") {
 			continue
 		}
-		mp, fstype := fields[4], fields[sep+1]
-		if mp != cgroupFS && !strings.HasPrefix(mp, cgroupFS+"/") {
-			continue
-		}
-		if fstype == "cgroup" || fstype == "cgroup2" {
-			mounts = append(mounts, cgroupMount{path: mp, v2: fstype == "cgroup2"})
+		if m.FSType == "cgroup" || m.FSType == "cgroup2" {
+			mounts = append(mounts, cgroupMount{path: m.MountPoint, v2: m.FSType == "cgroup2"})
 		}
 	}
-	return mounts, sc.Err()
+	return mounts, nil
 }
 
 // createCgroupRoot makes kubelet's cgroupRoot for a node. With cgroup v1,

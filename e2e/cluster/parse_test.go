@@ -37,19 +37,6 @@ func TestJumpsToAny(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	for in, want := range map[string]string{
-		"/var/lib/kubelet":     "/var/lib/kubelet",
-		`/mnt/with\040space`:   "/mnt/with space",
-		`/tab\011and\134slash`: "/tab\tand\\slash",
-		`/trailing\04`:         `/trailing\04`,
-	} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestOurNames(t *testing.T) {
 	for name, want := range map[string]bool{
 		"stickyvol-api": true, "stickyvol-n1": true, "stickyvol-n42": true,
