@@ -46,8 +46,9 @@ type Report struct {
 	// ([SynchronizedBeforeSuite] ...) that did not pass: when one fails,
 	// the specs do not run.
 	Setup []Spec
-	// NotSelected counts the specs the focus and skip expressions left out.
-	NotSelected int
+	// NotSelected counts the specs the focus and skip expressions left out,
+	// Pending those marked pending in their source.
+	NotSelected, Pending int
 }
 
 // junitCase is the part of a Ginkgo JUnit <testcase> that Report needs
@@ -112,6 +113,9 @@ func (r *Report) add(c junitCase) {
 	spec := Spec{Name: name, State: c.Status, Time: time.Duration(c.Time * float64(time.Second))}
 	spec.Suite, spec.Pattern = storageSuite(name)
 	switch {
+	case c.Status == "pending":
+		r.Pending++
+		return
 	case c.Skipped != nil:
 		if !strings.HasPrefix(c.Skipped.Message, skipPrefix) && c.Time == 0 {
 			r.NotSelected++

@@ -53,8 +53,8 @@ func TestReadJUnit(t *testing.T) {
 	}
 	// The spec the skip expression left out is counted, not listed; the
 	// setup node that passed is neither.
-	if r.NotSelected != 1 {
-		t.Errorf("NotSelected = %d, want 1", r.NotSelected)
+	if r.NotSelected != 1 || r.Pending != 1 {
+		t.Errorf("NotSelected = %d, Pending = %d; want 1, 1", r.NotSelected, r.Pending)
 	}
 	wantSetup := []Spec{{Name: "[SynchronizedAfterSuite]", State: "panicked", Reason: "runtime error: invalid memory address", Time: 100 * time.Millisecond}}
 	if diff := cmp.Diff(wantSetup, r.Setup); diff != "" {
@@ -83,7 +83,7 @@ func TestWriteSummary(t *testing.T) {
 	WriteSummary(&buf, "External.Storage", r, 61*time.Second+400*time.Millisecond)
 	out := buf.String()
 	for _, want := range []string{
-		"=== External.Storage: 1 passed, 2 skipped, 2 failed of 5 selected (1 left out by focus and skip) in 1m1s",
+		"=== External.Storage: 1 passed, 2 skipped, 2 failed of 5 selected (1 left out by focus and skip, 1 pending) in 1m1.4s",
 		"suite [SynchronizedAfterSuite] panicked: runtime error: invalid memory address",
 		// The table by suite, with its total line.
 		"fsgroupchangepolicy         1       1        0       0",

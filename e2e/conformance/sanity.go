@@ -72,6 +72,11 @@ func RunSanity(ctx context.Context, f *framework.Framework, cfg SanityConfig) (*
 	if err := os.MkdirAll(cfg.ReportDir, 0o755); err != nil {
 		return nil, err
 	}
+	// csi-sanity makes its target and staging directories with mkdir, not
+	// mkdir -p: their parent must exist.
+	if out, err := f.Cluster.Exec(ctx, node.Name, "mkdir", "-p", sanityDir); err != nil {
+		return nil, fmt.Errorf("making %s on %s: %w: %s", sanityDir, node.Name, err, out)
+	}
 	junit := filepath.Join(cfg.ReportDir, "csi-sanity.xml")
 	logPath := filepath.Join(cfg.ReportDir, "csi-sanity.log")
 	// cfg.ReportDir is a host path: the node's mount namespace sees the
@@ -111,7 +116,7 @@ func checkAfterSanity(ctx context.Context, f *framework.Framework, node cluster.
 		errs = append(errs, fmt.Errorf("csi-sanity left %d volumes in %s's data root: %v", len(left), node.Name, left))
 	}
 	// rmdir, not rm -r: whatever is left may be a mount of a volume.
-	if out, err := f.Cluster.Exec(ctx, node.Name, "rmdir", sanityDir); err != nil {
+	if out, err := f.Cluster.Exec(ctx, node.Name, "sh", "-c", `test ! -e "$1" || rmdir "$1"`, "sh", sanityDir); err != nil {
 		errs = append(errs, fmt.Errorf("csi-sanity left files under %s on %s: %s", sanityDir, node.Name, out))
 	}
 	now, err := f.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})

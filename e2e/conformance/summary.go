@@ -58,8 +58,8 @@ func WriteSuiteTable(w io.Writer, r *Report) {
 // reason, each failure's name and reason, and the time.
 func WriteSummary(w io.Writer, title string, r *Report, took time.Duration) {
 	c := r.Counts()
-	fmt.Fprintf(w, "=== %s: %d passed, %d skipped, %d failed of %d selected (%d left out by focus and skip) in %s\n",
-		title, c.Passed, c.Skipped, c.Failed, c.Selected, r.NotSelected, took.Round(time.Second))
+	fmt.Fprintf(w, "=== %s: %d passed, %d skipped, %d failed of %d selected (%d left out by focus and skip, %d pending) in %s\n",
+		title, c.Passed, c.Skipped, c.Failed, c.Selected, r.NotSelected, r.Pending, took.Round(100*time.Millisecond))
 	for _, s := range r.Setup {
 		fmt.Fprintf(w, "suite %s %s: %s\n", s.Name, s.State, s.Reason)
 	}
