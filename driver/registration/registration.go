@@ -23,13 +23,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/stickyvol/stickyvol/internal/grpcsocket"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
@@ -80,27 +78,17 @@ func New(cfg Config) (*Server, error) {
 // return, which tells kubelet that the driver is gone.
 func (s *Server) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("socket", s.cfg.SocketPath)
-	lis, err := listen(s.cfg.SocketPath)
+	// Owner only: kubelet, which runs as root, is the one caller.
+	lis, err := grpcsocket.Listen(s.cfg.SocketPath, -1)
 	if err != nil {
-		return err
+		return fmt.Errorf("registration: %w", err)
 	}
-	defer removeSocket(logger, s.cfg.SocketPath)
-
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		return h(klog.NewContext(ctx, logger.WithValues("method", info.FullMethod)), req)
 	}))
 	registerapi.RegisterRegistrationServer(srv, s)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		<-ctx.Done()
-		gracefulStop(srv, 5*time.Second)
-	}()
-
 	logger.Info("Waiting for kubelet to register the driver", "endpoint", s.cfg.Endpoint)
-	err = srv.Serve(lis)
-	<-stopped
-	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	if err := grpcsocket.Serve(ctx, srv, lis, 5*time.Second); err != nil {
 		return fmt.Errorf("registration: serving %s: %w", s.cfg.SocketPath, err)
 	}
 	return nil
@@ -142,51 +130,4 @@ func (s *Server) Check() error {
 		return nil
 	}
 	return fmt.Errorf("kubelet failed to register driver %s: %s", s.cfg.DriverName, s.status.GetError())
-}
-
-// listen removes a stale socket at path and listens there with mode 0600;
-// only kubelet (root) needs to connect.
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("registration: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("registration: %s exists and is not a socket; refusing to remove it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("registration: removing stale socket: %w", err)
-		}
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("registration: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		_ = lis.Close()
-		return nil, fmt.Errorf("registration: %w", err)
-	}
-	return lis, nil
-}
-
-// removeSocket removes the socket if it is still there (the listener
-// normally unlinks it on close).
-func removeSocket(logger klog.Logger, path string) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		logger.Error(err, "Removing the registration socket")
-	}
-}
-
-// gracefulStop waits up to timeout for calls in flight, then cuts them.
-func gracefulStop(srv *grpc.Server, timeout time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		srv.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		srv.Stop()
-	}
 }
