@@ -71,21 +71,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Out, "[conformance %6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	res := &Result{ReportDir: filepath.Join(cfg.CacheDir, "conformance", start.Format("20060102-150405"))}
-	if err := os.MkdirAll(res.ReportDir, 0o755); err != nil {
+	res, err := newResult(cfg, start)
+	if err != nil {
 		return nil, err
 	}
 	bins, err := EnsureBinaries(ctx, cfg.CacheDir, cfg.RepoDir, cfg.Out)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	logf("binaries ready: %s, %s, %s", bins.E2E, bins.Agnhost, bins.CSISanity)
-	e2eCfg := E2EConfig{
-		Binary: bins.E2E, DriverFile: filepath.Join(cfg.RepoDir, DriverFile), ReportDir: res.ReportDir,
-		Focus: cfg.Focus, Skip: cfg.Skip, Timeout: cfg.Timeout, DryRun: cfg.DryRun,
-	}
 	if cfg.DryRun {
-		res.E2E, err = RunE2E(ctx, e2eCfg)
+		res.E2E, err = RunE2E(ctx, e2eConfig(cfg, bins, res))
 		if err == nil {
 			fmt.Fprintf(cfg.Out, "dry run: %d specs selected, %d left out by focus and skip\n",
 				len(res.E2E.Specs), res.E2E.NotSelected)
@@ -95,23 +91,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	images, err := EnsureImages(ctx, cfg.CacheDir, bins.Agnhost)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 
 	f, err := framework.Setup(ctx, framework.SetupConfig{
 		RepoDir: cfg.RepoDir, CacheDir: cfg.CacheDir, Attach: cfg.Attach, ClusterOut: cfg.Out, Logf: logf,
 	})
 	if !cfg.Attach {
-		defer func() {
-			// Also after a failed setup: Up may have left a cluster for the dump.
-			down := time.Now()
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
-			defer cancel()
-			if err := cluster.DownDir(dctx, cluster.ClusterDir(cfg.CacheDir), cfg.Out); err != nil {
-				logf("tearing down the cluster: %v", err)
-			}
-			logf("cluster down in %s; total %s", time.Since(down).Round(time.Second), time.Since(start).Round(time.Second))
-		}()
+		// Also after a failed setup: Up may have left a cluster for the dump.
+		defer tearDown(ctx, cfg, logf, start)
 	}
 	if err != nil {
 		if f != nil {
@@ -126,36 +114,85 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	logf("loaded %d test images into every node", len(images))
 
+	err = runSteps(ctx, f, cfg, bins, res, logf)
+	if err != nil || !res.Passed() {
+		writeDump(ctx, f, filepath.Join(res.ReportDir, "dump.txt"), logf)
+	}
+	logf("reports and logs in %s", res.ReportDir)
+	return res, err
+}
+
+// runSteps runs csi-sanity and the e2e suites, as chosen, and writes a
+// summary after each.
+func runSteps(ctx context.Context, f *framework.Framework, cfg Config, bins *Binaries, res *Result, logf framework.Logf) error {
 	var errs []error
 	if cfg.Sanity {
-		stepStart := time.Now()
+		start := time.Now()
 		logf("csi-sanity against the agent on %s ...", cmpOr(cfg.SanityNode, "the first node"))
-		res.Sanity, err = RunSanity(ctx, f, SanityConfig{Binary: bins.CSISanity, Node: cfg.SanityNode, ReportDir: res.ReportDir})
-		if res.Sanity != nil {
-			WriteSummary(cfg.Out, "csi-sanity", res.Sanity, time.Since(stepStart))
+		report, err := RunSanity(ctx, f, SanityConfig{Binary: bins.CSISanity, Node: cfg.SanityNode, ReportDir: res.ReportDir})
+		if report != nil {
+			res.Sanity = report
+			WriteSummary(cfg.Out, "csi-sanity", report, time.Since(start))
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("csi-sanity: %w", err))
 		}
 	}
 	if cfg.E2E {
-		stepStart := time.Now()
+		start := time.Now()
 		logf("External.Storage e2e suites (output also in %s) ...", filepath.Join(res.ReportDir, "e2e.log"))
+		e2eCfg := e2eConfig(cfg, bins, res)
 		e2eCfg.Kubeconfig, e2eCfg.Kubectl, e2eCfg.Out = f.Cluster.Kubeconfig(), f.Cluster.Kubectl(), cfg.Out
-		res.E2E, err = RunE2E(ctx, e2eCfg)
-		if res.E2E != nil {
-			WriteSummary(cfg.Out, "External.Storage", res.E2E, time.Since(stepStart))
+		report, err := RunE2E(ctx, e2eCfg)
+		if report != nil {
+			res.E2E = report
+			WriteSummary(cfg.Out, "External.Storage", report, time.Since(start))
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("e2e: %w", err))
 		}
 	}
-	err = errors.Join(errs...)
-	if err != nil || !res.Passed() {
-		writeDump(ctx, f, filepath.Join(res.ReportDir, "dump.txt"), logf)
+	return errors.Join(errs...)
+}
+
+func e2eConfig(cfg Config, bins *Binaries, res *Result) E2EConfig {
+	return E2EConfig{
+		Binary: bins.E2E, DriverFile: filepath.Join(cfg.RepoDir, DriverFile), ReportDir: res.ReportDir,
+		Focus: cfg.Focus, Skip: cfg.Skip, Timeout: cfg.Timeout, DryRun: cfg.DryRun,
 	}
-	logf("reports and logs in %s", res.ReportDir)
-	return res, err
+}
+
+// tearDown takes down the cluster Run brought up, also when ctx ended.
+func tearDown(ctx context.Context, cfg Config, logf framework.Logf, start time.Time) {
+	down := time.Now()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	if err := cluster.DownDir(ctx, cluster.ClusterDir(cfg.CacheDir), cfg.Out); err != nil {
+		logf("tearing down the cluster: %v", err)
+	}
+	logf("cluster down in %s; total %s", time.Since(down).Round(time.Second), time.Since(start).Round(time.Second))
+}
+
+// newResult makes the run's report directory: CacheDir/conformance/<time>,
+// with the link "latest" pointing at it, or "dry-run" (replaced each time).
+func newResult(cfg Config, start time.Time) (*Result, error) {
+	base := filepath.Join(cfg.CacheDir, "conformance")
+	if cfg.DryRun {
+		dir := filepath.Join(base, "dry-run")
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, err
+		}
+		return &Result{ReportDir: dir}, os.MkdirAll(dir, 0o755)
+	}
+	name := start.Format("20060102-150405")
+	if err := os.MkdirAll(filepath.Join(base, name), 0o755); err != nil {
+		return nil, err
+	}
+	latest := filepath.Join(base, "latest")
+	if err := os.Remove(latest); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return &Result{ReportDir: filepath.Join(base, name)}, os.Symlink(name, latest)
 }
 
 // writeDump keeps what explains a failure beyond the reports: the agents'
