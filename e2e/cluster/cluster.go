@@ -33,7 +33,7 @@ type Cluster struct {
 
 // tools are the host programs the cluster runs, from the OS packages.
 type tools struct {
-	containerd, ctr, runc, nsenter, sleep, cniBinDir string
+	containerd, ctr, runc, nsenter, busybox, cniBinDir string
 }
 
 func findTools() (tools, error) {
@@ -44,7 +44,7 @@ func findTools() (tools, error) {
 		name string
 	}{
 		{&t.containerd, "containerd"}, {&t.ctr, "ctr"}, {&t.runc, "runc"}, {&t.nsenter, "nsenter"},
-		{&t.sleep, "sleep"}, {new(string), "ip"}, {new(string), "iptables"}, {new(string), "iptables-save"},
+		{&t.busybox, "busybox"}, {new(string), "ip"}, {new(string), "iptables"}, {new(string), "iptables-save"},
 		{new(string), "mount"},
 	} {
 		p, err := exec.LookPath(x.name)

@@ -88,6 +88,7 @@ func TestLocalCluster(t *testing.T) {
 	t.Run("in-cluster config lists nodes through the kubernetes Service", h.testInClusterConfig)
 	t.Run("StatefulSet pod names resolve across nodes", h.testStatefulSetDNS)
 	t.Run("ClusterIP Service answers through kube-proxy", h.testClusterIP)
+	t.Run("PID 1 seen from a node is the node's, in its mount namespace", h.testNodePID1)
 	t.Run("kubelet restarts in its node's namespace", h.testRestartKubelet)
 	t.Run("a node restarts like a reboot", h.testRestartNode)
 
@@ -283,6 +284,29 @@ func (h *harness) testClusterIP(t *testing.T) {
 	logs := runToCompletion(ctx, t, h.cs, probePod("fetch", nodes[len(nodes)-1].Name, "get", url))
 	if want := "hello from echo"; !strings.Contains(logs, want) {
 		t.Errorf("GET %s from %s: %q, want %q", url, nodes[len(nodes)-1].Name, logs, want)
+	}
+}
+
+// testNodePID1 does what upstream's storage e2e helper pods do to look at a
+// node's mounts: a privileged pod with the node's / at /rootfs enters the
+// mount namespace of /rootfs/proc/1. It must be the node's own, where
+// kubelet keeps this very pod's directory; the host's PID 1 would show the
+// host's /var/lib/kubelet, or not let the pod in at all.
+func (h *harness) testNodePID1(t *testing.T) {
+	ctx := t.Context()
+	for _, n := range h.c.Nodes() {
+		p := busyboxPod("pid1-"+n.Name, n.Name, `nsenter --mount=/rootfs/proc/1/ns/mnt -- test -d "/var/lib/kubelet/pods/$POD_UID" && echo "found pods/$POD_UID" ||
+			{ echo "not found; PID 1 is $(tr '\0' ' ' </rootfs/proc/1/cmdline)"; exit 1; }`)
+		c := &p.Spec.Containers[0]
+		c.Env = []corev1.EnvVar{{Name: "POD_UID", ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.uid"}}}}
+		c.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		c.VolumeMounts = []corev1.VolumeMount{{Name: "rootfs", MountPath: "/rootfs"}}
+		p.Spec.Volumes = []corev1.Volume{{Name: "rootfs", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
+		logs := runToCompletion(ctx, t, h.cs, p)
+		if !strings.Contains(logs, "found pods/") {
+			t.Errorf("pod on %s: %q, want it to find its own pod directory", n.Name, logs)
+		}
 	}
 }
 

@@ -88,8 +88,8 @@ func (c *Cluster) addBridge(ctx context.Context, name string, cidrs ...string) e
 	return err
 }
 
-// deleteLinks deletes the given links and any other link named like the
-// cluster's.
+// deleteLinks deletes the given links, the ports of those that are bridges,
+// and any other link named like the cluster's.
 func deleteLinks(ctx context.Context, names []string) error {
 	entries, _ := os.ReadDir("/sys/class/net")
 	for _, e := range entries {
@@ -98,13 +98,24 @@ func deleteLinks(ctx context.Context, names []string) error {
 		}
 	}
 	var errs []error
+	del := func(name string) {
+		if _, err := run(ctx, "ip", "link", "del", name); err != nil && linkExists(name) {
+			errs = append(errs, err)
+		}
+	}
 	for _, name := range names {
 		if !linkExists(name) {
 			continue
 		}
-		if _, err := run(ctx, "ip", "link", "del", name); err != nil && linkExists(name) {
-			errs = append(errs, err)
+		// A pod's veth pair goes when the kernel destroys the pod's network
+		// namespace, which it does in the background, seconds after the
+		// node's last process is gone. Deleting the host end of a bridge
+		// port deletes the pair now.
+		ports, _ := os.ReadDir(filepath.Join("/sys/class/net", name, "brif"))
+		for _, p := range ports {
+			del(p.Name())
 		}
+		del(name)
 	}
 	return errors.Join(errs...)
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -36,12 +35,19 @@ func (c *Cluster) Nodes() []Node {
 	return nodes
 }
 
-// Component names of a node's processes. The mount namespace holder is a
-// `sleep infinity` started in a new mount namespace: it keeps the namespace
-// alive while containerd and kubelet come and go, and gives nsenter a PID to
-// enter. Without it, a kubelet restart would need containerd's PID and a
-// containerd restart would drop the namespace and every mount in it.
-func holderName(node string) string     { return node + "/mountns" }
+// Component names of a node's processes. A node's init is PID 1 of the
+// node's own PID namespace, in the node's own mount namespace, as the node
+// container's init is on a kind node: /proc in the node is the node's, so
+// PID 1 as kubelet, cadvisor and hostPID or hostPath-/ pods see it is the
+// node's init, and /proc/1/ns/mnt is the node's mount namespace (upstream's
+// storage e2e helper pods enter it to look at the node's mounts). It keeps
+// both namespaces alive while containerd and kubelet come and go, gives
+// nsenter a PID to enter, and reaps the processes orphaned in the node
+// (containerd's shims once their pod is gone) as a node's init must: the
+// namespace's orphans are reparented to it, and `sleep` would leave them
+// zombies. busybox's ash, blocked in `wait`, reaps every child it gets, its
+// own or adopted.
+func initName(node string) string       { return node + "/init" }
 func containerdName(node string) string { return node + "/containerd" }
 func kubeletName(node string) string    { return node + "/kubelet" }
 
@@ -62,26 +68,37 @@ func (c *Cluster) procOf(name string) proc {
 	return c.st.Procs[name]
 }
 
-// Exec runs a command in a node's mount namespace, where /var/lib/kubelet
-// and /var/lib/stickyvol are the node's own, and returns its combined output.
+// Exec runs a command in a node's mount and PID namespaces, where
+// /var/lib/kubelet, /var/lib/stickyvol and /proc are the node's own, and
+// returns its combined output.
 func (c *Cluster) Exec(ctx context.Context, node string, argv ...string) ([]byte, error) {
 	if _, err := c.node(node); err != nil {
 		return nil, err
 	}
-	holder := c.procOf(holderName(node))
-	if !holder.alive() {
+	initProc := c.procOf(initName(node))
+	if !initProc.alive() {
 		return nil, fmt.Errorf("node %s is not running", node)
 	}
-	return run(ctx, append([]string{c.tools.nsenter, "-t", strconv.Itoa(holder.PID), "-m", "--"}, argv...)...)
+	return run(ctx, c.inNode(initProc.PID, argv)...)
 }
 
-// startNode starts a node: its mount namespace with the node's directories
-// bound in, its containerd with the cluster's images, and its kubelet.
+// startNode starts a node: its init, in namespaces of its own with the
+// node's /proc and directories mounted, its containerd with the cluster's
+// images, and its kubelet.
 func (c *Cluster) startNode(ctx context.Context, n node) error {
 	nd := c.nodeDir(n.Name)
-	holder, err := c.start(ctx, procSpec{name: holderName(n.Name), argv: []string{c.tools.sleep, "infinity"}, newMountNS: true})
+	initProc, err := c.start(ctx, procSpec{
+		name:    initName(n.Name),
+		argv:    []string{c.tools.busybox, "sh", "-c", "while :; do sleep 3600 & wait; done"},
+		newNode: true,
+	})
 	if err != nil {
 		return err
+	}
+	// A proc mounted from inside the node's PID namespace shows that
+	// namespace (`unshare --mount-proc` does the same).
+	if _, err := c.Exec(ctx, n.Name, "mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/proc"); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	for _, b := range nodeBinds {
 		if _, err := c.Exec(ctx, n.Name, "mount", "--bind", filepath.Join(nd, b.src), b.dst); err != nil {
@@ -97,9 +114,9 @@ func (c *Cluster) startNode(ctx context.Context, n node) error {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	if _, err := c.start(ctx, procSpec{
-		name: containerdName(n.Name),
-		argv: []string{c.tools.containerd, "--config", filepath.Join(nd, "containerd.toml")},
-		nsOf: holder.PID,
+		name:     containerdName(n.Name),
+		argv:     []string{c.tools.containerd, "--config", filepath.Join(nd, "containerd.toml")},
+		nodeInit: initProc.PID,
 	}); err != nil {
 		return err
 	}
@@ -133,7 +150,7 @@ func (c *Cluster) startKubelet(ctx context.Context, n node) error {
 			"--cert-dir=" + filepath.Join(c.nodeDir(n.Name), "kubelet-pki"),
 			"--v=2",
 		},
-		nsOf: c.procOf(holderName(n.Name)).PID,
+		nodeInit: c.procOf(initName(n.Name)).PID,
 	})
 	if err != nil {
 		return err
@@ -144,36 +161,20 @@ func (c *Cluster) startKubelet(ctx context.Context, n node) error {
 	})
 }
 
-// stopNode stops a node's kubelet, its pods, containerd, containerd's shims
-// and the mount namespace holder. With its last process gone, the mount
-// namespace and every mount in it (pod volumes, bind mounts, overlay
-// snapshots, network namespace files) go away with it.
-func (c *Cluster) stopNode(ctx context.Context, n node) error {
+// stopNode stops a node at once, as a power cut would. Killing its init
+// kills every process in its PID namespace, containers included; with its
+// last process gone, the mount namespace and every mount in it (pod volumes,
+// bind mounts, overlay snapshots, network namespace files) go away with it.
+// kubelet and containerd are killed by name too, should the init be gone.
+func (c *Cluster) stopNode(n node) error {
 	c.mu.Lock()
-	procs := c.st.Procs
-	kubelet, containerd, holder := procs[kubeletName(n.Name)], procs[containerdName(n.Name)], procs[holderName(n.Name)]
+	procs := pick(c.st.Procs, initName(n.Name), kubeletName(n.Name), containerdName(n.Name))
 	c.mu.Unlock()
-	var errs []error
-	// kubelet leaves pods running when it stops.
-	errs = append(errs, stopProcs(ctx, map[string]proc{kubeletName(n.Name): kubelet}, 10*time.Second))
-	errs = append(errs, killCgroups(nodeCgroups(n.CgroupRoot)))
-	errs = append(errs, stopProcs(ctx, map[string]proc{containerdName(n.Name): containerd}, 10*time.Second))
-	// Shims outlive containerd; they are this node's if they serve its
-	// socket.
-	shims := map[string]proc{}
-	for name, p := range markedProcs(c.dir) {
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
-		if strings.Contains(string(cmdline), "\x00"+c.containerdSocket(n.Name)+"\x00") {
-			shims[name] = p
-		}
-	}
-	errs = append(errs, stopProcs(ctx, shims, 5*time.Second))
-	errs = append(errs, stopProcs(ctx, map[string]proc{holderName(n.Name): holder}, 5*time.Second))
-	return errors.Join(errs...)
+	return errors.Join(killProcs(procs), killCgroups(nodeCgroups(n.CgroupRoot)))
 }
 
 // RestartKubelet stops a node's kubelet and starts it again in the node's
-// mount namespace. Pods keep running and mounts stay, as when kubelet
+// namespaces. Pods keep running and mounts stay, as when kubelet
 // restarts on a real node.
 func (c *Cluster) RestartKubelet(ctx context.Context, name string) error {
 	n, err := c.node(name)
@@ -200,7 +201,7 @@ func (c *Cluster) RestartNode(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.stopNode(ctx, n); err != nil {
+	if err := c.stopNode(n); err != nil {
 		return fmt.Errorf("stopping node %s: %w", name, err)
 	}
 	nd := c.nodeDir(name)

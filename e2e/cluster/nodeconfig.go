@@ -149,6 +149,12 @@ func (c *Cluster) kubeletConfig(n node) ([]byte, error) {
 		// kube-proxy owns the host's iptables; kubelet would add KUBE-FIREWALL
 		// and canary chains that nothing removes.
 		MakeIPTablesUtilChains: ptr.To(false),
+		// kubelet lowers its own oom_score_adj to -999 by default, once it
+		// finds itself in its node's PID namespace (it reads /proc/1/ns/pid),
+		// and every minute after. Lowering it takes CAP_SYS_RESOURCE, which
+		// this machine's bounding set lacks (see containerdConfig): kubelet
+		// keeps the 0 it inherits instead of logging the refusal.
+		OOMScoreAdj: ptr.To(int32(0)),
 	}
 	return yaml.Marshal(cfg)
 }

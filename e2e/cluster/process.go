@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -40,11 +41,13 @@ type procSpec struct {
 	// ("node-1/kubelet" logs to logs/node-1-kubelet.log).
 	name string
 	argv []string
-	// nsOf, when not zero, is a PID whose mount namespace the process
-	// starts in (through nsenter).
-	nsOf int
-	// newMountNS starts the process in a new, private mount namespace.
-	newMountNS bool
+	// nodeInit, when not zero, is the host PID of a node's init (see
+	// initName): the process starts in that node's mount and PID
+	// namespaces.
+	nodeInit int
+	// newNode starts the process as PID 1 of a new PID namespace, in a new,
+	// private mount namespace.
+	newNode bool
 }
 
 // exitWatch reports the exit of a process this program started.
@@ -71,8 +74,8 @@ func (c *Cluster) logPath(name string) string {
 func (c *Cluster) start(ctx context.Context, spec procSpec) (proc, error) {
 	logger := klog.FromContext(ctx)
 	argv := spec.argv
-	if spec.nsOf != 0 {
-		argv = append([]string{"nsenter", "-t", strconv.Itoa(spec.nsOf), "-m", "--"}, argv...)
+	if spec.nodeInit != 0 {
+		argv = c.inNode(spec.nodeInit, argv)
 	}
 	logFile, err := os.OpenFile(c.logPath(spec.name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -85,11 +88,14 @@ func (c *Cluster) start(ctx context.Context, spec procSpec) (proc, error) {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), markerEnv+"="+c.dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if spec.newMountNS {
-		// Go's runtime remounts / as MS_REC|MS_PRIVATE in the child right
-		// after unshare(CLONE_NEWNS) (syscall/exec_linux.go), which is what
-		// `unshare --mount --propagation private` does: mounts made in the
-		// new namespace never propagate back to the host.
+	if spec.newNode {
+		// clone(CLONE_NEWPID) makes the child PID 1 of a new PID namespace;
+		// it then unshares its mount namespace, and Go's runtime remounts /
+		// as MS_REC|MS_PRIVATE right after unshare(CLONE_NEWNS)
+		// (syscall/exec_linux.go), which is what `unshare --mount
+		// --propagation private` does: mounts made in the new namespace
+		// never propagate back to the host.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
 		cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
 	}
 	if err := cmd.Start(); err != nil {
@@ -110,8 +116,46 @@ func (c *Cluster) start(ctx context.Context, spec procSpec) (proc, error) {
 		w.err = cmd.Wait()
 		close(w.done)
 	}()
+	if spec.nodeInit != 0 {
+		// nsenter forks to enter the PID namespace and waits for its
+		// child, whose exit status it then takes as its own: the exit
+		// watch stays on nsenter, but the child is the process to record
+		// and signal.
+		if p, err = forkedChild(p); err != nil {
+			return proc{}, fmt.Errorf("starting %s: nsenter %w", spec.name, err)
+		}
+	}
 	logger.V(2).Info("Started", "component", spec.name, "pid", p.PID)
 	return p, c.update(func(st *state) { st.Procs[spec.name] = p })
+}
+
+// inNode returns argv run through nsenter in the mount and PID namespaces of
+// the node whose init has the host PID initPID. nsenter forks to enter the
+// PID namespace.
+func (c *Cluster) inNode(initPID int, argv []string) []string {
+	return append([]string{c.tools.nsenter, "-t", strconv.Itoa(initPID), "-m", "-p", "--"}, argv...)
+}
+
+// forkedChild returns the child that nsenter, running as parent, forked into
+// a node's PID namespace, by its host PID.
+func forkedChild(parent proc) (proc, error) {
+	children := fmt.Sprintf("/proc/%d/task/%d/children", parent.PID, parent.PID)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		b, _ := os.ReadFile(children)
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			pid, err := strconv.Atoi(f[0])
+			if err != nil {
+				return proc{}, fmt.Errorf("reading %s: %w", children, err)
+			}
+			if st, err := startTime(pid); err == nil {
+				return proc{PID: pid, StartTime: st}, nil
+			}
+		}
+		if !parent.alive() {
+			return proc{}, errors.New("exited before its child could be found; its log says why")
+		}
+	}
+	return proc{}, fmt.Errorf("(pid %d) forked no child in 5s", parent.PID)
 }
 
 // exited returns a non-nil error once the named process, started by this
@@ -189,43 +233,61 @@ func (p proc) signal(sig syscall.Signal) {
 // then SIGKILL. Processes already gone, or whose PID now belongs to another
 // process, are left alone.
 func stopProcs(ctx context.Context, procs map[string]proc, grace time.Duration) error {
+	live := waitGone(signalLive(procs, syscall.SIGTERM), grace)
+	if len(live) == 0 {
+		return nil
+	}
 	logger := klog.FromContext(ctx)
+	for name, p := range live {
+		logger.V(2).Info("Did not stop in time, killing", "component", name, "pid", p.PID, "grace", grace)
+	}
+	return killProcs(live)
+}
+
+// killProcs sends SIGKILL to the given processes and waits for them to be
+// gone. It is how a node's init is stopped: from outside its PID namespace,
+// PID 1 of a namespace gets only the signals it has a handler for, and
+// SIGKILL and SIGSTOP (pid_namespaces(7)).
+func killProcs(procs map[string]proc) error {
+	live := waitGone(signalLive(procs, syscall.SIGKILL), 10*time.Second)
+	if len(live) == 0 {
+		return nil
+	}
+	var names []string
+	for name, p := range live {
+		names = append(names, fmt.Sprintf("%s (pid %d)", name, p.PID))
+	}
+	sort.Strings(names)
+	return fmt.Errorf("still running after SIGKILL: %s", strings.Join(names, ", "))
+}
+
+// signalLive sends sig to those of procs that are alive and returns them.
+func signalLive(procs map[string]proc, sig syscall.Signal) map[string]proc {
 	live := map[string]proc{}
 	for name, p := range procs {
 		if p.alive() {
-			p.signal(syscall.SIGTERM)
+			p.signal(sig)
 			live[name] = p
 		}
 	}
-	deadline := time.Now().Add(grace)
-	killed := false
-	for len(live) > 0 {
-		for name, p := range live {
+	return live
+}
+
+// waitGone waits up to timeout for procs to exit and returns those still
+// alive.
+func waitGone(procs map[string]proc, timeout time.Duration) map[string]proc {
+	deadline := time.Now().Add(timeout)
+	for {
+		for name, p := range procs {
 			if !p.alive() {
-				delete(live, name)
+				delete(procs, name)
 			}
 		}
-		if len(live) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			if killed {
-				var names []string
-				for name, p := range live {
-					names = append(names, fmt.Sprintf("%s (pid %d)", name, p.PID))
-				}
-				sort.Strings(names)
-				return fmt.Errorf("still running after SIGKILL: %s", strings.Join(names, ", "))
-			}
-			for name, p := range live {
-				logger.V(2).Info("Did not stop in time, killing", "component", name, "pid", p.PID, "grace", grace)
-				p.signal(syscall.SIGKILL)
-			}
-			killed, deadline = true, time.Now().Add(10*time.Second)
+		if len(procs) == 0 || time.Now().After(deadline) {
+			return procs
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return nil
 }
 
 // markedProcs lists the live processes whose environment carries this

@@ -51,7 +51,7 @@ func teardown(ctx context.Context, dir string, out io.Writer) error {
 	if _, ok := st.Procs["kube-proxy"]; ok {
 		c.cleanupKubeProxy(ctx)
 	}
-	add("stopping nodes", c.stopNodes(ctx))
+	add("stopping nodes", c.stopNodes())
 	add("stopping the control plane", stopProcs(ctx, pick(st.Procs, "kube-controller-manager", "kube-scheduler", "kube-apiserver"), stopGrace))
 	add("stopping etcd", stopProcs(ctx, pick(st.Procs, "etcd"), stopGrace))
 	add("stopping leftover processes", stopProcs(ctx, markedProcs(dir), stopGrace))
@@ -111,11 +111,11 @@ func (c *Cluster) cleanupKubeProxy(ctx context.Context) {
 }
 
 // stopNodes stops every node at once.
-func (c *Cluster) stopNodes(ctx context.Context) error {
+func (c *Cluster) stopNodes() error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.st.Nodes))
 	for i, n := range c.st.Nodes {
-		wg.Go(func() { errs[i] = c.stopNode(ctx, n) })
+		wg.Go(func() { errs[i] = c.stopNode(n) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
