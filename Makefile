@@ -99,7 +99,7 @@ conformance:
 unit:
 	go test -count=1 ./...
 
-test: lint unit e2e
+test: lint unit e2e conformance
 
 lint: fmt vet staticcheck
 
