@@ -70,6 +70,9 @@ func TestBadInput(t *testing.T) {
 	params := func(p map[string]string) func(*csi.CreateVolumeRequest) {
 		return func(r *csi.CreateVolumeRequest) { r.Parameters = p }
 	}
+	mountFlags := func(flags ...string) func(*csi.CreateVolumeRequest) {
+		return func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities[0] = withMountFlags(rwo, flags...) }
+	}
 
 	for _, tc := range []struct {
 		name         string
@@ -140,10 +143,16 @@ func TestBadInput(t *testing.T) {
 				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "snap"},
 			}}
 		}), codes.InvalidArgument, "content sources", nil},
-		{"create: mount options", create(func(r *csi.CreateVolumeRequest) {
-			r.VolumeCapabilities[0] = mountCapability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
-			r.VolumeCapabilities[0].GetMount().MountFlags = []string{"noexec"}
-		}), codes.InvalidArgument, "mount options", nil},
+		{"create: file system mount option", create(mountFlags("noexec", "size=1G")),
+			codes.InvalidArgument, `"size=1G" is not supported`, nil},
+		{"create: uid mount option", create(mountFlags("uid=0")),
+			codes.InvalidArgument, "takes only the options ro, rw, noatime, nodev, nodiratime, noexec, nosuid, relatime, strictatime", nil},
+		{"create: bind mount option", create(mountFlags("bind")),
+			codes.InvalidArgument, `"bind" is not supported`, nil},
+		{"create: ro and rw", create(mountFlags("ro", "rw")),
+			codes.InvalidArgument, "contradict", nil},
+		{"create: two atime options", create(mountFlags("noatime", "strictatime")),
+			codes.InvalidArgument, "at most one of noatime, relatime, strictatime", nil},
 		{"create: existing name, other size", create(func(r *csi.CreateVolumeRequest) {
 			r.Name = existing
 			r.CapacityRange = &csi.CapacityRange{RequiredBytes: 5 << 20}
@@ -190,6 +199,12 @@ func TestBadInput(t *testing.T) {
 		{"publish: no capability", publish(existing, filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
 			r.VolumeCapability = nil
 		}), codes.InvalidArgument, "volume capability is required", []string{filepath.Join(targets, "t")}},
+		{"publish: file system mount option", publish(existing, filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeCapability = withMountFlags(rwo, "nosuid", "mode=0777")
+		}), codes.InvalidArgument, `"mode=0777" is not supported`, []string{filepath.Join(targets, "t")}},
+		{"publish: propagation mount option", publish(existing, filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeCapability = withMountFlags(rwo, "rshared")
+		}), codes.InvalidArgument, `"rshared" is not supported`, []string{filepath.Join(targets, "t")}},
 		{"publish: ReadWriteMany", publish(existing, filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
 			r.VolumeCapability = mountCapability(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
 		}), codes.InvalidArgument, "node-local", []string{filepath.Join(targets, "t")}},

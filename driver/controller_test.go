@@ -221,6 +221,8 @@ func TestValidateVolumeCapabilities(t *testing.T) {
 		{"same parameters", []*csi.VolumeCapability{rwo}, map[string]string{ParamDirectoryMode: "777"}, true},
 		{"RWX", []*csi.VolumeCapability{mountCapability(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}, nil, false},
 		{"other directoryMode", []*csi.VolumeCapability{rwo}, map[string]string{ParamDirectoryMode: "0700"}, false},
+		{"bind mount options", []*csi.VolumeCapability{withMountFlags(rwo, "nosuid", "nodev", "noexec", "ro")}, nil, true},
+		{"file system mount option", []*csi.VolumeCapability{withMountFlags(rwo, "size=1G")}, nil, false},
 	} {
 		resp, err := ts.controller.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{
 			VolumeId: "vol", VolumeCapabilities: tc.caps, Parameters: tc.params})

@@ -145,6 +145,14 @@ func mountCapability(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapab
 
 var rwo = mountCapability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
 
+// withMountFlags returns a mount capability with c's access mode and flags.
+func withMountFlags(c *csi.VolumeCapability, flags ...string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{MountFlags: flags}},
+		AccessMode: c.GetAccessMode(),
+	}
+}
+
 // createRequest is a valid CreateVolumeRequest for name, 1 MiB.
 func createRequest(name string) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{

@@ -18,11 +18,12 @@ import (
 // with mount(2) through golang.org/x/sys/unix, so no mount binary is needed.
 type Mounter interface {
 	// BindMount mounts the directory source at the existing directory
-	// target, read-only when readOnly is true.
-	BindMount(source, target string, readOnly bool) error
-	// RemountReadOnly makes the mount at target read-only; it is a no-op
-	// on a mount that already is.
-	RemountReadOnly(target string) error
+	// target and gives the new mount flags, as Remount does.
+	BindMount(source, target string, flags BindFlags) error
+	// Remount gives the mount at target flags, on top of the restrictions
+	// it already has; it is a no-op on a mount that has them. The change
+	// does not propagate to other mount namespaces (see BindMount).
+	Remount(target string, flags BindFlags) error
 	// Unmount removes the topmost mount at target.
 	Unmount(target string) error
 	// Mounted reports whether target is a mount point and whether what is
@@ -36,47 +37,122 @@ func NewMounter() Mounter { return unixMounter{} }
 
 type unixMounter struct{}
 
-func (m unixMounter) BindMount(source, target string, readOnly bool) error {
+// BindMount attaches a mount that already has its flags: it clones source
+// into a detached mount (open_tree), sets the flags on it (mount_setattr)
+// and only then attaches it at target (move_mount).
+//
+// Flags cannot be added after the bind mount. The node plugin mounts in
+// its own mount namespace, and kubelet and the container runtime see the
+// target through mount propagation, which carries new mounts and unmounts
+// to the peer mounts but not a change of flags: a remount after the bind
+// changes only the plugin's copy, and pods would get the volume without
+// nosuid, noexec or ro. A mount attached with its flags propagates as
+// copies that have them. Kernels without mount_setattr (before 5.12) get
+// the bind and remount, which applies the flags in this namespace only.
+func (m unixMounter) BindMount(source, target string, flags BindFlags) error {
+	if flags == 0 {
+		if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
+		}
+		return nil
+	}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("clone mount of %s: %w", source, err)
+	}
+	defer unix.Close(fd)
+	err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, mountAttr(flags))
+	if errors.Is(err, unix.ENOSYS) {
+		return m.bindAndRemount(source, target, flags)
+	}
+	if err != nil {
+		return fmt.Errorf("set flags %#x on a mount of %s: %w", uintptr(flags), source, err)
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("attach mount of %s at %s: %w", source, target, err)
+	}
+	return nil
+}
+
+// mountAttr translates flags for mount_setattr, which, unlike a remount,
+// only adds the attributes it is given and clears none but the atime
+// choice, and that only when flags make one.
+func mountAttr(flags BindFlags) *unix.MountAttr {
+	attr := &unix.MountAttr{}
+	for _, f := range []struct {
+		ms   BindFlags
+		attr uint64
+	}{
+		{unix.MS_RDONLY, unix.MOUNT_ATTR_RDONLY},
+		{unix.MS_NOSUID, unix.MOUNT_ATTR_NOSUID},
+		{unix.MS_NODEV, unix.MOUNT_ATTR_NODEV},
+		{unix.MS_NOEXEC, unix.MOUNT_ATTR_NOEXEC},
+		{unix.MS_NODIRATIME, unix.MOUNT_ATTR_NODIRATIME},
+		{unix.MS_NOATIME, unix.MOUNT_ATTR_NOATIME},
+		{unix.MS_RELATIME, unix.MOUNT_ATTR_RELATIME},
+		{unix.MS_STRICTATIME, unix.MOUNT_ATTR_STRICTATIME},
+	} {
+		if flags&f.ms != 0 {
+			attr.Attr_set |= f.attr
+		}
+	}
+	if flags&(unix.MS_NOATIME|unix.MS_RELATIME|unix.MS_STRICTATIME) != 0 {
+		attr.Attr_clr = unix.MOUNT_ATTR__ATIME
+	}
+	return attr
+}
+
+// bindAndRemount is BindMount for kernels without mount_setattr.
+func (m unixMounter) bindAndRemount(source, target string, flags BindFlags) error {
 	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
 	}
-	if !readOnly {
-		return nil
-	}
-	// A bind mount takes the flags of its source; read-only needs a second
-	// call, which has a window where the target is writable. Nothing uses
-	// the target before NodePublishVolume returns, so that is harmless.
-	if err := m.RemountReadOnly(target); err != nil {
+	// mount(2) ignores other flags given with MS_BIND on a new mount.
+	if err := m.Remount(target, flags); err != nil {
 		return errors.Join(err, unix.Unmount(target, unix.UMOUNT_NOFOLLOW))
 	}
 	return nil
 }
 
-// RemountReadOnly remounts with MS_BIND|MS_REMOUNT|MS_RDONLY, which changes
-// the flags of this one mount, not of the file system below it. The flags
-// the mount already has (nosuid, nodev, noexec, atime) are passed again:
-// in a user namespace the kernel refuses (EPERM) a remount that would drop
-// such a flag when it is locked, and mount(2) clears flags not given.
-func (unixMounter) RemountReadOnly(target string) error {
+// keptFlags pairs the statfs f_flags bits with the mount flags a remount
+// passes again to keep them.
+var keptFlags = []struct {
+	st uint64
+	ms BindFlags
+}{
+	{unix.ST_RDONLY, unix.MS_RDONLY},
+	{unix.ST_NOSUID, unix.MS_NOSUID},
+	{unix.ST_NODEV, unix.MS_NODEV},
+	{unix.ST_NOEXEC, unix.MS_NOEXEC},
+	{unix.ST_NOATIME, unix.MS_NOATIME},
+	{unix.ST_NODIRATIME, unix.MS_NODIRATIME},
+	{unix.ST_RELATIME, unix.MS_RELATIME},
+}
+
+// Remount remounts with MS_BIND|MS_REMOUNT|flags, which changes the flags
+// of this one mount, not of the file system below it.
+//
+// A bind remount sets exactly the flags it is given (fs/namespace.c,
+// path_mount): ro, nosuid, nodev and noexec left out are cleared, and only
+// the atime flags are kept, and only when no atime flag is given. In a user
+// namespace the flags a mount came with are locked, and a remount that
+// would clear one fails with EPERM (can_change_locked_flags). So the flags
+// the mount has now are given again: a fresh bind mount has those of the
+// mount its source is on, which flags can add to but never lift. The
+// exception is atime: when flags choose how access times are kept, that
+// choice replaces the mount's (and fails where atime is locked).
+func (unixMounter) Remount(target string, flags BindFlags) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(target, &st); err != nil {
 		return fmt.Errorf("statfs %s: %w", target, err)
 	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
-	for _, f := range []struct{ st, ms uintptr }{
-		{unix.ST_NOSUID, unix.MS_NOSUID},
-		{unix.ST_NODEV, unix.MS_NODEV},
-		{unix.ST_NOEXEC, unix.MS_NOEXEC},
-		{unix.ST_NOATIME, unix.MS_NOATIME},
-		{unix.ST_NODIRATIME, unix.MS_NODIRATIME},
-		{unix.ST_RELATIME, unix.MS_RELATIME},
-	} {
-		if uintptr(st.Flags)&f.st != 0 {
+	for _, f := range keptFlags {
+		if uint64(st.Flags)&f.st != 0 && (flags&atimeFlags == 0 || f.ms&atimeFlags == 0) {
 			flags |= f.ms
 		}
 	}
-	if err := unix.Mount("", target, "", flags, ""); err != nil {
-		return fmt.Errorf("remount %s read-only: %w", target, err)
+	if err := unix.Mount("", target, "", uintptr(unix.MS_BIND|unix.MS_REMOUNT|flags), ""); err != nil {
+		return fmt.Errorf("remount %s with flags %#x: %w", target, uintptr(flags), err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -54,8 +55,10 @@ func (s *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 }
 
 // NodePublishVolume bind-mounts the volume's directory at the target path,
-// read-only when the request says readonly or the access mode is
-// SINGLE_NODE_READER_ONLY.
+// read-only when the request says readonly, the access mode is
+// SINGLE_NODE_READER_ONLY or the mount flags say "ro", and with the other
+// mount flags (nosuid, nodev, noexec, atime; see parseMountFlags) applied
+// to that mount.
 //
 // The target itself is created here: CSI leaves the parent directory to
 // the CO and the target to the plugin. Kubelet's csiMountMgr.SetUpAt runs
@@ -67,8 +70,8 @@ func (s *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 // The target is recorded in the volume's record before it is mounted, so
 // after a crash or restart the driver still knows every place the volume
 // may be mounted. A repeated call for a mounted target with the same
-// read-only flag and access mode succeeds (and makes sure a read-only
-// mount is read-only); different ones get AlreadyExists. A volume published
+// read-only flag, access mode and mount options succeeds (and makes sure
+// the mount has them); different ones get AlreadyExists. A volume published
 // with SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) can be mounted at one
 // target only: another target gets FailedPrecondition.
 func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
@@ -94,10 +97,15 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, statusFor(err, "looking up volume "+id)
 	}
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	options, readOnly, err := parseMountFlags(req.GetVolumeCapability().GetMount().GetMountFlags())
+	if err != nil {
+		return nil, err
+	}
 	want := Target{
-		Path:       target,
-		ReadOnly:   req.GetReadonly() || mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
-		AccessMode: mode.String(),
+		Path:         target,
+		ReadOnly:     readOnly || req.GetReadonly() || mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+		AccessMode:   mode.String(),
+		MountOptions: strings.Join(options, ","),
 	}
 	exists, err := s.checkTarget(target)
 	if err != nil {
@@ -109,7 +117,7 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err := s.publish(ctx, v, want, exists); err != nil {
 		return nil, err
 	}
-	logger.V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode)
+	logger.V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode, "mountOptions", want.MountOptions)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
@@ -127,8 +135,8 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 		}
 		if mounted {
 			return status.Errorf(codes.AlreadyExists,
-				"volume %s is already published at %s with readOnly=%t and access mode %s",
-				v.ID, want.Path, old.ReadOnly, old.AccessMode)
+				"volume %s is already published at %s with readOnly=%t, access mode %s and mount options %q",
+				v.ID, want.Path, old.ReadOnly, old.AccessMode, old.MountOptions)
 		}
 	}
 	live, err := pruneTargets(ctx, s.store, s.mounter, v, want.Path)
@@ -169,15 +177,17 @@ func (s *nodeServer) publish(ctx context.Context, v Volume, t Target, exists boo
 			return undo(status.Errorf(codes.Internal, "creating target path: %v", err))
 		}
 	}
+	flags := flagsOf(t)
 	mountPoint, ours, err := s.mounter.Mounted(t.Path, src)
 	switch {
 	case err != nil:
 		return statusFor(err, "checking target path")
-	case ours && t.ReadOnly:
-		// A crash between the bind mount and the read-only remount
-		// leaves a writable mount; make sure it is not.
-		if err := s.mounter.RemountReadOnly(t.Path); err != nil {
-			return statusFor(err, "making the mount read-only")
+	case ours && flags != 0:
+		// On kernels without mount_setattr, a crash between the bind
+		// mount and the remount leaves a mount without its flags
+		// (writable, say); make sure it has them.
+		if err := s.mounter.Remount(t.Path, flags); err != nil {
+			return statusFor(err, "applying the mount flags")
 		}
 		return nil
 	case ours:
@@ -189,7 +199,7 @@ func (s *nodeServer) publish(ctx context.Context, v Volume, t Target, exists boo
 	if _, err := os.Stat(src); err != nil {
 		return undo(status.Errorf(codes.Internal, "volume directory of %s is missing: %v", v.ID, err))
 	}
-	if err := s.mounter.BindMount(src, t.Path, t.ReadOnly); err != nil {
+	if err := s.mounter.BindMount(src, t.Path, flags); err != nil {
 		return undo(statusFor(err, "mounting volume"))
 	}
 	return nil

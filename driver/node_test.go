@@ -209,3 +209,61 @@ func TestNodeGetInfo(t *testing.T) {
 		t.Errorf("NodeGetInfo = %v", info)
 	}
 }
+
+// TestPublishMountOptions checks that mount options reach the target's
+// mount, and only it, and that a target published with some options is
+// not published again with others.
+func TestPublishMountOptions(t *testing.T) {
+	testutil.RequireRoot(t)
+	ts := startServer(t, testConfig(t))
+	ctx := testContext(t)
+	if _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); err != nil {
+		t.Fatal(err)
+	}
+	rootFlags := statfsFlags(t, ts.dataRoot)
+	restricted := uint64(unix.ST_NOSUID | unix.ST_NODEV | unix.ST_NOEXEC)
+	if rootFlags&restricted == restricted {
+		t.Skipf("the data root's file system is already nosuid,nodev,noexec (%#x); nothing to see", rootFlags)
+	}
+	target, plain := filepath.Join(ts.dir, "opts"), filepath.Join(ts.dir, "plain")
+	req := publishRequest("vol", target)
+	req.VolumeCapability = withMountFlags(rwo, "nosuid", "nodev", "noexec", "noatime", "nodev")
+	for range 2 {
+		if _, err := ts.node.NodePublishVolume(ctx, req); err != nil {
+			t.Fatalf("NodePublishVolume with mount options: %v", err)
+		}
+	}
+	want := restricted | unix.ST_NOATIME
+	if got := statfsFlags(t, target); got&want != want {
+		t.Errorf("target flags = %#x, want nosuid, nodev, noexec and noatime (%#x)", got, want)
+	}
+	if err := os.WriteFile(filepath.Join(target, "x"), nil, 0o644); err != nil {
+		t.Errorf("writing into the target: %v", err)
+	}
+	if _, err := ts.node.NodePublishVolume(ctx, publishRequest("vol", plain)); err != nil {
+		t.Fatal(err)
+	}
+	if got := statfsFlags(t, plain); got&restricted != rootFlags&restricted {
+		t.Errorf("target without options has flags %#x; the options of another target leaked", got)
+	}
+	if got := statfsFlags(t, ts.dataRoot); got != rootFlags {
+		t.Errorf("data root flags changed from %#x to %#x", rootFlags, got)
+	}
+
+	other := publishRequest("vol", target)
+	other.VolumeCapability = withMountFlags(rwo, "nosuid")
+	if _, err := ts.node.NodePublishVolume(ctx, other); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("publishing with other mount options: %v, want AlreadyExists", err)
+	}
+
+	// "ro" is read-only like the readonly field.
+	ro := filepath.Join(ts.dir, "ro")
+	req = publishRequest("vol", ro)
+	req.VolumeCapability = withMountFlags(rwo, "ro", "nosuid")
+	if _, err := ts.node.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ro, "x"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("writing into a target published with ro: %v, want EROFS", err)
+	}
+}

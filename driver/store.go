@@ -96,6 +96,10 @@ type Target struct {
 	ReadOnly bool   `json:"readOnly,omitempty"`
 	// AccessMode is the CSI access mode name the target was published with.
 	AccessMode string `json:"accessMode"`
+	// MountOptions are the mount options other than ro and rw the target
+	// was published with, sorted and comma-separated (a string, so that
+	// Targets compare with ==).
+	MountOptions string `json:"mountOptions,omitempty"`
 }
 
 func (v *Volume) clone() Volume {

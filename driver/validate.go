@@ -172,9 +172,10 @@ func fitsRange(size int64, r *csi.CapacityRange) bool {
 }
 
 // checkCapability reports why a capability is not supported, or nil.
-// Supported: a mount access type (any fs type, no mount flags, because a
-// bind mount has no file system of its own to choose or tune) with a
-// single-node access mode.
+// Supported: a mount access type with a single-node access mode. The fs
+// type is ignored, since a bind mount has no file system of its own to
+// choose; mount flags are limited to what a bind mount can apply
+// (parseMountFlags).
 func checkCapability(c *csi.VolumeCapability) error {
 	if c == nil {
 		return status.Error(codes.InvalidArgument, "volume capability is required")
@@ -187,9 +188,8 @@ func checkCapability(c *csi.VolumeCapability) error {
 	default:
 		return status.Error(codes.InvalidArgument, "volume capability must have the mount access type")
 	}
-	if flags := c.GetMount().GetMountFlags(); len(flags) > 0 {
-		return status.Errorf(codes.InvalidArgument,
-			"mount options %q are not supported: a hostpath volume is a bind mount of a directory", flags)
+	if _, _, err := parseMountFlags(c.GetMount().GetMountFlags()); err != nil {
+		return err
 	}
 	switch mode := c.GetAccessMode().GetMode(); mode {
 	case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,

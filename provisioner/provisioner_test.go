@@ -138,10 +138,11 @@ func TestDriverRefusalIsFinished(t *testing.T) {
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
 	opts := options(claim("c", "node-a", "1Gi", v1.ReadWriteOnce))
-	opts.StorageClass.MountOptions = []string{"noatime"}
+	// A bind mount takes no file system options.
+	opts.StorageClass.MountOptions = []string{"noatime", "size=1G"}
 	_, state, err := p.Provision(ctx, opts)
 	if state != controller.ProvisioningFinished || err == nil ||
-		!strings.Contains(err.Error(), "fix the StorageClass") || !strings.Contains(err.Error(), "mount options") {
+		!strings.Contains(err.Error(), "fix the StorageClass") || !strings.Contains(err.Error(), `mount option "size=1G"`) {
 		t.Errorf("state %s, error %v; want Finished with the driver's reason", state, err)
 	}
 	if dirs := nd.volumeDirs(t); len(dirs) != 0 {
