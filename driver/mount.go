@@ -74,24 +74,30 @@ func (m unixMounter) BindMount(source, target string, flags BindFlags) error {
 	return nil
 }
 
+// flagBits names each mount flag three ways: for mount(2) (BindFlags),
+// in statfs f_flags (0 where statfs has no bit: strictatime is the absence
+// of the others), and for mount_setattr.
+var flagBits = []struct {
+	ms   BindFlags
+	st   uint64
+	attr uint64
+}{
+	{unix.MS_RDONLY, unix.ST_RDONLY, unix.MOUNT_ATTR_RDONLY},
+	{unix.MS_NOSUID, unix.ST_NOSUID, unix.MOUNT_ATTR_NOSUID},
+	{unix.MS_NODEV, unix.ST_NODEV, unix.MOUNT_ATTR_NODEV},
+	{unix.MS_NOEXEC, unix.ST_NOEXEC, unix.MOUNT_ATTR_NOEXEC},
+	{unix.MS_NODIRATIME, unix.ST_NODIRATIME, unix.MOUNT_ATTR_NODIRATIME},
+	{unix.MS_NOATIME, unix.ST_NOATIME, unix.MOUNT_ATTR_NOATIME},
+	{unix.MS_RELATIME, unix.ST_RELATIME, unix.MOUNT_ATTR_RELATIME},
+	{unix.MS_STRICTATIME, 0, unix.MOUNT_ATTR_STRICTATIME},
+}
+
 // mountAttr translates flags for mount_setattr, which, unlike a remount,
 // only adds the attributes it is given and clears none but the atime
 // choice, and that only when flags make one.
 func mountAttr(flags BindFlags) *unix.MountAttr {
 	attr := &unix.MountAttr{}
-	for _, f := range []struct {
-		ms   BindFlags
-		attr uint64
-	}{
-		{unix.MS_RDONLY, unix.MOUNT_ATTR_RDONLY},
-		{unix.MS_NOSUID, unix.MOUNT_ATTR_NOSUID},
-		{unix.MS_NODEV, unix.MOUNT_ATTR_NODEV},
-		{unix.MS_NOEXEC, unix.MOUNT_ATTR_NOEXEC},
-		{unix.MS_NODIRATIME, unix.MOUNT_ATTR_NODIRATIME},
-		{unix.MS_NOATIME, unix.MOUNT_ATTR_NOATIME},
-		{unix.MS_RELATIME, unix.MOUNT_ATTR_RELATIME},
-		{unix.MS_STRICTATIME, unix.MOUNT_ATTR_STRICTATIME},
-	} {
+	for _, f := range flagBits {
 		if flags&f.ms != 0 {
 			attr.Attr_set |= f.attr
 		}
@@ -114,21 +120,6 @@ func (m unixMounter) bindAndRemount(source, target string, flags BindFlags) erro
 	return nil
 }
 
-// keptFlags pairs the statfs f_flags bits with the mount flags a remount
-// passes again to keep them.
-var keptFlags = []struct {
-	st uint64
-	ms BindFlags
-}{
-	{unix.ST_RDONLY, unix.MS_RDONLY},
-	{unix.ST_NOSUID, unix.MS_NOSUID},
-	{unix.ST_NODEV, unix.MS_NODEV},
-	{unix.ST_NOEXEC, unix.MS_NOEXEC},
-	{unix.ST_NOATIME, unix.MS_NOATIME},
-	{unix.ST_NODIRATIME, unix.MS_NODIRATIME},
-	{unix.ST_RELATIME, unix.MS_RELATIME},
-}
-
 // Remount remounts with MS_BIND|MS_REMOUNT|flags, which changes the flags
 // of this one mount, not of the file system below it.
 //
@@ -146,8 +137,8 @@ func (unixMounter) Remount(target string, flags BindFlags) error {
 	if err := unix.Statfs(target, &st); err != nil {
 		return fmt.Errorf("statfs %s: %w", target, err)
 	}
-	for _, f := range keptFlags {
-		if uint64(st.Flags)&f.st != 0 && (flags&atimeFlags == 0 || f.ms&atimeFlags == 0) {
+	for _, f := range flagBits {
+		if f.st != 0 && uint64(st.Flags)&f.st != 0 && (flags&atimeFlags == 0 || f.ms&atimeFlags == 0) {
 			flags |= f.ms
 		}
 	}
