@@ -196,7 +196,7 @@ func TestNodeOptionsValidate(t *testing.T) {
 }
 
 func TestNodeNameDefaultsFromEnvironment(t *testing.T) {
-	cmd := newRootCommand(environment{nodeName: "from-env", podNamespace: "ns-from-env"})
+	cmd := newRootCommand("stickyvol", environment{nodeName: "from-env", podNamespace: "ns-from-env"})
 	node, _, err := cmd.Find([]string{"node"})
 	if err != nil {
 		t.Fatal(err)

@@ -1,5 +1,6 @@
 // Command stickyvol is the node agent of the stickyvol hostpath CSI driver
-// (`stickyvol node`) and a small client (`stickyvol status`).
+// (`stickyvol node`) and a small client (`stickyvol status`), which is also
+// the kubectl plugin `kubectl stickyvol` when installed as kubectl-stickyvol.
 //
 // This file only wires: environment and flags into option structs, logging,
 // signals into a context. node.go, status.go and serve.go build and run the
@@ -34,7 +35,7 @@ type environment struct {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	cmd := newRootCommand(environment{nodeName: os.Getenv("NODE_NAME"), podNamespace: os.Getenv("POD_NAMESPACE")})
+	cmd := newRootCommand(commandName(os.Args[0]), environment{nodeName: os.Getenv("NODE_NAME"), podNamespace: os.Getenv("POD_NAMESPACE")})
 	err := cmd.ExecuteContext(ctx)
 	stop()
 	logs.FlushLogs()
@@ -43,10 +44,16 @@ func main() {
 	}
 }
 
-func newRootCommand(env environment) *cobra.Command {
+// newRootCommand builds the command tree. name is how the help calls the
+// program: "stickyvol", or "kubectl stickyvol" when it runs as the kubectl
+// plugin (installed as kubectl-stickyvol).
+func newRootCommand(name string, env environment) *cobra.Command {
 	logging := logsapi.NewLoggingConfiguration()
 	root := &cobra.Command{
-		Use:   "stickyvol",
+		Use: "stickyvol",
+		// Cobra takes a command's name from the first word of Use; the
+		// annotation changes only what help and usage print.
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
 		Short: "Node-local persistent volumes for Kubernetes, one directory per claim",
 		Long: "stickyvol provisions a directory on the node a pod was scheduled to for every claim of a\n" +
 			"stickyvol StorageClass, and serves it to kubelet as a CSI driver.",

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/duration"
+	"sigs.k8s.io/yaml"
+)
+
+// statusPrinter writes rows in one of the -o formats.
+type statusPrinter struct {
+	w      io.Writer
+	format string
+	now    time.Time
+}
+
+func newStatusPrinter(w io.Writer, format string, now time.Time) *statusPrinter {
+	return &statusPrinter{w: w, format: format, now: now}
+}
+
+// statusList is the document -o json and -o yaml print for a whole list.
+type statusList struct {
+	Items []volumeStatus `json:"items"`
+}
+
+// print writes rows. first is true for the whole list and false for the
+// rows --watch prints as they change: tables then print no header, json
+// one object per line and yaml one document per row, as kubectl get -w does.
+func (p *statusPrinter) print(rows []volumeStatus, first bool) error {
+	switch p.format {
+	case "json":
+		if first {
+			return p.json(statusList{Items: nonNil(rows)}, "  ")
+		}
+		for i := range rows {
+			if err := p.json(rows[i], ""); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "yaml":
+		if first {
+			return p.yaml(statusList{Items: nonNil(rows)})
+		}
+		for i := range rows {
+			if err := p.yaml(rows[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	default:
+		return p.table(rows, first)
+	}
+}
+
+// nonNil keeps an empty list "items": [] rather than null.
+func nonNil(rows []volumeStatus) []volumeStatus {
+	if rows == nil {
+		return []volumeStatus{}
+	}
+	return rows
+}
+
+func (p *statusPrinter) json(v any, indent string) error {
+	enc := json.NewEncoder(p.w)
+	enc.SetIndent("", indent)
+	return enc.Encode(v)
+}
+
+func (p *statusPrinter) yaml(v any) error {
+	out, err := yaml.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(p.w, "---\n%s", out); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (p *statusPrinter) table(rows []volumeStatus, header bool) error {
+	wide := p.format == "wide"
+	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
+	if header {
+		columns := "NAMESPACE\tCLAIM\tSTATUS\tPV\tNODE\tPATH\tCAPACITY\tUSED"
+		if wide {
+			columns += "\tCLASS\tACCESS MODES\tRECLAIM\tAGE"
+		}
+		fmt.Fprintln(tw, columns)
+	}
+	for i := range rows {
+		r := &rows[i]
+		fields := []string{r.Namespace, r.Claim, r.Phase, r.PV, r.Node, r.Path, capacityColumn(r), usedColumn(r)}
+		if wide {
+			fields = append(fields, r.StorageClass, strings.Join(r.AccessModes, ","), r.ReclaimPolicy, p.age(r))
+		}
+		for j := range fields {
+			if fields[j] == "" {
+				fields[j] = "-"
+			}
+		}
+		fmt.Fprintln(tw, strings.Join(fields, "\t"))
+	}
+	return tw.Flush()
+}
+
+// capacityColumn is the PV's capacity, or what the claim asks for before
+// there is a PV.
+func capacityColumn(r *volumeStatus) string {
+	if r.PV == "" && r.Requested != "" {
+		return r.Requested + " (requested)"
+	}
+	return r.Capacity
+}
+
+func usedColumn(r *volumeStatus) string {
+	if r.UsedBytes == nil {
+		return ""
+	}
+	return resource.NewQuantity(int64(*r.UsedBytes), resource.BinarySI).String()
+}
+
+func (p *statusPrinter) age(r *volumeStatus) string {
+	if r.Created.IsZero() {
+		return ""
+	}
+	return duration.HumanDuration(p.now.Sub(r.Created.Time))
+}
