@@ -54,7 +54,7 @@ func newRootCommand(name string, env environment) *cobra.Command {
 		// Cobra takes a command's name from the first word of Use; the
 		// annotation changes only what help and usage print.
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
-		Short: "Node-local persistent volumes for Kubernetes, one directory per claim",
+		Short:       "Node-local persistent volumes for Kubernetes, one directory per claim",
 		Long: "stickyvol provisions a directory on the node a pod was scheduled to for every claim of a\n" +
 			"stickyvol StorageClass, and serves it to kubelet as a CSI driver.",
 		SilenceUsage: true,
