@@ -5,9 +5,17 @@
 #   docker build -t stickyvol.local/stickyvol:dev .                      # the node agent (default target)
 #   docker build --target demo -t stickyvol.local/demo:dev .             # the example StatefulSet's image
 #
-# Without a docker engine, `make image` builds the same images as OCI tarballs
-# straight from the Go binaries (e2e/cmd/mkimage): the agent's binary at
-# /stickyvol as the entrypoint; the demo's at /bin/stickyvol-demo next to busybox.
+# Both platforms at once, as an OCI image index in a tarball that
+# `kind load image-archive` and `ctr images import` take:
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=$(git describe --tags --always) \
+#     -t stickyvol.local/stickyvol:dev -o type=oci,dest=stickyvol.tar .
+#
+# Without a docker engine, `make image` builds the same agent image as an OCI
+# tarball straight from cross-compiled Go binaries (e2e/framework.BuildImages):
+# the agent's binary at /stickyvol as the entrypoint, for linux/amd64 and
+# linux/arm64, with the same labels; and the demo image for the host's
+# architecture, /bin/stickyvol-demo next to the host's busybox.
 
 ARG GO_VERSION=1.26
 
@@ -39,11 +47,20 @@ USER 65532:65532
 # what a static binary may want: CA certificates (for a --kubeconfig that
 # points at a server with a public certificate), /etc/passwd, time zones, /tmp.
 # scratch would run the agent too, with none of those.
+# The build stage runs on the builder's platform and cross-compiles for each
+# target (TARGETARCH), so a multi-platform build needs no emulation.
 #
 # It runs as root, in a privileged container: it bind-mounts volumes into pods'
 # directories under the kubelet root (CAP_SYS_ADMIN, with mounts propagated back
 # to the host), creates sockets that kubelet dials, and owns the data root. A
 # non-root user cannot do any of that, so there is no USER line.
 FROM gcr.io/distroless/static-debian12 AS stickyvol
+ARG VERSION=dev
+ARG REVISION=
+LABEL org.opencontainers.image.title=stickyvol \
+      org.opencontainers.image.description="Node-local persistent volumes for Kubernetes: one CSI driver and provisioner per node" \
+      org.opencontainers.image.source=https://github.com/stickyvol/stickyvol \
+      org.opencontainers.image.version=${VERSION} \
+      org.opencontainers.image.revision=${REVISION}
 COPY --from=build /out/stickyvol /stickyvol
 ENTRYPOINT ["/stickyvol"]

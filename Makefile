@@ -91,7 +91,7 @@ demo:
 CONFORMANCE_FLAGS ?=
 
 conformance:
-	go run ./e2e/conformance/cmd/conformance --cache-dir $(CACHE) $(CONFORMANCE_FLAGS)
+	go run ./e2e/cmd/conformance --cache-dir $(CACHE) $(CONFORMANCE_FLAGS)
 
 # Unit tests and the in-process csi-sanity suite (driver/). Needs root for the
 # real bind mounts; without root the mount tests skip and say so, and with

@@ -6,9 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stickyvol/stickyvol/e2e/cluster"
 	"github.com/stickyvol/stickyvol/e2e/image"
@@ -21,7 +23,8 @@ const (
 	DemoImage  = "stickyvol.local/demo:dev"
 )
 
-// Image is an OCI tarball and the digest of the manifest in it.
+// Image is an OCI tarball and the digest of the image in it (a manifest, or
+// for an image of several platforms its index).
 type Image struct {
 	Ref, Tarball string
 	Digest       digest.Digest
@@ -41,44 +44,81 @@ func (im Images) All() []Image { return []Image{im.Agent, im.Demo} }
 // BuildImages builds the stickyvol and stickyvol-demo binaries from the
 // source tree as `make build` does (static, trimmed, version stamped) into
 // cacheDir/bin, and packs them as the images AgentImage and DemoImage into
-// cacheDir/images: stickyvol.tar, the same tarball `make image` makes, and
-// demo.tar. Go's build cache makes a rebuild of unchanged sources quick.
+// cacheDir/images: stickyvol.tar, the same tarball `make image` makes (an
+// image index for every AgentPlatforms, cross-compiled), and demo.tar. Go's
+// build cache makes a rebuild of unchanged sources quick.
 func (f *Framework) BuildImages(ctx context.Context, cacheDir string) (Images, error) {
 	return BuildImages(ctx, f.RepoDir, cacheDir)
 }
 
+// AgentPlatforms are the architectures of the agent image: its index holds
+// one manifest per platform, and each node runs its own. The demo image
+// carries the host's busybox and so has the host's architecture only.
+var AgentPlatforms = []string{"amd64", "arm64"}
+
+// SourceURL is the org.opencontainers.image.source label of the images.
+const SourceURL = "https://github.com/stickyvol/stickyvol"
+
 // BuildImages is Framework.BuildImages for callers without a cluster yet.
+// The host's stickyvol is cacheDir/bin/stickyvol; the other platforms'
+// binaries are cacheDir/bin/linux-<arch>/stickyvol.
 func BuildImages(ctx context.Context, repoDir, cacheDir string) (Images, error) {
 	binDir, imgDir := filepath.Join(cacheDir, "bin"), filepath.Join(cacheDir, "images")
 	version := sourceVersion(ctx, repoDir)
 	for _, cmd := range []string{"stickyvol", "stickyvol-demo"} {
-		if err := goBuild(ctx, repoDir, cmd, filepath.Join(binDir, cmd), version); err != nil {
+		if err := goBuild(ctx, repoDir, cmd, filepath.Join(binDir, cmd), version, runtime.GOARCH); err != nil {
 			return Images{}, err
 		}
 	}
-	agent := image.Spec{
-		Ref:        AgentImage,
-		Files:      []image.File{{Path: "/stickyvol", Source: filepath.Join(binDir, "stickyvol"), Mode: 0o755}},
-		Entrypoint: []string{"/stickyvol"},
+	labels := imageLabels(ctx, repoDir, version)
+	var agent []image.Spec
+	for _, arch := range AgentPlatforms {
+		bin := filepath.Join(binDir, "stickyvol")
+		if arch != runtime.GOARCH {
+			bin = filepath.Join(binDir, "linux-"+arch, "stickyvol")
+			if err := goBuild(ctx, repoDir, "stickyvol", bin, version, arch); err != nil {
+				return Images{}, err
+			}
+		}
+		agent = append(agent, image.Spec{
+			Files:        []image.File{{Path: "/stickyvol", Source: bin, Mode: 0o755}},
+			Entrypoint:   []string{"/stickyvol"},
+			Labels:       labels,
+			Architecture: arch,
+		})
 	}
 	demo, err := demoSpec(ctx, filepath.Join(binDir, "stickyvol-demo"))
 	if err != nil {
 		return Images{}, err
 	}
-	var im Images
-	for _, x := range []struct {
-		dst  *Image
-		spec image.Spec
-		file string
-	}{{&im.Agent, agent, "stickyvol.tar"}, {&im.Demo, demo, "demo.tar"}} {
-		path := filepath.Join(imgDir, x.file)
-		dgst, err := image.WriteFile(path, x.spec)
-		if err != nil {
-			return Images{}, err
-		}
-		*x.dst = Image{Ref: x.spec.Ref, Tarball: path, Digest: dgst}
+	demo.Labels = labels
+	im := Images{
+		Agent: Image{Ref: AgentImage, Tarball: filepath.Join(imgDir, "stickyvol.tar")},
+		Demo:  Image{Ref: DemoImage, Tarball: filepath.Join(imgDir, "demo.tar")},
+	}
+	if im.Agent.Digest, err = image.WriteMultiFile(im.Agent.Tarball, AgentImage, agent); err != nil {
+		return Images{}, err
+	}
+	if im.Demo.Digest, err = image.WriteFile(im.Demo.Tarball, demo); err != nil {
+		return Images{}, err
 	}
 	return im, nil
+}
+
+// imageLabels are the OCI labels the Dockerfile sets too.
+func imageLabels(ctx context.Context, repoDir, version string) map[string]string {
+	labels := map[string]string{
+		ocispec.AnnotationTitle:       "stickyvol",
+		ocispec.AnnotationDescription: "Node-local persistent volumes for Kubernetes: one CSI driver and provisioner per node",
+		ocispec.AnnotationVersion:     version,
+		ocispec.AnnotationSource:      SourceURL,
+	}
+	cmd := exec.CommandContext(ctx, "git", "rev-parse", "HEAD")
+	cmd.Dir = repoDir
+	if out, err := cmd.Output(); err == nil {
+		labels[ocispec.AnnotationRevision] = strings.TrimSpace(string(out))
+	}
+	return labels
 }
 
 // LoadImages imports the images into every node of the cluster.
@@ -91,11 +131,12 @@ func (f *Framework) LoadImages(ctx context.Context, im Images) error {
 	return nil
 }
 
-func goBuild(ctx context.Context, repoDir, cmd, out, version string) error {
+// goBuild builds ./cmd/<cmd> as `make build` does, for linux/<arch>.
+func goBuild(ctx context.Context, repoDir, cmd, out, version, arch string) error {
 	build := exec.CommandContext(ctx, "go", "build", "-trimpath",
 		"-ldflags", "-s -w -X main.version="+version, "-o", out, "./cmd/"+cmd)
 	build.Dir = repoDir
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if output, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/%s: %w\n%s", cmd, err, output)
 	}

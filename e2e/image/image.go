@@ -65,6 +65,10 @@ type Spec struct {
 	User       string
 	WorkingDir string
 
+	// Labels go into the image config, as a Dockerfile's LABEL lines do
+	// (org.opencontainers.image.version, .source, ...).
+	Labels map[string]string
+
 	// Architecture defaults to the architecture this program runs on.
 	Architecture string
 }
@@ -76,18 +80,74 @@ func Write(w io.Writer, spec Spec) (digest.Digest, error) {
 	if err != nil {
 		return "", err
 	}
-	layer, err := buildLayer(spec)
-	if err != nil {
-		return "", fmt.Errorf("image %s: %w", spec.Ref, err)
-	}
-	layerDesc := describe(ocispec.MediaTypeImageLayer, layer)
-
-	config, err := json.Marshal(spec.config(layerDesc.Digest))
+	var blobs [][]byte
+	manifestDesc, err := platformManifest(spec, &blobs)
 	if err != nil {
 		return "", err
 	}
-	configDesc := describe(ocispec.MediaTypeImageConfig, config)
+	manifestDesc.Annotations = nameAnnotations(spec.Ref, tag)
+	if err := writeLayout(w, manifestDesc, blobs); err != nil {
+		return "", err
+	}
+	return manifestDesc.Digest, nil
+}
 
+// WriteMulti writes one image for several platforms, one Spec each, all
+// under ref (each Spec's own Ref is ignored): the layout's index.json names
+// an image index, which lists one manifest per platform, as `docker buildx
+// build --platform a,b` and containerd's exporter write it. containerd
+// imports the whole index and runs the manifest of its own platform
+// (`kind load image-archive` and `ctr images import --all-platforms` keep
+// every platform). It returns the index digest, the image's digest.
+func WriteMulti(w io.Writer, ref string, platforms []Spec) (digest.Digest, error) {
+	tag, err := parseRef(ref)
+	if err != nil {
+		return "", err
+	}
+	var blobs [][]byte
+	index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
+	seen := map[string]bool{}
+	for _, spec := range platforms {
+		if seen[spec.architecture()] {
+			return "", fmt.Errorf("image %s: platform linux/%s given twice", ref, spec.architecture())
+		}
+		seen[spec.architecture()] = true
+		spec.Ref = ref
+		desc, err := platformManifest(spec, &blobs)
+		if err != nil {
+			return "", err
+		}
+		index.Manifests = append(index.Manifests, desc)
+	}
+	if len(index.Manifests) == 0 {
+		return "", fmt.Errorf("image %s: no platform", ref)
+	}
+	raw, err := json.Marshal(index)
+	if err != nil {
+		return "", err
+	}
+	blobs = append(blobs, raw)
+	indexDesc := describe(ocispec.MediaTypeImageIndex, raw)
+	indexDesc.Annotations = nameAnnotations(ref, tag)
+	if err := writeLayout(w, indexDesc, blobs); err != nil {
+		return "", err
+	}
+	return indexDesc.Digest, nil
+}
+
+// platformManifest builds spec's layer, config and manifest, appends them to
+// blobs and returns the manifest's descriptor with its platform.
+func platformManifest(spec Spec, blobs *[][]byte) (ocispec.Descriptor, error) {
+	layer, err := buildLayer(spec)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("image %s: %w", spec.Ref, err)
+	}
+	layerDesc := describe(ocispec.MediaTypeImageLayer, layer)
+	config, err := json.Marshal(spec.config(layerDesc.Digest))
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	configDesc := describe(ocispec.MediaTypeImageConfig, config)
 	manifest, err := json.Marshal(ocispec.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: ocispec.MediaTypeImageManifest,
@@ -95,63 +155,84 @@ func Write(w io.Writer, spec Spec) (digest.Digest, error) {
 		Layers:    []ocispec.Descriptor{layerDesc},
 	})
 	if err != nil {
-		return "", err
+		return ocispec.Descriptor{}, err
 	}
-	manifestDesc := describe(ocispec.MediaTypeImageManifest, manifest)
-	manifestDesc.Platform = &ocispec.Platform{OS: "linux", Architecture: spec.architecture()}
-	manifestDesc.Annotations = map[string]string{
-		AnnotationContainerdName:  spec.Ref,
+	*blobs = append(*blobs, layer, config, manifest)
+	desc := describe(ocispec.MediaTypeImageManifest, manifest)
+	desc.Platform = &ocispec.Platform{OS: "linux", Architecture: spec.architecture()}
+	return desc, nil
+}
+
+func nameAnnotations(ref, tag string) map[string]string {
+	return map[string]string{
+		AnnotationContainerdName:  ref,
 		ocispec.AnnotationRefName: tag,
 	}
+}
 
+// writeLayout writes the OCI layout tarball: oci-layout, an index.json
+// naming top, and the blobs.
+func writeLayout(w io.Writer, top ocispec.Descriptor, blobs [][]byte) error {
 	index, err := json.Marshal(ocispec.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: ocispec.MediaTypeImageIndex,
-		Manifests: []ocispec.Descriptor{manifestDesc},
+		Manifests: []ocispec.Descriptor{top},
 	})
 	if err != nil {
-		return "", err
+		return err
 	}
 	layout, err := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
 	if err != nil {
-		return "", err
+		return err
 	}
-
 	tw := tar.NewWriter(w)
-	files := []struct {
-		name string
-		data []byte
-	}{
-		{ocispec.ImageLayoutFile, layout},
-		{ocispec.ImageIndexFile, index},
-		{blobPath(configDesc.Digest), config},
-		{blobPath(manifestDesc.Digest), manifest},
-		{blobPath(layerDesc.Digest), layer},
-	}
 	for _, dir := range []string{ocispec.ImageBlobsDir + "/", ocispec.ImageBlobsDir + "/sha256/"} {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: epoch}); err != nil {
-			return "", err
+			return err
 		}
 	}
-	for _, f := range files {
-		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: epoch}
+	written := map[digest.Digest]bool{}
+	write := func(name string, data []byte) error {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(data)), ModTime: epoch}
 		if err := tw.WriteHeader(hdr); err != nil {
-			return "", err
+			return err
 		}
-		if _, err := tw.Write(f.data); err != nil {
-			return "", err
+		_, err := tw.Write(data)
+		return err
+	}
+	if err := write(ocispec.ImageLayoutFile, layout); err != nil {
+		return err
+	}
+	if err := write(ocispec.ImageIndexFile, index); err != nil {
+		return err
+	}
+	for _, blob := range blobs {
+		// Platforms may share a blob (the same config or layer).
+		d := digest.FromBytes(blob)
+		if written[d] {
+			continue
+		}
+		written[d] = true
+		if err := write(blobPath(d), blob); err != nil {
+			return err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return "", err
-	}
-	return manifestDesc.Digest, nil
+	return tw.Close()
 }
 
 // WriteFile writes the image tarball to path, creating its directory. It
 // writes a temporary file beside path and renames it, so a reader never sees
 // a half-written tarball.
 func WriteFile(path string, spec Spec) (digest.Digest, error) {
+	return writeFile(path, spec.Ref, func(w io.Writer) (digest.Digest, error) { return Write(w, spec) })
+}
+
+// WriteMultiFile is WriteFile for WriteMulti.
+func WriteMultiFile(path, ref string, platforms []Spec) (digest.Digest, error) {
+	return writeFile(path, ref, func(w io.Writer) (digest.Digest, error) { return WriteMulti(w, ref, platforms) })
+}
+
+func writeFile(path, ref string, write func(io.Writer) (digest.Digest, error)) (digest.Digest, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return "", err
 	}
@@ -160,7 +241,7 @@ func WriteFile(path string, spec Spec) (digest.Digest, error) {
 		return "", err
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	dgst, err := Write(tmp, spec)
+	dgst, err := write(tmp)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -174,7 +255,7 @@ func WriteFile(path string, spec Spec) (digest.Digest, error) {
 		err = os.Rename(tmp.Name(), path)
 	}
 	if err != nil {
-		return "", fmt.Errorf("writing image %s to %s: %w", spec.Ref, path, err)
+		return "", fmt.Errorf("writing image %s to %s: %w", ref, path, err)
 	}
 	return dgst, nil
 }
@@ -218,6 +299,7 @@ func (s Spec) config(layer digest.Digest) ocispec.Image {
 			Entrypoint: s.Entrypoint,
 			Cmd:        s.Cmd,
 			WorkingDir: s.WorkingDir,
+			Labels:     s.Labels,
 		},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layer}},
 	}
