@@ -241,7 +241,9 @@ func hostMount(t *testing.T, pod corev1.PodSpec, c corev1.Container, path string
 	return mounted{mount: m, hostPath: pod.Volumes[j].HostPath}
 }
 
-func TestDaemonSetLivenessProbe(t *testing.T) {
+// TestDaemonSetProbes checks that both probes reach the paths the agent
+// serves (cmd/stickyvol/serve.go) on the port of --metrics-address.
+func TestDaemonSetProbes(t *testing.T) {
 	ds := get[*appsv1.DaemonSet](t, render(t, "overlays/local"), agentName)
 	c := ds.Spec.Template.Spec.Containers[0]
 	flags := nodeArgs(t, c)
@@ -249,20 +251,26 @@ func TestDaemonSetLivenessProbe(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--metrics-address=%q: %v", flags["metrics-address"], err)
 	}
-	p := c.LivenessProbe
-	if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" {
-		t.Fatalf("liveness probe %v, want HTTP GET /healthz", p)
-	}
-	port := p.HTTPGet.Port.IntValue()
-	if p.HTTPGet.Port.Type == intstr.String {
-		i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == p.HTTPGet.Port.StrVal })
-		if i < 0 {
-			t.Fatalf("liveness probe port %q names no container port", p.HTTPGet.Port.StrVal)
+	for _, probe := range []struct {
+		name, path string
+		p          *corev1.Probe
+	}{{"liveness", "/healthz", c.LivenessProbe}, {"readiness", "/readyz", c.ReadinessProbe}} {
+		p := probe.p
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != probe.path {
+			t.Errorf("%s probe %v, want HTTP GET %s", probe.name, p, probe.path)
+			continue
 		}
-		port = int(c.Ports[i].ContainerPort)
-	}
-	if strconv.Itoa(port) != metricsPort {
-		t.Errorf("liveness probe reaches port %d, the agent serves /healthz on --metrics-address=%s", port, flags["metrics-address"])
+		port := p.HTTPGet.Port.IntValue()
+		if p.HTTPGet.Port.Type == intstr.String {
+			i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == p.HTTPGet.Port.StrVal })
+			if i < 0 {
+				t.Fatalf("%s probe port %q names no container port", probe.name, p.HTTPGet.Port.StrVal)
+			}
+			port = int(c.Ports[i].ContainerPort)
+		}
+		if strconv.Itoa(port) != metricsPort {
+			t.Errorf("%s probe reaches port %d, the agent serves %s on --metrics-address=%s", probe.name, port, probe.path, flags["metrics-address"])
+		}
 	}
 }
 

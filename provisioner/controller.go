@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,6 +70,9 @@ type Controller struct {
 	metrics   metrics.Metrics
 	workers   *sync.WaitGroup
 	nodeName  string
+	// synced is set once the informers' caches have synced and the
+	// library's workers start.
+	synced atomic.Bool
 }
 
 // NewController builds the Provisioner and the library controller with the
@@ -181,6 +185,15 @@ func (c *Controller) Collectors() []prometheus.Collector {
 	}
 }
 
+// Synced returns nil once Run has synced the informers' caches, so claims
+// are being provisioned; the readiness check.
+func (c *Controller) Synced() error {
+	if !c.synced.Load() {
+		return errors.New("the provisioner's informers have not synced yet")
+	}
+	return nil
+}
+
 // Run starts the informers, waits for their caches and runs the controller
 // until ctx is done and its workers have returned.
 func (c *Controller) Run(ctx context.Context) error {
@@ -193,6 +206,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("waiting for informers: %w", err)
 	}
 	klog.FromContext(ctx).V(2).Info("Provisioner running", "node", c.nodeName)
+	c.synced.Store(true)
 	c.lib.Run(ctx)
 	c.workers.Wait()
 	c.node.Shutdown()

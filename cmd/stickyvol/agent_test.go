@@ -101,10 +101,22 @@ func TestNodeAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = conn.Close() }()
-	info, err := registerapi.NewRegistrationClient(conn).GetInfo(ctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true))
+	reg := registerapi.NewRegistrationClient(conn)
+	info, err := reg.GetInfo(ctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true))
 	if err != nil || info.Endpoint != o.csiSocket() || info.Name != driver.Name {
 		t.Fatalf("GetInfo = %+v, %v; want endpoint %s", info, err, o.csiSocket())
 	}
+	// Live but not ready until kubelet says it registered the driver.
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "not registered") {
+		t.Errorf("/readyz before kubelet registered the driver: %d %q, want 503 naming the registration", code, body)
+	}
+	if _, err := reg.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: true}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "/readyz", func(context.Context) (bool, error) {
+		code, _ := get(t, base+"/readyz")
+		return code == http.StatusOK, nil
+	})
 
 	class := "stickyvol"
 	claim := &v1.PersistentVolumeClaim{

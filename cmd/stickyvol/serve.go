@@ -15,7 +15,7 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// httpHandler serves /healthz and /metrics on a mux of its own, with a
+// httpHandler serves /healthz, /readyz and /metrics on a mux of its own, with a
 // registry of its own: nothing registered globally by a library leaks in.
 func (a *agent) httpHandler() http.Handler {
 	reg := prometheus.NewRegistry()
@@ -40,12 +40,20 @@ func (a *agent) httpHandler() http.Handler {
 	// and controller_persistentvolume_delete_{total,failed_total,duration_seconds}.
 	reg.MustRegister(a.controller.Collectors()...)
 
-	checks := []healthCheck{{"driver", func(ctx context.Context) error { return probe(ctx, a.identity) }}}
+	driverCheck := healthCheck{"driver", func(ctx context.Context) error { return probe(ctx, a.identity) }}
+	live := []healthCheck{driverCheck}
+	// Ready: the driver answers, kubelet has registered it (so pods on this
+	// node can mount its volumes) and the provisioner's informers have
+	// synced (so claims scheduled here are provisioned). `kubectl rollout
+	// status` waits for this before it calls a new version rolled out.
+	ready := []healthCheck{driverCheck, {"provisioner", func(context.Context) error { return a.controller.Synced() }}}
 	if a.registration != nil {
-		checks = append(checks, healthCheck{"kubelet registration", func(context.Context) error { return a.registration.Check() }})
+		live = append(live, healthCheck{"kubelet registration", func(context.Context) error { return a.registration.Check() }})
+		ready = append(ready, healthCheck{"kubelet registration", func(context.Context) error { return a.registration.Registered() }})
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /healthz", healthzHandler(checks))
+	mux.Handle("GET /healthz", healthzHandler(live))
+	mux.Handle("GET /readyz", healthzHandler(ready))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	return mux
 }
@@ -56,7 +64,8 @@ type healthCheck struct {
 }
 
 // healthzHandler answers 200 "ok" when every check passes, else 503 with
-// the failures, one per line. The liveness probe restarts the pod on 503.
+// the failures, one per line. On 503 the liveness probe (/healthz) restarts
+// the pod; the readiness probe (/readyz) marks it not ready.
 func healthzHandler(checks []healthCheck) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

@@ -94,6 +94,21 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// Registered returns nil once kubelet has reported that it registered the
+// driver, and an error before that or after a failed attempt: the readiness
+// check, where Check is the liveness one.
+func (s *Server) Registered() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status == nil {
+		return fmt.Errorf("kubelet has not registered driver %s yet", s.cfg.DriverName)
+	}
+	if !s.status.GetPluginRegistered() {
+		return fmt.Errorf("kubelet failed to register driver %s: %s", s.cfg.DriverName, s.status.GetError())
+	}
+	return nil
+}
+
 // GetInfo tells kubelet what plugin this is and where its CSI socket is.
 func (s *Server) GetInfo(ctx context.Context, _ *registerapi.InfoRequest) (*registerapi.PluginInfo, error) {
 	klog.FromContext(ctx).V(4).Info("Kubelet asked for plugin info")

@@ -101,6 +101,9 @@ func TestKubeletRegistrationFlow(t *testing.T) {
 	if err := srv.Check(); err != nil {
 		t.Errorf("Check before any verdict: %v", err)
 	}
+	if err := srv.Registered(); err == nil {
+		t.Error("Registered before any verdict: nil, want not yet")
+	}
 	if _, err := client.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{
 		PluginRegistered: false, Error: "NodeGetInfo failed"}); err != nil {
 		t.Fatal(err)
@@ -108,11 +111,17 @@ func TestKubeletRegistrationFlow(t *testing.T) {
 	if err := srv.Check(); err == nil || !strings.Contains(err.Error(), "NodeGetInfo failed") {
 		t.Errorf("Check after a failed registration = %v, want kubelet's error", err)
 	}
+	if err := srv.Registered(); err == nil || !strings.Contains(err.Error(), "NodeGetInfo failed") {
+		t.Errorf("Registered after a failed registration = %v, want kubelet's error", err)
+	}
 	if _, err := client.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Check(); err != nil {
 		t.Errorf("Check after kubelet's retry succeeded: %v", err)
+	}
+	if err := srv.Registered(); err != nil {
+		t.Errorf("Registered after kubelet's retry succeeded: %v", err)
 	}
 
 	if err := stop(); err != nil {
