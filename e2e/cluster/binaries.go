@@ -123,7 +123,7 @@ func EnsureBinaries(ctx context.Context, cacheDir string, out io.Writer) (*Binar
 	var missing []command
 	for _, c := range bins.commands() {
 		*c.dst = binaryPath(cacheDir, c.name, c.version())
-		if !isExecutable(*c.dst) {
+		if !IsExecutable(*c.dst) {
 			missing = append(missing, c)
 		}
 	}
@@ -142,7 +142,7 @@ func EnsureBinaries(ctx context.Context, cacheDir string, out io.Writer) (*Binar
 	}
 	for _, c := range missing {
 		// Another process may have built it while this one waited for the lock.
-		if isExecutable(*c.dst) {
+		if IsExecutable(*c.dst) {
 			continue
 		}
 		if err := b.build(ctx, c); err != nil {
@@ -162,7 +162,9 @@ func binaryPath(cacheDir, name, version string) string {
 	return filepath.Join(cacheDir, "bin", name+"-"+version)
 }
 
-func isExecutable(path string) bool {
+// IsExecutable tells whether path is a non-empty executable file: a binary
+// a build finished (builds write a temporary file and rename it).
+func IsExecutable(path string) bool {
 	info, err := os.Stat(path)
 	return err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 && info.Size() > 0
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+
+	"golang.org/x/mod/modfile"
 )
 
 // ModuleBuildConfig says what a ModuleBuild prepares.
@@ -105,3 +108,69 @@ func (m *ModuleBuild) BuildTest(ctx context.Context, name, pkg, dst string) erro
 
 // Close releases the build lock.
 func (m *ModuleBuild) Close() { m.unlock() }
+
+// BuildTarget is one program EnsureBuilt builds from a helper module.
+type BuildTarget struct {
+	// Name labels the progress lines.
+	Name string
+	// Package is the program's import path, or a relative path to a
+	// package of ModuleBuildConfig.Files.
+	Package string
+	// Dst is the binary's path.
+	Dst string
+	// Test builds the package's test binary (go test -c).
+	Test bool
+}
+
+// EnsureBuilt builds the targets that are missing. It prepares the helper
+// module only when one is, and looks again once it holds the build lock, in
+// case another process built it meanwhile.
+func EnsureBuilt(ctx context.Context, cfg ModuleBuildConfig, targets []BuildTarget) error {
+	var missing []BuildTarget
+	for _, t := range targets {
+		if !IsExecutable(t.Dst) {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	mb, err := NewModuleBuild(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer mb.Close()
+	for _, t := range missing {
+		if IsExecutable(t.Dst) {
+			continue
+		}
+		build := mb.Build
+		if t.Test {
+			build = mb.BuildTest
+		}
+		if err := build(ctx, t.Name, t.Package, t.Dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RequiredVersion returns the version of module that the go.mod at path
+// requires: stickyvol's go.mod pins the tools built from the same modules
+// its tests import (csi-test, Helm).
+func RequiredVersion(path, module string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	f, err := modfile.ParseLax(path, data, nil)
+	if err != nil {
+		return "", err
+	}
+	for _, r := range f.Require {
+		if r.Mod.Path == module {
+			return r.Mod.Version, nil
+		}
+	}
+	return "", fmt.Errorf("%s does not require %s", path, module)
+}

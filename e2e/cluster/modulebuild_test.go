@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -41,5 +43,23 @@ func TestModuleBuildConfig(t *testing.T) {
 		if _, err := cfg.module(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err %v, want one saying %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+func TestRequiredVersion(t *testing.T) {
+	gomod := filepath.Join(t.TempDir(), "go.mod")
+	data := "module example.com/m\n\ngo 1.26.0\n\nrequire (\n\tgithub.com/kubernetes-csi/csi-test/v5 v5.6.0\n\tk8s.io/api v0.37.2 // indirect\n)\n"
+	if err := os.WriteFile(gomod, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := RequiredVersion(gomod, "github.com/kubernetes-csi/csi-test/v5"); err != nil || v != "v5.6.0" {
+		t.Errorf("RequiredVersion = %q, %v; want v5.6.0", v, err)
+	}
+	if _, err := RequiredVersion(gomod, "example.com/absent"); err == nil || !strings.Contains(err.Error(), "does not require") {
+		t.Errorf("a module go.mod does not require gave %v", err)
+	}
+	// stickyvol's own go.mod pins the csi-test the in-process sanity test uses.
+	if v, err := RequiredVersion("../../go.mod", "github.com/kubernetes-csi/csi-test/v5"); err != nil || !strings.HasPrefix(v, "v5.") {
+		t.Errorf("stickyvol's go.mod: csi-test %q, %v", v, err)
 	}
 }

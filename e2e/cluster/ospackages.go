@@ -96,7 +96,7 @@ func CNIPluginDir() (string, error) {
 
 func hasAll(dir string, names []string) bool {
 	for _, n := range names {
-		if !isExecutable(filepath.Join(dir, n)) {
+		if !IsExecutable(filepath.Join(dir, n)) {
 			return false
 		}
 	}

@@ -11,8 +11,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/mod/modfile"
-
 	"github.com/stickyvol/stickyvol/e2e/cluster"
 )
 
@@ -49,7 +47,7 @@ type Binaries struct {
 // build of the e2e binary takes minutes; afterwards this only looks at files.
 // repoDir is stickyvol's source tree, whose go.mod pins csi-test.
 func EnsureBinaries(ctx context.Context, cacheDir, repoDir string, out io.Writer) (*Binaries, error) {
-	csiTestVersion, err := requiredVersion(filepath.Join(repoDir, "go.mod"), csiTestModule)
+	csiTestVersion, err := cluster.RequiredVersion(filepath.Join(repoDir, "go.mod"), csiTestModule)
 	if err != nil {
 		return nil, err
 	}
@@ -60,99 +58,36 @@ func EnsureBinaries(ctx context.Context, cacheDir, repoDir string, out io.Writer
 		Agnhost:   filepath.Join(bin, "agnhost-"+k8s),
 		CSISanity: filepath.Join(bin, "csi-sanity-"+csiTestVersion),
 	}
-	if isExecutable(bins.E2E) && isExecutable(bins.Agnhost) && isExecutable(bins.CSISanity) {
+	if cluster.IsExecutable(bins.E2E) && cluster.IsExecutable(bins.Agnhost) && cluster.IsExecutable(bins.CSISanity) {
 		return bins, nil
 	}
 
-	if !isExecutable(bins.E2E) {
+	if !cluster.IsExecutable(bins.E2E) {
 		// Binaries of earlier versions or test mains.
 		stale, _ := filepath.Glob(filepath.Join(bin, "e2e-storage-*.test"))
 		for _, path := range stale {
 			os.Remove(path)
 		}
 	}
-	if err := ensureBuilt(ctx, cluster.ModuleBuildConfig{
+	if err := cluster.EnsureBuilt(ctx, cluster.ModuleBuildConfig{
 		CacheDir: cacheDir, Out: out,
 		Name: "storage-e2e", Module: kubernetesModule, Version: k8s,
 		Packages: []string{"k8s.io/kubernetes/test/e2e", "k8s.io/kubernetes/test/e2e/storage/external", agnhostPackage},
 		Files:    map[string][]byte{e2eMainDir + "/main_test.go": e2eMain},
-	}, []target{
-		{name: "agnhost", pkg: agnhostPackage, dst: bins.Agnhost},
-		{name: "storage e2e binary", pkg: "./" + e2eMainDir, dst: bins.E2E, test: true},
+	}, []cluster.BuildTarget{
+		{Name: "agnhost", Package: agnhostPackage, Dst: bins.Agnhost},
+		{Name: "storage e2e binary", Package: "./" + e2eMainDir, Dst: bins.E2E, Test: true},
 	}); err != nil {
 		return nil, err
 	}
-	if err := ensureBuilt(ctx, cluster.ModuleBuildConfig{
+	if err := cluster.EnsureBuilt(ctx, cluster.ModuleBuildConfig{
 		CacheDir: cacheDir, Out: out,
 		Name: "csi-sanity", Module: csiTestModule, Version: csiTestVersion,
 		Packages: []string{csiSanityPackage},
-	}, []target{{name: "csi-sanity", pkg: csiSanityPackage, dst: bins.CSISanity}}); err != nil {
+	}, []cluster.BuildTarget{{Name: "csi-sanity", Package: csiSanityPackage, Dst: bins.CSISanity}}); err != nil {
 		return nil, err
 	}
 	return bins, nil
-}
-
-// target is one program a helper module builds.
-type target struct {
-	name, pkg, dst string
-	test           bool
-}
-
-// ensureBuilt builds the targets that are missing. It prepares the helper
-// module only when one is, and looks again once it holds the build lock, in
-// case another process built it meanwhile.
-func ensureBuilt(ctx context.Context, cfg cluster.ModuleBuildConfig, targets []target) error {
-	var missing []target
-	for _, t := range targets {
-		if !isExecutable(t.dst) {
-			missing = append(missing, t)
-		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	mb, err := cluster.NewModuleBuild(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer mb.Close()
-	for _, t := range missing {
-		if isExecutable(t.dst) {
-			continue
-		}
-		build := mb.Build
-		if t.test {
-			build = mb.BuildTest
-		}
-		if err := build(ctx, t.name, t.pkg, t.dst); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// requiredVersion returns the version of module that the go.mod at path
-// requires.
-func requiredVersion(path, module string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	f, err := modfile.ParseLax(path, data, nil)
-	if err != nil {
-		return "", err
-	}
-	for _, r := range f.Require {
-		if r.Mod.Path == module {
-			return r.Mod.Version, nil
-		}
-	}
-	return "", fmt.Errorf("%s does not require %s", path, module)
-}
-
-func isExecutable(path string) bool {
-	info, err := os.Stat(path)
-	return err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 && info.Size() > 0
 }
 
 // shortHash is a short content hash of a list of inputs, for cache file

@@ -11,24 +11,6 @@ import (
 	"github.com/stickyvol/stickyvol/e2e/image"
 )
 
-func TestRequiredVersion(t *testing.T) {
-	gomod := filepath.Join(t.TempDir(), "go.mod")
-	data := "module example.com/m\n\ngo 1.26.0\n\nrequire (\n\tgithub.com/kubernetes-csi/csi-test/v5 v5.6.0\n\tk8s.io/api v0.37.2 // indirect\n)\n"
-	if err := os.WriteFile(gomod, []byte(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if v, err := requiredVersion(gomod, csiTestModule); err != nil || v != "v5.6.0" {
-		t.Errorf("requiredVersion = %q, %v; want v5.6.0", v, err)
-	}
-	if _, err := requiredVersion(gomod, "example.com/absent"); err == nil || !strings.Contains(err.Error(), "does not require") {
-		t.Errorf("a module go.mod does not require gave %v", err)
-	}
-	// stickyvol's own go.mod pins the csi-test the in-process sanity test uses.
-	if v, err := requiredVersion("../../go.mod", csiTestModule); err != nil || !strings.HasPrefix(v, "v5.") {
-		t.Errorf("stickyvol's go.mod: csi-test %q, %v", v, err)
-	}
-}
-
 func TestShortHash(t *testing.T) {
 	a := shortHash([]byte("ab"), []byte("c"))
 	if a == shortHash([]byte("a"), []byte("bc")) {
