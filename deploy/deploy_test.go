@@ -87,7 +87,9 @@ func TestStorageClass(t *testing.T) {
 			if sc.AllowVolumeExpansion == nil || *sc.AllowVolumeExpansion {
 				t.Error("allowVolumeExpansion must be false until the driver can expand")
 			}
-			wantDefault := dir == "overlays/kind"
+			// The local overlay is the kind overlay plus an affinity: the
+			// local cluster runs what a kind user applies.
+			wantDefault := dir == "overlays/kind" || dir == "overlays/local"
 			if isDefault := sc.Annotations[defaultClass] == "true"; isDefault != wantDefault {
 				t.Errorf("%s annotation %q, want default=%v", defaultClass, sc.Annotations[defaultClass], wantDefault)
 			}

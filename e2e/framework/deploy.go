@@ -60,6 +60,12 @@ func (f *Framework) Deploy(ctx context.Context, cfg DeployConfig, logf Logf) err
 		return err
 	}
 	logf("applied %s (%d objects)", cfg.Overlay, len(objs))
+	return f.waitDeployed(ctx, logf)
+}
+
+// waitDeployed waits until the agent runs on every real node and each
+// node's kubelet has registered the driver.
+func (f *Framework) waitDeployed(ctx context.Context, logf Logf) error {
 	if err := f.WaitForDaemonSet(ctx, Namespace, DaemonSetName); err != nil {
 		return err
 	}
@@ -81,8 +87,11 @@ func customizeAgent(obj *unstructured.Unstructured, cfg DeployConfig) (*unstruct
 		return nil, fmt.Errorf("DaemonSet %s: %w", obj.GetName(), err)
 	}
 	containers, _, err := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
-	if err != nil || len(containers) == 0 {
-		return nil, fmt.Errorf("DaemonSet %s: no containers (%v)", obj.GetName(), err)
+	if err != nil {
+		return nil, fmt.Errorf("DaemonSet %s: %w", obj.GetName(), err)
+	}
+	if len(containers) == 0 {
+		return nil, fmt.Errorf("DaemonSet %s: no containers", obj.GetName())
 	}
 	agent, ok := containers[0].(map[string]any)
 	if !ok {
@@ -220,9 +229,7 @@ func (f *Framework) WaitForDriverRegistered(ctx context.Context) error {
 	_, err := WaitFor(ctx, f.CSINodes(), &storagev1.CSINode{}, func(csiNodes []*storagev1.CSINode) (bool, error) {
 		have := 0
 		for _, cn := range csiNodes {
-			if slices.Contains(want, cn.Name) && slices.ContainsFunc(cn.Spec.Drivers, func(d storagev1.CSINodeDriver) bool {
-				return d.Name == DriverName
-			}) {
+			if slices.Contains(want, cn.Name) && listsDriver(cn) {
 				have++
 			}
 		}

@@ -21,6 +21,11 @@ type SetupConfig struct {
 	Attach bool
 	// AgentArgs are extra arguments of `stickyvol node` (DeployConfig).
 	AgentArgs []string
+	// Helm installs stickyvol with the chart (HelmInstall) instead of the
+	// kustomize overlay; HelmBinary is then the Helm CLI to use (EnsureHelm
+	// builds it when empty).
+	Helm       bool
+	HelmBinary string
 	// ClusterOut receives the cluster's own progress lines.
 	ClusterOut io.Writer
 	// Logf receives a line per step, with its duration.
@@ -28,7 +33,8 @@ type SetupConfig struct {
 }
 
 // Setup brings up (or attaches to) the local cluster, builds the images,
-// loads them into every node and deploys stickyvol from LocalOverlay. When
+// loads them into every node and deploys stickyvol from LocalOverlay (or
+// installs the chart). When
 // it brought a cluster up and then fails, it leaves the cluster running for
 // the caller to dump and tear down: the returned Framework is set whenever
 // a cluster runs.
@@ -81,9 +87,20 @@ func Setup(ctx context.Context, cfg SetupConfig) (*Framework, error) {
 	}); err != nil {
 		return f, err
 	}
-	err = step("deploy", func() error {
-		return f.Deploy(ctx, DeployConfig{Overlay: LocalOverlay, Image: im.Agent, AgentArgs: cfg.AgentArgs}, logf)
-	})
+	deploy := DeployConfig{Overlay: LocalOverlay, Image: im.Agent, AgentArgs: cfg.AgentArgs}
+	if !cfg.Helm {
+		err = step("deploy", func() error { return f.Deploy(ctx, deploy, logf) })
+		return f, err
+	}
+	if cfg.HelmBinary == "" {
+		if err := step("helm CLI", func() (err error) {
+			cfg.HelmBinary, err = EnsureHelm(ctx, cfg.CacheDir, cfg.RepoDir, cfg.ClusterOut)
+			return err
+		}); err != nil {
+			return f, err
+		}
+	}
+	err = step("helm install", func() error { return f.HelmInstall(ctx, cfg.HelmBinary, deploy, logf) })
 	return f, err
 }
 

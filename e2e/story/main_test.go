@@ -18,6 +18,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"text/tabwriter"
@@ -32,6 +33,13 @@ import (
 // envAttach names the environment variable that makes the suite use the
 // running cluster instead of bringing up its own.
 const envAttach = "STICKYVOL_E2E_ATTACH"
+
+// envInstall names the environment variable that says how the suite
+// installs stickyvol: "kustomize" (the default: deploy/overlays/local, the
+// kind overlay plus an affinity) or "helm" (the chart, with the same
+// settings through its values, then `helm uninstall` and a check of what it
+// left behind). `make e2e` runs the suite both ways.
+const envInstall = "STICKYVOL_E2E_INSTALL"
 
 // nodeCapacity is what every node's agent may hand out (--capacity), so that
 // TestCapacity knows each node's room. The default, the free space of the
@@ -70,13 +78,29 @@ func run(m *testing.M) int {
 	attach := os.Getenv(envAttach) != ""
 	cacheDir := cluster.DefaultCacheDir()
 
+	install := os.Getenv(envInstall)
+	helm, helmBinary := install == "helm", ""
 	repo, err := framework.RepoDir(".")
+	if err == nil && install != "" && install != "kustomize" && !helm {
+		err = fmt.Errorf("%s=%q: want kustomize or helm", envInstall, install)
+	}
+	if err == nil && helm {
+		// Before the cluster: the first build takes minutes.
+		helmBinary, err = framework.EnsureHelm(ctx, cacheDir, repo, os.Stderr)
+	}
 	if err == nil {
+		how := "kustomize " + framework.LocalOverlay
+		if helm {
+			how = "helm install " + framework.HelmChart
+		}
+		logf("installing stickyvol with %s", how)
 		suite.f, err = framework.Setup(ctx, framework.SetupConfig{
 			RepoDir:    repo,
 			CacheDir:   cacheDir,
 			Attach:     attach,
 			AgentArgs:  []string{"--capacity=" + nodeCapacity},
+			Helm:       helm,
+			HelmBinary: helmBinary,
 			ClusterOut: os.Stderr,
 			Logf:       logf,
 		})
@@ -93,6 +117,12 @@ func run(m *testing.M) int {
 	code := m.Run()
 
 	printTimes(setupTime)
+	if helm && suite.setupErr == nil {
+		if err := uninstall(ctx, helmBinary, logf); err != nil {
+			logf("helm uninstall: %v", err)
+			code = 1
+		}
+	}
 	if !attach {
 		down := time.Now()
 		// Also after a failed setup: Up may have left a cluster running
@@ -105,6 +135,24 @@ func run(m *testing.M) int {
 	}
 	logf("suite total %s", time.Since(start).Round(100*time.Millisecond))
 	return code
+}
+
+// uninstall runs `helm uninstall` once the scenarios have deleted their
+// claims, and fails if it left anything of stickyvol behind beyond what the
+// README says it keeps.
+func uninstall(ctx context.Context, helmBinary string, logf func(string, ...any)) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	left, err := suite.f.HelmUninstall(ctx, helmBinary)
+	if err != nil {
+		return err
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("left behind: %s", strings.Join(left, "; "))
+	}
+	logf("helm uninstall left nothing behind (in %s)", time.Since(start).Round(100*time.Millisecond))
+	return nil
 }
 
 func recordTime(name string, took time.Duration, failed bool) {
