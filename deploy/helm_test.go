@@ -290,6 +290,7 @@ func TestChartMatchesKustomize(t *testing.T) {
 		{"base", ""},
 		{"overlays/kind", "storageClass: {defaultClass: true}"},
 		{"overlays/local", `
+storageClass: {defaultClass: true}
 affinity:
   nodeAffinity:
     requiredDuringSchedulingIgnoredDuringExecution:
