@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -103,6 +104,17 @@ func (f *Framework) HelmInstall(ctx context.Context, helm string, cfg DeployConf
 // agents' Lease, the volumes of claims that still exist): any object of the
 // release, a driver still registered on a node, an agent pod still running.
 func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, error) {
+	// As the README says: delete the claims first, and let the agents
+	// delete their volumes, or the PVs keep their finalizer with no agent
+	// left to remove it.
+	_, err := WaitFor(ctx, f.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
+		return !slices.ContainsFunc(pvs, func(pv *v1.PersistentVolume) bool {
+			return pv.Spec.CSI != nil && pv.Spec.CSI.Driver == DriverName
+		}), nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the volumes of the deleted claims to go before uninstalling: %w", err)
+	}
 	if _, err := f.Helm(ctx, helm, "uninstall", HelmRelease, "--namespace", Namespace, "--wait"); err != nil {
 		return nil, err
 	}
@@ -132,7 +144,7 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 	}
 	// The agents remove their registration sockets as they stop, and
 	// kubelet then takes the driver off its node's CSINode.
-	_, err := WaitFor(ctx, f.CSINodes(), &storagev1.CSINode{}, func(csiNodes []*storagev1.CSINode) (bool, error) {
+	_, err = WaitFor(ctx, f.CSINodes(), &storagev1.CSINode{}, func(csiNodes []*storagev1.CSINode) (bool, error) {
 		return !slices.ContainsFunc(csiNodes, listsDriver), nil
 	})
 	if err != nil {

@@ -83,6 +83,9 @@ func Setup(ctx context.Context, cfg SetupConfig) (*Framework, error) {
 		for _, img := range im.All() {
 			logf("built %s (%s) in %s", img.Ref, shortDigest(img.Digest.String()), img.Tarball)
 		}
+		if err := f.InstallPlugin(cfg.CacheDir); err != nil {
+			return err
+		}
 		return f.LoadImages(ctx, im)
 	}); err != nil {
 		return f, err

@@ -18,7 +18,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -130,7 +129,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 		return err
 	}
-	d := &demo{f: f, p: p, out: out, cacheDir: o.cacheDir, notes: map[string]string{}, seenReady: map[types.UID]bool{}}
+	d := &demo{f: f, p: p, out: out, notes: map[string]string{}, seenReady: map[types.UID]bool{}}
 	if err := d.story(ctx); err != nil {
 		f.Dump(ctx, out, demoNamespace)
 		fmt.Fprintln(out, "The cluster is still up for a look; tear it down with: make cluster-down")
@@ -155,10 +154,10 @@ The cluster stays up so you can look around:
   eval "$(make -s cluster-env)"        # KUBECONFIG and PATH (kubectl) for this shell
   kubectl get pods,pvc,pv -o wide
   kubectl exec %s-0 -- cat /data/identity /data/starts
-  %s status
+  kubectl stickyvol status -o wide      # the agent's binary as a kubectl plugin
   kubectl delete pod %s-1 && kubectl get pod %s-1 -o wide -w
 
 Tear it down with: make cluster-down
 `, took.Round(time.Second), replicas, stsName, stsName, stsName, replicas, stsName,
-		filepath.Join(d.cacheDir, "bin", "stickyvol"), stsName, stsName)
+		stsName, stsName)
 }

@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -33,10 +30,9 @@ var webPods = labels.SelectorFromSet(labels.Set{"app.kubernetes.io/name": stsNam
 
 // demo is the StatefulSet story told on the cluster.
 type demo struct {
-	f        *framework.Framework
-	p        *progress
-	out      io.Writer
-	cacheDir string
+	f   *framework.Framework
+	p   *progress
+	out io.Writer
 	// where records each pod's claim, PV and node when first seen.
 	where map[string]placement
 	// notes holds what the demo wrote in each pod's /data/note.
@@ -82,7 +78,7 @@ func (d *demo) createWeb(ctx context.Context) error {
 		d.where[pod.Name] = pl
 	}
 	d.table(pods)
-	d.cmd("stickyvol status")
+	d.cmd("kubectl stickyvol status")
 	return d.status(ctx)
 }
 
@@ -297,16 +293,12 @@ func (d *demo) table(pods []*v1.Pod) {
 	d.p.block(b.String())
 }
 
-// status runs the stickyvol binary the images were built from.
+// status runs `kubectl stickyvol status` as the user will after the demo,
+// with KUBECONFIG and PATH from `make cluster-env` and no flags: the plugin
+// is the stickyvol binary the images were built from.
 func (d *demo) status(ctx context.Context) error {
-	bin := filepath.Join(d.cacheDir, "bin", "stickyvol")
-	cmd := exec.CommandContext(ctx, bin, "status", "--kubeconfig", d.f.Cluster.Kubeconfig())
-	out, err := cmd.CombinedOutput()
+	out, err := d.f.Kubectl(ctx, "stickyvol", "status")
 	if err != nil {
-		var exitErr *exec.ExitError
-		if errors.As(err, &exitErr) {
-			return fmt.Errorf("stickyvol status: %w\n%s", err, out)
-		}
 		return err
 	}
 	d.p.block(string(out))
