@@ -289,15 +289,7 @@ func TestChartMatchesKustomize(t *testing.T) {
 	for _, tc := range []struct{ dir, values string }{
 		{"base", ""},
 		{"overlays/kind", "storageClass: {defaultClass: true}"},
-		{"overlays/local", `
-storageClass: {defaultClass: true}
-affinity:
-  nodeAffinity:
-    requiredDuringSchedulingIgnoredDuringExecution:
-      nodeSelectorTerms:
-      - matchExpressions:
-        - {key: type, operator: NotIn, values: [kwok]}
-`},
+		{"overlays/local", readValues(t, "helm/local-values.yaml")},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			want := renderInNamespace(t, tc.dir, releaseNamespace)
@@ -335,6 +327,8 @@ priorityClassName: ""
 metrics:
   port: 9900
   serviceMonitor: {enabled: true, labels: {release: prom}, interval: 30s}
+extraArgs: [--kube-api-qps=200, --threadiness=16]
+podAnnotations: {stickyvol.dev/image-digest: "sha256:0123"}
 `
 
 func TestChartLint(t *testing.T) {
@@ -364,7 +358,7 @@ func TestChartCustomValues(t *testing.T) {
 	for flag, want := range map[string]string{
 		"kubelet-root": "/var/lib/k0s/kubelet", "data-root": "/srv/stickyvol", "capacity": "200Gi",
 		"max-volumes": "1000000", "metrics-address": ":9900", "leader-election": "false", "v": "5",
-		"leader-election-namespace": "$(POD_NAMESPACE)",
+		"leader-election-namespace": "$(POD_NAMESPACE)", "kube-api-qps": "200", "threadiness": "16",
 	} {
 		if flags[flag] != want {
 			t.Errorf("--%s=%q, want %q", flag, flags[flag], want)
@@ -380,6 +374,9 @@ func TestChartCustomValues(t *testing.T) {
 	}
 	if got := c.Resources.Limits.Memory().String(); got != "256Mi" || c.Resources.Requests.Cpu().String() != "50m" {
 		t.Errorf("resources %v", c.Resources)
+	}
+	if got := ds.Spec.Template.Annotations["stickyvol.dev/image-digest"]; got != "sha256:0123" {
+		t.Errorf("pod annotation %q, want the podAnnotations value", got)
 	}
 	if pod.PriorityClassName != "" {
 		t.Errorf("priorityClassName %q, want none", pod.PriorityClassName)
@@ -488,4 +485,14 @@ func TestChartRefusesBadValues(t *testing.T) {
 			t.Errorf("values %q: error %v, want one naming %q", tc.values, err, tc.want)
 		}
 	}
+}
+
+// readValues reads a values file of the tree.
+func readValues(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }

@@ -62,21 +62,17 @@ func (f *Framework) Helm(ctx context.Context, helm string, args ...string) ([]by
 	return out, nil
 }
 
-// helmValues are the chart values that give what Deploy gives with
-// LocalOverlay: the kind overlay's default class, the agent off kwok's fake
-// nodes, the image digest on the pod template and cfg.AgentArgs.
+// HelmLocalValues are the chart values that give what LocalOverlay gives:
+// the kind overlay's default class and the agent off kwok's fake nodes. The
+// deploy tests check that they render the overlay's objects.
+const HelmLocalValues = "deploy/helm/local-values.yaml"
+
+// helmValues are the values Deploy adds to the overlay: the image digest on
+// the pod template, so a rebuilt image rolls the pods, and cfg.AgentArgs.
 func helmValues(cfg DeployConfig) map[string]any {
 	return map[string]any{
-		"storageClass":   map[string]any{"defaultClass": true},
 		"extraArgs":      cfg.AgentArgs,
 		"podAnnotations": map[string]any{annImage: cfg.Image.Digest.String()},
-		"affinity": map[string]any{"nodeAffinity": map[string]any{
-			"requiredDuringSchedulingIgnoredDuringExecution": map[string]any{
-				"nodeSelectorTerms": []any{map[string]any{"matchExpressions": []any{
-					map[string]any{"key": "type", "operator": "NotIn", "values": []any{"kwok"}},
-				}}},
-			},
-		}},
 	}
 }
 
@@ -91,11 +87,11 @@ func (f *Framework) HelmInstall(ctx context.Context, helm string, cfg DeployConf
 	if err := os.WriteFile(file, values, 0o644); err != nil {
 		return err
 	}
-	if _, err := f.Helm(ctx, helm, "install", HelmRelease, HelmChart,
-		"--namespace", Namespace, "--create-namespace", "--values", file); err != nil {
+	if _, err := f.Helm(ctx, helm, "install", HelmRelease, HelmChart, "--namespace", Namespace,
+		"--create-namespace", "--values", HelmLocalValues, "--values", file); err != nil {
 		return err
 	}
-	logf("helm install %s %s -n %s --create-namespace", HelmRelease, HelmChart, Namespace)
+	logf("helm install %s %s -n %s --create-namespace --values %s --values %s", HelmRelease, HelmChart, Namespace, HelmLocalValues, file)
 	return f.waitDeployed(ctx, logf)
 }
 
