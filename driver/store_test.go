@@ -160,7 +160,7 @@ func crash(t *testing.T, s *store, step string, op func()) {
 	func() {
 		defer func() {
 			if r := recover(); r != nil {
-				if r != errCrash {
+				if err, _ := r.(error); !errors.Is(err, errCrash) {
 					panic(r)
 				}
 				crashed = true

@@ -53,8 +53,12 @@ func startContainerd(ctx context.Context, t *testing.T) *testContainerd {
 	}
 	t.Cleanup(func() {
 		// Registered after the directory's cleanup, so it runs before it.
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Logf("stopping containerd: %v", err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Logf("containerd: %v", err)
+		}
 		log.Close()
 		// The shim keeps runc's state under /run/containerd/runc/<namespace>;
 		// the tasks are gone, so it is empty now.
@@ -132,7 +136,11 @@ func TestBaseImagesRunInContainerd(t *testing.T) {
 	}
 
 	c.ctr(ctx, "run", "-d", PauseImage, "pause-check")
-	defer c.ctrErr(ctx, "containers", "delete", "pause-check")
+	defer func() {
+		if out, err := c.ctrErr(ctx, "containers", "delete", "pause-check"); err != nil {
+			t.Logf("ctr containers delete pause-check: %v\n%s", err, out)
+		}
+	}()
 	if out := c.ctr(ctx, "tasks", "ls"); !strings.Contains(out, "RUNNING") {
 		t.Fatalf("pause is not running:\n%s", out)
 	}

@@ -237,7 +237,7 @@ func (c *Cluster) poll(ctx context.Context, component string, timeout time.Durat
 	})
 	if err != nil && c.exited(component) == nil {
 		if last != nil {
-			return fmt.Errorf("waiting for %s: %w (last error: %v)", component, err, last)
+			return fmt.Errorf("waiting for %s: %w (last error: %w)", component, err, last)
 		}
 		return fmt.Errorf("waiting for %s: %w", component, err)
 	}

@@ -75,8 +75,12 @@ func EnsureOSPackages(ctx context.Context, out io.Writer) error {
 			return fmt.Errorf("%s failed (is the Debian mirror reachable?): %w", install, err)
 		}
 	}
-	if still, err := missingPackages(ctx, missing); err != nil || len(still) > 0 {
-		return fmt.Errorf("after %s, still missing %v (%v)", install, still, err)
+	still, err := missingPackages(ctx, missing)
+	if err != nil {
+		return fmt.Errorf("after %s: %w", install, err)
+	}
+	if len(still) > 0 {
+		return fmt.Errorf("after %s, still missing %v", install, still)
 	}
 	fmt.Fprintf(out, "installed OS packages in %s\n", time.Since(start).Round(time.Second))
 	return nil

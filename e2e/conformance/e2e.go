@@ -99,7 +99,10 @@ func RunE2E(ctx context.Context, cfg E2EConfig) (*Report, error) {
 	}
 	report, err := ReadJUnit(filepath.Join(cfg.ReportDir, JUnitFile))
 	if err != nil {
-		return nil, fmt.Errorf("the e2e binary wrote no report (%v): %w; its output is in %s", runErr, err, logPath)
+		if runErr != nil {
+			return nil, fmt.Errorf("the e2e binary wrote no report (%w): %w; its output is in %s", runErr, err, logPath)
+		}
+		return nil, fmt.Errorf("the e2e binary wrote no report: %w; its output is in %s", err, logPath)
 	}
 	var exitErr *exec.ExitError
 	if runErr != nil && !errors.As(runErr, &exitErr) {

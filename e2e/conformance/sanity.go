@@ -94,7 +94,10 @@ func RunSanity(ctx context.Context, f *framework.Framework, cfg SanityConfig) (*
 	}
 	report, err := ReadJUnit(junit)
 	if err != nil {
-		return nil, fmt.Errorf("csi-sanity on %s wrote no report (%v): %w; its output is in %s", node.Name, runErr, err, logPath)
+		if runErr != nil {
+			return nil, fmt.Errorf("csi-sanity on %s wrote no report (%w): %w; its output is in %s", node.Name, runErr, err, logPath)
+		}
+		return nil, fmt.Errorf("csi-sanity on %s wrote no report: %w; its output is in %s", node.Name, err, logPath)
 	}
 	return report, checkAfterSanity(ctx, f, node, pod, before)
 }

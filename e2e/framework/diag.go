@@ -152,8 +152,7 @@ func (f *Framework) dumpAgentLogs(ctx context.Context, w io.Writer, lines int64)
 				fmt.Fprintf(w, "reading: %v\n", err)
 				continue
 			}
-			w.Write(bytes.TrimRight(data, "\n"))
-			fmt.Fprintln(w)
+			fmt.Fprintf(w, "%s\n", bytes.TrimRight(data, "\n"))
 		}
 	}
 }

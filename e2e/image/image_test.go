@@ -49,7 +49,7 @@ func untar(t *testing.T, tarball []byte) string {
 	tr := tar.NewReader(bytes.NewReader(tarball))
 	for {
 		hdr, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return dir
 		}
 		if err != nil {
@@ -189,7 +189,7 @@ func layerMembers(t *testing.T, img v1.Image) ([]string, map[string]member) {
 	tr := tar.NewReader(rc)
 	for {
 		hdr, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return order, members
 		}
 		if err != nil {

@@ -4,8 +4,9 @@ package story
 
 import (
 	"context"
-	"fmt"
 	"sort"
+	"strconv"
+	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
@@ -145,13 +146,18 @@ func (e *env) statefulSetReady(ctx context.Context, name string) []*v1.Pod {
 	if err != nil {
 		e.t.Fatalf("waiting for the %d pods of StatefulSet %s: %v", want, name, err)
 	}
-	sort.Slice(pods, func(i, j int) bool { return ordinal(pods[i]) < ordinal(pods[j]) })
+	sort.Slice(pods, func(i, j int) bool { return ordinal(e.t, pods[i]) < ordinal(e.t, pods[j]) })
 	return pods
 }
 
-func ordinal(p *v1.Pod) int {
-	var n int
-	fmt.Sscanf(p.Labels[appsv1.PodIndexLabel], "%d", &n)
+// ordinal is the pod's index in its StatefulSet, from the label the
+// StatefulSet controller sets.
+func ordinal(t *testing.T, p *v1.Pod) int {
+	t.Helper()
+	n, err := strconv.Atoi(p.Labels[appsv1.PodIndexLabel])
+	if err != nil {
+		t.Fatalf("pod %s, label %s: %v", p.Name, appsv1.PodIndexLabel, err)
+	}
 	return n
 }
 

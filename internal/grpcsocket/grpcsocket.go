@@ -78,7 +78,11 @@ func Serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopTimeout 
 		srv.Stop()
 		<-stopped
 	}
-	<-served
+	// Serve returns nil once stopped, or ErrServerStopped when the stop came
+	// before it started: both are the shutdown ctx asked for.
+	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
 	return nil
 }
 
