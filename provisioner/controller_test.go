@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,11 +12,11 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/internal/fixtures"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -46,14 +45,6 @@ func startController(ctx context.Context, t *testing.T, client *fake.Clientset, 
 	})
 }
 
-// eventually polls cond until it holds or 20s pass.
-func eventually(t *testing.T, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, 20*time.Second, true, cond); err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
-}
-
 func pvFor(ctx context.Context, client *fake.Clientset, c *v1.PersistentVolumeClaim) (*v1.PersistentVolume, error) {
 	return client.CoreV1().PersistentVolumes().Get(ctx, "pvc-"+string(c.UID), metav1.GetOptions{})
 }
@@ -61,7 +52,7 @@ func pvFor(ctx context.Context, client *fake.Clientset, c *v1.PersistentVolumeCl
 func waitForPV(t *testing.T, client *fake.Clientset, c *v1.PersistentVolumeClaim) *v1.PersistentVolume {
 	t.Helper()
 	var pv *v1.PersistentVolume
-	eventually(t, "the PV of "+c.Name, func(ctx context.Context) (bool, error) {
+	fixtures.Eventually(t, "the PV of "+c.Name, func(ctx context.Context) (bool, error) {
 		var err error
 		pv, err = pvFor(ctx, client, c)
 		return err == nil, nil
@@ -69,41 +60,17 @@ func waitForPV(t *testing.T, client *fake.Clientset, c *v1.PersistentVolumeClaim
 	return pv
 }
 
-// waitForEvent waits for an event of type on the claim whose message
-// contains text.
-func waitForEvent(t *testing.T, client *fake.Clientset, c *v1.PersistentVolumeClaim, eventType, text string) {
-	t.Helper()
-	eventually(t, fmt.Sprintf("a %s event on %s saying %q", eventType, c.Name, text), func(ctx context.Context) (bool, error) {
-		events, err := client.CoreV1().Events(c.Namespace).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		return slices.ContainsFunc(events.Items, func(e v1.Event) bool {
-			return e.InvolvedObject.Name == c.Name && e.Type == eventType && strings.Contains(e.Message, text)
-		}), nil
-	})
-}
-
-func createClaims(t *testing.T, client *fake.Clientset, claims ...*v1.PersistentVolumeClaim) {
-	t.Helper()
-	for _, c := range claims {
-		if _, err := client.CoreV1().PersistentVolumeClaims(c.Namespace).Create(t.Context(), c, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // Two nodes, each with its own driver and controller, as two `stickyvol
 // node` processes: each claim gets its PV from the node the scheduler chose,
 // and neither node makes a volume for the other's claim.
 func TestControllerEndToEnd(t *testing.T) {
-	client := fake.NewClientset(class(storagev1.VolumeBindingWaitForFirstConsumer), readyNode("node-a"), readyNode("node-b"))
+	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"), fixtures.ReadyNode("node-b"))
 	nodeA, nodeB := startDriver(t, "node-a", 10<<30), startDriver(t, "node-b", 10<<30)
-	startController(testContext(t), t, client, nodeA)
-	startController(testContext(t), t, client, nodeB)
+	startController(fixtures.Context(t, 2), t, client, nodeA)
+	startController(fixtures.Context(t, 2), t, client, nodeB)
 
-	web0, web1 := claim("data-web-0", "node-a", "1Gi", v1.ReadWriteOnce), claim("data-web-1", "node-b", "2Gi", v1.ReadWriteOncePod)
-	createClaims(t, client, web0, web1)
+	web0, web1 := fixtures.Claim("data-web-0", "node-a", "1Gi", v1.ReadWriteOnce), fixtures.Claim("data-web-1", "node-b", "2Gi", v1.ReadWriteOncePod)
+	fixtures.CreateClaims(t, client, web0, web1)
 
 	for _, tc := range []struct {
 		claim *v1.PersistentVolumeClaim
@@ -131,12 +98,12 @@ func TestControllerEndToEnd(t *testing.T) {
 
 	t.Run("refused access modes get an event and nothing else", func(t *testing.T) {
 		block := v1.PersistentVolumeBlock
-		rwx, raw := claim("shared", "node-a", "1Gi", v1.ReadWriteMany), claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
+		rwx, raw := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany), fixtures.Claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
 		raw.Spec.VolumeMode = &block
-		createClaims(t, client, rwx, raw)
-		waitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")
+		fixtures.CreateClaims(t, client, rwx, raw)
+		fixtures.WaitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")
 		// The library refuses Block itself, with its own words.
-		waitForEvent(t, client, raw, v1.EventTypeWarning, "does not support block volume provisioning")
+		fixtures.WaitForEvent(t, client, raw, v1.EventTypeWarning, "does not support block volume provisioning")
 		for _, c := range []*v1.PersistentVolumeClaim{rwx, raw} {
 			if _, err := pvFor(t.Context(), client, c); !apierrors.IsNotFound(err) {
 				t.Errorf("%s: PV lookup = %v, want NotFound", c.Name, err)
@@ -148,13 +115,13 @@ func TestControllerEndToEnd(t *testing.T) {
 	})
 
 	t.Run("a claim too big for its node goes back to the scheduler", func(t *testing.T) {
-		big := claim("big", "node-a", "20Gi", v1.ReadWriteOnce)
-		createClaims(t, client, big)
-		eventually(t, "the selected-node annotation to be removed", func(ctx context.Context) (bool, error) {
+		big := fixtures.Claim("big", "node-a", "20Gi", v1.ReadWriteOnce)
+		fixtures.CreateClaims(t, client, big)
+		fixtures.Eventually(t, "the selected-node annotation to be removed", func(ctx context.Context) (bool, error) {
 			c, err := client.CoreV1().PersistentVolumeClaims("default").Get(ctx, "big", metav1.GetOptions{})
 			return err == nil && c.Annotations[provisioner.AnnSelectedNode] == "", err
 		})
-		waitForEvent(t, client, big, v1.EventTypeWarning, "has no room for this volume")
+		fixtures.WaitForEvent(t, client, big, v1.EventTypeWarning, "has no room for this volume")
 	})
 
 	t.Run("a released PV is deleted by its own node", func(t *testing.T) {
@@ -166,7 +133,7 @@ func TestControllerEndToEnd(t *testing.T) {
 		if _, err := client.CoreV1().PersistentVolumes().UpdateStatus(t.Context(), pv, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "the PV to be deleted", func(ctx context.Context) (bool, error) {
+		fixtures.Eventually(t, "the PV to be deleted", func(ctx context.Context) (bool, error) {
 			_, err := pvFor(ctx, client, web0)
 			return apierrors.IsNotFound(err), nil
 		})
@@ -188,18 +155,18 @@ var manyClaims = flag.Int("many-claims", 100, "claims TestManyClaims provisions"
 // -race (slow consumers) keep -many-claims near the default.
 func TestManyClaims(t *testing.T) {
 	n := *manyClaims
-	client := fake.NewClientset(class(storagev1.VolumeBindingWaitForFirstConsumer), readyNode("node-a"))
+	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"))
 	nd := startDriver(t, "node-a", 1<<40)
-	startController(testContextV(t, 0), t, client, nd)
+	startController(fixtures.Context(t, 0), t, client, nd)
 
 	var claims []*v1.PersistentVolumeClaim
 	for i := range n {
-		claims = append(claims, claim(fmt.Sprintf("data-web-%d", i), "node-a", "1Gi", v1.ReadWriteOnce))
+		claims = append(claims, fixtures.Claim(fmt.Sprintf("data-web-%d", i), "node-a", "1Gi", v1.ReadWriteOnce))
 	}
 	client.ClearActions()
 	start := time.Now()
-	createClaims(t, client, claims...)
-	eventually(t, fmt.Sprintf("%d PVs", n), func(ctx context.Context) (bool, error) {
+	fixtures.CreateClaims(t, client, claims...)
+	fixtures.Eventually(t, fmt.Sprintf("%d PVs", n), func(ctx context.Context) (bool, error) {
 		pvs, err := client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 		return err == nil && len(pvs.Items) == n, err
 	})

@@ -13,28 +13,14 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/klog/v2"
-	"k8s.io/klog/v2/ktesting"
 
 	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/internal/fixtures"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
-
-// testContext returns a context whose logger writes through t.Log at V(2).
-func testContext(t *testing.T) context.Context {
-	return testContextV(t, 2)
-}
-
-func testContextV(t *testing.T, v int) context.Context {
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(v), ktesting.BufferLogs(false)))
-	return klog.NewContext(t.Context(), logger)
-}
 
 // nodeDriver is the real driver of one node, serving on a temp socket.
 type nodeDriver struct {
@@ -72,7 +58,7 @@ func startDriver(t *testing.T, node string, capacity int64) *nodeDriver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(testContext(t))
+	ctx, cancel := context.WithCancel(fixtures.Context(t, 2))
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {
@@ -147,39 +133,10 @@ func newProvisioner(t *testing.T, nd *nodeDriver) *provisioner.Provisioner {
 	t.Helper()
 	p, err := provisioner.New(provisioner.Config{
 		NodeName: nd.name, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
-		ControllerClient: nd.controller, Nodes: nodeLister(t, readyNode(nd.name)),
+		ControllerClient: nd.controller, Nodes: nodeLister(t, fixtures.ReadyNode(nd.name)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
-}
-
-func readyNode(name string) *v1.Node {
-	return &v1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Status:     v1.NodeStatus{Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue}}},
-	}
-}
-
-// claim returns a claim of class "stickyvol" selected for node ("" for
-// none) as the PV controller leaves it for an external provisioner.
-func claim(name, node, size string, modes ...v1.PersistentVolumeAccessMode) *v1.PersistentVolumeClaim {
-	class := "stickyvol"
-	c := &v1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name),
-			Annotations: map[string]string{"volume.kubernetes.io/storage-provisioner": driver.Name}},
-		Spec: v1.PersistentVolumeClaimSpec{
-			AccessModes:      modes,
-			StorageClassName: &class,
-			Resources: v1.VolumeResourceRequirements{
-				Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse(size)},
-			},
-		},
-		Status: v1.PersistentVolumeClaimStatus{Phase: v1.ClaimPending},
-	}
-	if node != "" {
-		c.Annotations[provisioner.AnnSelectedNode] = node
-	}
-	return c
 }

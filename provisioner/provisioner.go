@@ -6,7 +6,7 @@
 //
 // One instance runs on every node. Each instance only provisions the claims
 // that the scheduler (or, for Immediate binding, the leader-elected placement
-// duty in this package) selected for its own node, and only deletes volumes
+// duty of package duties) selected for its own node, and only deletes volumes
 // whose node affinity names its own node: the disk is local, so no other node
 // could do the work.
 package provisioner
@@ -131,11 +131,12 @@ func New(cfg Config) (*Provisioner, error) {
 // Immediate class has none until the placement duty sets one, and until then
 // no instance provisions it.
 func (p *Provisioner) ShouldProvision(_ context.Context, claim *v1.PersistentVolumeClaim) bool {
-	return selectedNode(claim) == p.nodeName
+	return SelectedNode(claim) == p.nodeName
 }
 
-// selectedNode returns the node the claim was scheduled to, or "".
-func selectedNode(claim *v1.PersistentVolumeClaim) string {
+// SelectedNode returns the node the claim was scheduled to (or placed on,
+// for Immediate classes), or "".
+func SelectedNode(claim *v1.PersistentVolumeClaim) string {
 	if node, ok := claim.Annotations[AnnSelectedNode]; ok {
 		return node
 	}

@@ -15,24 +15,14 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
 	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/internal/fixtures"
 	"github.com/stickyvol/stickyvol/internal/testutil"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
-func class(mode storagev1.VolumeBindingMode) *storagev1.StorageClass {
-	deleteP := v1.PersistentVolumeReclaimDelete
-	return &storagev1.StorageClass{
-		ObjectMeta:        metav1.ObjectMeta{Name: "stickyvol"},
-		Provisioner:       driver.Name,
-		ReclaimPolicy:     &deleteP,
-		VolumeBindingMode: &mode,
-		Parameters:        map[string]string{"directoryMode": "0750"},
-	}
-}
-
 func options(c *v1.PersistentVolumeClaim) controller.ProvisionOptions {
 	return controller.ProvisionOptions{
-		StorageClass:     class(storagev1.VolumeBindingWaitForFirstConsumer),
+		StorageClass:     fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer),
 		PVName:           "pvc-" + string(c.UID),
 		PVC:              c,
 		SelectedNodeName: c.Annotations[provisioner.AnnSelectedNode],
@@ -40,10 +30,10 @@ func options(c *v1.PersistentVolumeClaim) controller.ProvisionOptions {
 }
 
 func TestProvisionAndDeleteWithRealDriver(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
-	c := claim("data-web-0", "node-a", "1Gi", v1.ReadWriteOnce)
+	c := fixtures.Claim("data-web-0", "node-a", "1Gi", v1.ReadWriteOnce)
 
 	pv, state, err := p.Provision(ctx, options(c))
 	if err != nil || state != controller.ProvisioningFinished {
@@ -86,20 +76,20 @@ func TestProvisionAndDeleteWithRealDriver(t *testing.T) {
 // Claims stickyvol cannot serve are refused before the driver is asked: the
 // user gets the event text, and no directory appears anywhere.
 func TestRefusalsNeverReachTheDriver(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
 	block := v1.PersistentVolumeBlock
-	blockClaim := claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
+	blockClaim := fixtures.Claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
 	blockClaim.Spec.VolumeMode = &block
 
 	for _, tc := range []struct {
 		claim *v1.PersistentVolumeClaim
 		text  string
 	}{
-		{claim("shared", "node-a", "1Gi", v1.ReadWriteMany), "ReadWriteMany needs shared storage"},
-		{claim("readers", "node-a", "1Gi", v1.ReadOnlyMany), "ReadOnlyMany needs shared storage"},
-		{claim("mixed", "node-a", "1Gi", v1.ReadWriteOnce, v1.ReadWriteMany), "ReadWriteMany"},
+		{fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany), "ReadWriteMany needs shared storage"},
+		{fixtures.Claim("readers", "node-a", "1Gi", v1.ReadOnlyMany), "ReadOnlyMany needs shared storage"},
+		{fixtures.Claim("mixed", "node-a", "1Gi", v1.ReadWriteOnce, v1.ReadWriteMany), "ReadWriteMany"},
 		{blockClaim, "volumeMode: Block is not supported"},
 	} {
 		pv, state, err := p.Provision(ctx, options(tc.claim))
@@ -116,10 +106,10 @@ func TestRefusalsNeverReachTheDriver(t *testing.T) {
 }
 
 func TestNoRoomReschedules(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 1<<30)
 	p := newProvisioner(t, nd)
-	_, state, err := p.Provision(ctx, options(claim("big", "node-a", "2Gi", v1.ReadWriteOnce)))
+	_, state, err := p.Provision(ctx, options(fixtures.Claim("big", "node-a", "2Gi", v1.ReadWriteOnce)))
 	if state != controller.ProvisioningReschedule {
 		t.Errorf("state %s, want Reschedule", state)
 	}
@@ -134,10 +124,10 @@ func TestNoRoomReschedules(t *testing.T) {
 // What the driver refuses for good is final, with the driver's reason and
 // a hint in the event.
 func TestDriverRefusalIsFinished(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
-	opts := options(claim("c", "node-a", "1Gi", v1.ReadWriteOnce))
+	opts := options(fixtures.Claim("c", "node-a", "1Gi", v1.ReadWriteOnce))
 	// A bind mount takes no file system options.
 	opts.StorageClass.MountOptions = []string{"noatime", "size=1G"}
 	_, state, err := p.Provision(ctx, opts)
@@ -151,14 +141,14 @@ func TestDriverRefusalIsFinished(t *testing.T) {
 }
 
 func TestSelectedNodeGoneReschedules(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p, err := provisioner.New(provisioner.Config{NodeName: "node-a", DriverName: driver.Name,
 		TopologyKey: driver.TopologyKey, ControllerClient: nd.controller, Nodes: nodeLister(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, state, err := p.Provision(ctx, options(claim("orphan", "node-a", "1Gi", v1.ReadWriteOnce)))
+	_, state, err := p.Provision(ctx, options(fixtures.Claim("orphan", "node-a", "1Gi", v1.ReadWriteOnce)))
 	if state != controller.ProvisioningReschedule || err == nil || !strings.Contains(err.Error(), "no longer exists") {
 		t.Errorf("state %s, error %v; want Reschedule because node-a is gone", state, err)
 	}
@@ -170,29 +160,29 @@ func TestSelectedNodeGoneReschedules(t *testing.T) {
 // A driver that does not answer may still be working: the library must
 // keep the claim in progress (InBackground), not give up on it.
 func TestDriverDownIsInBackground(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
 	_ = nd.conn.Close()
-	_, state, err := p.Provision(ctx, options(claim("c", "node-a", "1Gi", v1.ReadWriteOnce)))
+	_, state, err := p.Provision(ctx, options(fixtures.Claim("c", "node-a", "1Gi", v1.ReadWriteOnce)))
 	if state != controller.ProvisioningInBackground || err == nil {
 		t.Errorf("state %s, error %v; want InBackground", state, err)
 	}
 }
 
 func TestShouldProvisionOnlyThisNode(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
-	alpha := claim("alpha", "", "1Gi", v1.ReadWriteOnce)
+	alpha := fixtures.Claim("alpha", "", "1Gi", v1.ReadWriteOnce)
 	alpha.Annotations["volume.alpha.kubernetes.io/selected-node"] = "node-a"
 	for _, tc := range []struct {
 		claim *v1.PersistentVolumeClaim
 		want  bool
 	}{
-		{claim("mine", "node-a", "1Gi", v1.ReadWriteOnce), true},
-		{claim("theirs", "node-b", "1Gi", v1.ReadWriteOnce), false},
-		{claim("unplaced", "", "1Gi", v1.ReadWriteOnce), false},
+		{fixtures.Claim("mine", "node-a", "1Gi", v1.ReadWriteOnce), true},
+		{fixtures.Claim("theirs", "node-b", "1Gi", v1.ReadWriteOnce), false},
+		{fixtures.Claim("unplaced", "", "1Gi", v1.ReadWriteOnce), false},
 		{alpha, true},
 	} {
 		if got := p.ShouldProvision(ctx, tc.claim); got != tc.want {
@@ -201,7 +191,7 @@ func TestShouldProvisionOnlyThisNode(t *testing.T) {
 	}
 	// The library asks only after ShouldProvision, but a claim that moved
 	// in between must still be left alone.
-	opts := options(claim("moved", "node-b", "1Gi", v1.ReadWriteOnce))
+	opts := options(fixtures.Claim("moved", "node-b", "1Gi", v1.ReadWriteOnce))
 	var ignored *controller.IgnoredError
 	if _, _, err := p.Provision(ctx, opts); !errors.As(err, &ignored) {
 		t.Errorf("Provision for node-b on node-a: %v, want IgnoredError", err)
@@ -209,7 +199,7 @@ func TestShouldProvisionOnlyThisNode(t *testing.T) {
 }
 
 func TestDeleteOnlyThisNodesVolumes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
 	pv := func(name, key, node, drv string) *v1.PersistentVolume {
@@ -250,10 +240,10 @@ func TestDeleteOnlyThisNodesVolumes(t *testing.T) {
 // VolumeInUseError and retries without a Warning.
 func TestDeleteOfPublishedVolumeWaits(t *testing.T) {
 	testutil.RequireRoot(t)
-	ctx := testContext(t)
+	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
-	pv, _, err := p.Provision(ctx, options(claim("busy", "node-a", "1Gi", v1.ReadWriteOnce)))
+	pv, _, err := p.Provision(ctx, options(fixtures.Claim("busy", "node-a", "1Gi", v1.ReadWriteOnce)))
 	if err != nil {
 		t.Fatal(err)
 	}

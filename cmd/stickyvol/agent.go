@@ -17,6 +17,7 @@ import (
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
+	"github.com/stickyvol/stickyvol/duties"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -29,9 +30,9 @@ type agent struct {
 	informers    informers.SharedInformerFactory
 	capacities   informers.SharedInformerFactory // nil without leader election
 	controller   *provisioner.Controller
-	placement    *provisioner.Placement // nil without leader election
-	registration *registration.Server   // nil without kubelet
-	leader       provisioner.LeaderConfig
+	placement    *duties.Placement    // nil without leader election
+	registration *registration.Server // nil without kubelet
+	leader       duties.LeaderConfig
 }
 
 // newAgent builds the parts; nothing runs yet. The driver reloads its
@@ -83,14 +84,14 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 	if o.leaderElection {
 		a.capacities = informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
 			informers.WithNamespace(o.leaderElectionNamespace))
-		a.placement, err = provisioner.NewPlacement(provisioner.PlacementConfig{
+		a.placement, err = duties.NewPlacement(duties.PlacementConfig{
 			DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube,
 			Informers: a.informers, CapacityInformers: a.capacities,
 		})
 		if err != nil {
 			return err
 		}
-		a.leader = provisioner.LeaderConfig{Client: kube, Namespace: o.leaderElectionNamespace,
+		a.leader = duties.LeaderConfig{Client: kube, Namespace: o.leaderElectionNamespace,
 			Name: driver.Name, Identity: o.nodeName}
 	}
 	if o.registerWithKubelet {
@@ -142,7 +143,7 @@ func (a *agent) runParts(ctx context.Context) error {
 		a.capacities.StartWithContext(ctx)
 		a.informers.StartWithContext(ctx)
 		g.Go(func() error {
-			return provisioner.RunLeaderElected(ctx, a.leader, func(ctx context.Context) {
+			return duties.RunLeaderElected(ctx, a.leader, func(ctx context.Context) {
 				if err := a.placement.Run(ctx); err != nil {
 					klog.FromContext(ctx).Error(err, "Placement stopped")
 				}

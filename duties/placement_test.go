@@ -1,10 +1,8 @@
-package provisioner_test
+package duties_test
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -14,6 +12,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/duties"
+	"github.com/stickyvol/stickyvol/internal/fixtures"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -22,7 +22,7 @@ const stickyvolNamespace = "stickyvol"
 // usableNode is a Ready node whose kubelet registered the driver: the node
 // object labelled with the driver's topology, and its CSINode.
 func usableNode(name string) []any {
-	n := readyNode(name)
+	n := fixtures.ReadyNode(name)
 	n.Labels = map[string]string{driver.TopologyKey: name}
 	return []any{n, &storagev1.CSINode{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -31,7 +31,7 @@ func usableNode(name string) []any {
 }
 
 func immediateClaim(name, size string) *v1.PersistentVolumeClaim {
-	return claim(name, "", size, v1.ReadWriteOnce)
+	return fixtures.Claim(name, "", size, v1.ReadWriteOnce)
 }
 
 // startPlacement runs the placement duty against client until the test ends,
@@ -39,10 +39,10 @@ func immediateClaim(name, size string) *v1.PersistentVolumeClaim {
 // does.
 func startPlacement(t *testing.T, client *fake.Clientset) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(testContext(t))
+	ctx, cancel := context.WithCancel(fixtures.Context(t, 2))
 	cluster := informers.NewSharedInformerFactory(client, 0)
 	capacities := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(stickyvolNamespace))
-	p, err := provisioner.NewPlacement(provisioner.PlacementConfig{DriverName: driver.Name,
+	p, err := duties.NewPlacement(duties.PlacementConfig{DriverName: driver.Name,
 		TopologyKey: driver.TopologyKey, Client: client, Informers: cluster, CapacityInformers: capacities})
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +62,7 @@ func startPlacement(t *testing.T, client *fake.Clientset) {
 }
 
 func newClient(objects ...any) *fake.Clientset {
-	client := fake.NewClientset(class(storagev1.VolumeBindingImmediate))
+	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingImmediate))
 	for _, o := range objects {
 		var err error
 		switch o := o.(type) {
@@ -86,7 +86,7 @@ func newClient(objects ...any) *fake.Clientset {
 func placedOn(t *testing.T, client *fake.Clientset, name string) string {
 	t.Helper()
 	var node string
-	eventually(t, "a node for "+name, func(ctx context.Context) (bool, error) {
+	fixtures.Eventually(t, "a node for "+name, func(ctx context.Context) (bool, error) {
 		c, err := client.CoreV1().PersistentVolumeClaims("default").Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -109,7 +109,7 @@ func pvOn(name, node string) *v1.PersistentVolume {
 }
 
 func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
-	notReady := readyNode("c")
+	notReady := fixtures.ReadyNode("c")
 	notReady.Status.Conditions[0].Status = v1.ConditionFalse
 	cordoned := usableNode("e")
 	cordoned[0].(*v1.Node).Spec.Unschedulable = true
@@ -117,7 +117,7 @@ func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
 	objects = append(objects, usableNode("a")...)
 	objects = append(objects, usableNode("b")...)
 	objects = append(objects, notReady, usableNode("c")[1]) // registered but not Ready
-	objects = append(objects, readyNode("d"))               // Ready, driver not registered
+	objects = append(objects, fixtures.ReadyNode("d"))      // Ready, driver not registered
 	objects = append(objects, cordoned...)
 	objects = append(objects, pvOn("pvc-existing", "b"))
 	client := newClient(objects...)
@@ -125,9 +125,9 @@ func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
 
 	// Not placed: WaitForFirstConsumer claims are the scheduler's, and
 	// claims of other provisioners' classes are none of stickyvol's business.
-	wffcClass := class(storagev1.VolumeBindingWaitForFirstConsumer)
+	wffcClass := fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer)
 	wffcClass.Name = "stickyvol-wffc"
-	otherClass := class(storagev1.VolumeBindingImmediate)
+	otherClass := fixtures.Class(storagev1.VolumeBindingImmediate)
 	otherClass.Name, otherClass.Provisioner = "other", "other.csi.example.com"
 	for _, sc := range []*storagev1.StorageClass{wffcClass, otherClass} {
 		if _, err := client.StorageV1().StorageClasses().Create(t.Context(), sc, metav1.CreateOptions{}); err != nil {
@@ -137,7 +137,7 @@ func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
 	wffc, other := immediateClaim("wffc", "1Gi"), immediateClaim("other", "1Gi")
 	wffc.Spec.StorageClassName, other.Spec.StorageClassName = &wffcClass.Name, &otherClass.Name
 
-	createClaims(t, client, wffc, other, immediateClaim("c1", "1Gi"), immediateClaim("c2", "1Gi"), immediateClaim("c3", "1Gi"))
+	fixtures.CreateClaims(t, client, wffc, other, immediateClaim("c1", "1Gi"), immediateClaim("c2", "1Gi"), immediateClaim("c3", "1Gi"))
 	count := map[string]int{}
 	for _, name := range []string{"c1", "c2", "c3"} {
 		count[placedOn(t, client, name)]++
@@ -146,7 +146,7 @@ func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
 	if count["a"] != 2 || count["b"] != 1 || len(count) != 2 {
 		t.Errorf("placements %v, want a:2 b:1 and none on the unusable nodes c, d, e", count)
 	}
-	waitForEvent(t, client, immediateClaim("c1", "1Gi"), v1.EventTypeNormal, "stickyvol chose node")
+	fixtures.WaitForEvent(t, client, immediateClaim("c1", "1Gi"), v1.EventTypeNormal, "stickyvol chose node")
 	for _, name := range []string{"wffc", "other"} {
 		c, err := client.CoreV1().PersistentVolumeClaims("default").Get(t.Context(), name, metav1.GetOptions{})
 		if err != nil || c.Annotations[provisioner.AnnSelectedNode] != "" {
@@ -168,7 +168,7 @@ func TestPlacementRespectsCapacity(t *testing.T) {
 	})
 	client := newClient(objects...)
 	startPlacement(t, client)
-	createClaims(t, client, immediateClaim("big", "1Gi"), immediateClaim("tiny", "100Mi"))
+	fixtures.CreateClaims(t, client, immediateClaim("big", "1Gi"), immediateClaim("tiny", "100Mi"))
 	if node := placedOn(t, client, "big"); node != "b" {
 		t.Errorf("1Gi claim placed on %s; node a has 512Mi left, so b (busier) it must be", node)
 	}
@@ -186,7 +186,7 @@ func TestPlacementAvoidsNodeThatSentClaimBack(t *testing.T) {
 	objects = append(objects, pvOn("pvc-1", "b"))
 	client := newClient(objects...)
 	startPlacement(t, client)
-	createClaims(t, client, immediateClaim("c", "1Gi"))
+	fixtures.CreateClaims(t, client, immediateClaim("c", "1Gi"))
 	if node := placedOn(t, client, "c"); node != "a" {
 		t.Fatalf("placed on %s, want a", node)
 	}
@@ -206,13 +206,13 @@ func TestPlacementAvoidsNodeThatSentClaimBack(t *testing.T) {
 // With no usable node the claim waits with a Warning, and is placed as soon
 // as a node becomes usable, without waiting for a retry timer.
 func TestPlacementWaitsForAUsableNode(t *testing.T) {
-	notReady := readyNode("a")
+	notReady := fixtures.ReadyNode("a")
 	notReady.Labels = map[string]string{driver.TopologyKey: "a"}
 	notReady.Status.Conditions[0].Status = v1.ConditionFalse
 	client := newClient(notReady, usableNode("a")[1])
 	startPlacement(t, client)
-	createClaims(t, client, immediateClaim("c", "1Gi"))
-	waitForEvent(t, client, immediateClaim("c", "1Gi"), v1.EventTypeWarning, "no node can take this claim")
+	fixtures.CreateClaims(t, client, immediateClaim("c", "1Gi"))
+	fixtures.WaitForEvent(t, client, immediateClaim("c", "1Gi"), v1.EventTypeWarning, "no node can take this claim")
 
 	notReady.Status.Conditions[0].Status = v1.ConditionTrue
 	if _, err := client.CoreV1().Nodes().UpdateStatus(t.Context(), notReady, metav1.UpdateOptions{}); err != nil {
@@ -220,55 +220,5 @@ func TestPlacementWaitsForAUsableNode(t *testing.T) {
 	}
 	if node := placedOn(t, client, "c"); node != "a" {
 		t.Errorf("placed on %s, want a", node)
-	}
-}
-
-// One candidate leads at a time; when it stops, the other takes over, and
-// the duty of the first has returned before that.
-func TestRunLeaderElected(t *testing.T) {
-	client := fake.NewClientset()
-	var leading atomic.Int32
-	var overlaps atomic.Int32
-	start := func(id string, ran chan<- string) context.CancelFunc {
-		ctx, cancel := context.WithCancel(testContext(t))
-		done := make(chan error, 1)
-		go func() {
-			done <- provisioner.RunLeaderElected(ctx, provisioner.LeaderConfig{
-				Client: client, Namespace: stickyvolNamespace, Name: driver.Name, Identity: id,
-				LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 100 * time.Millisecond,
-			}, func(ctx context.Context) {
-				if leading.Add(1) > 1 {
-					overlaps.Add(1)
-				}
-				ran <- id
-				<-ctx.Done()
-				leading.Add(-1)
-			})
-		}()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("%s: %v", id, err)
-			}
-		})
-		return cancel
-	}
-	ran := make(chan string, 4)
-	stopA := start("node-a", ran)
-	if first := <-ran; first != "node-a" {
-		t.Fatalf("first leader %s", first)
-	}
-	start("node-b", ran)
-	stopA()
-	select {
-	case next := <-ran:
-		if next != "node-b" {
-			t.Errorf("next leader %s, want node-b", next)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("node-b did not take over")
-	}
-	if overlaps.Load() != 0 {
-		t.Error("two duties ran at once")
 	}
 }

@@ -1,4 +1,4 @@
-package provisioner
+package duties
 
 import (
 	"context"
@@ -26,6 +26,8 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/provisioner"
 )
 
 // annStorageProvisioner is set by the PV controller on claims it expects an
@@ -115,7 +117,7 @@ func NewPlacement(cfg PlacementConfig) (*Placement, error) {
 		if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver {
 			return nil, nil
 		}
-		return NodesOf(pv, key).UnsortedList(), nil
+		return provisioner.NodesOf(pv, key).UnsortedList(), nil
 	}); err != nil {
 		return nil, err
 	}
@@ -124,7 +126,7 @@ func NewPlacement(cfg PlacementConfig) (*Placement, error) {
 		if !ok || claim.Spec.VolumeName != "" || claim.Annotations[annStorageProvisioner] != driver {
 			return nil, nil
 		}
-		if node := selectedNode(claim); node != "" {
+		if node := provisioner.SelectedNode(claim); node != "" {
 			return []string{node}, nil
 		}
 		return nil, nil
@@ -256,7 +258,7 @@ func (tm *term) sync(ctx context.Context, key string) error {
 // unbound, no node chosen, not being deleted, of an Immediate class served by
 // this driver.
 func (tm *term) classToPlace(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
-	if claim.Spec.VolumeName != "" || selectedNode(claim) != "" || claim.DeletionTimestamp != nil ||
+	if claim.Spec.VolumeName != "" || provisioner.SelectedNode(claim) != "" || claim.DeletionTimestamp != nil ||
 		claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName == "" {
 		return nil
 	}
@@ -281,7 +283,7 @@ func (tm *term) choose(key string, claim *v1.PersistentVolumeClaim, class *stora
 	if err != nil {
 		return "", err
 	}
-	size := capacityRange(claim).RequiredBytes
+	size := claim.Spec.Resources.Requests.Storage().Value()
 	var candidates []nodeLoad
 	for _, node := range nodes {
 		csiNode, _ := tm.csiNodes.Get(node.Name) // missing: not registered
@@ -327,7 +329,7 @@ func (tm *term) load(node string) int {
 		}
 		namespace, name, _ := cache.SplitMetaNamespaceKey(key)
 		claim, err := tm.claims.PersistentVolumeClaims(namespace).Get(name)
-		if err != nil || selectedNode(claim) != "" || claim.Spec.VolumeName != "" {
+		if err != nil || provisioner.SelectedNode(claim) != "" || claim.Spec.VolumeName != "" {
 			delete(tm.assumed, key) // the cache caught up (or the claim is gone)
 			continue
 		}
@@ -341,7 +343,7 @@ func (tm *term) load(node string) int {
 func (tm *term) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"resourceVersion": claim.ResourceVersion,
-		"annotations":     map[string]string{AnnSelectedNode: node},
+		"annotations":     map[string]string{provisioner.AnnSelectedNode: node},
 	}})
 	if err != nil {
 		return err

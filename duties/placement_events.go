@@ -1,4 +1,4 @@
-package provisioner
+package duties
 
 import (
 	v1 "k8s.io/api/core/v1"
@@ -6,6 +6,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/provisioner"
 )
 
 type handlerReg struct {
@@ -86,7 +88,7 @@ func (tm *term) claimChanged(oldObj, newObj any) {
 		return
 	}
 	if old, ok := oldObj.(*v1.PersistentVolumeClaim); ok {
-		if prev := selectedNode(old); prev != "" && selectedNode(claim) == "" {
+		if prev := provisioner.SelectedNode(old); prev != "" && provisioner.SelectedNode(claim) == "" {
 			tm.mu.Lock()
 			if tm.refused[key] == nil {
 				tm.refused[key] = sets.New[string]()
