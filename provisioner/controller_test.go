@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
@@ -96,15 +97,21 @@ func TestControllerEndToEnd(t *testing.T) {
 		}
 	}
 
-	t.Run("refused access modes get an event and nothing else", func(t *testing.T) {
+	t.Run("refused claims (access modes, block, data source, size) get an event and nothing else", func(t *testing.T) {
 		block := v1.PersistentVolumeBlock
 		rwx, raw := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany), fixtures.Claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
 		raw.Spec.VolumeMode = &block
-		fixtures.CreateClaims(t, client, rwx, raw)
+		// A clone of data-web-0 would have started empty.
+		clone, huge := fixtures.Claim("clone", "node-a", "1Gi", v1.ReadWriteOnce), fixtures.Claim("huge", "node-a", "1Gi", v1.ReadWriteOnce)
+		clone.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
+		huge.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("18446744073709551616")
+		fixtures.CreateClaims(t, client, rwx, raw, clone, huge)
 		fixtures.WaitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")
 		// The library refuses Block itself, with its own words.
 		fixtures.WaitForEvent(t, client, raw, v1.EventTypeWarning, "does not support block volume provisioning")
-		for _, c := range []*v1.PersistentVolumeClaim{rwx, raw} {
+		fixtures.WaitForEvent(t, client, clone, v1.EventTypeWarning, "would start empty")
+		fixtures.WaitForEvent(t, client, huge, v1.EventTypeWarning, "storage request 18446744073709551616")
+		for _, c := range []*v1.PersistentVolumeClaim{rwx, raw, clone, huge} {
 			if _, err := pvFor(t.Context(), client, c); !apierrors.IsNotFound(err) {
 				t.Errorf("%s: PV lookup = %v, want NotFound", c.Name, err)
 			}

@@ -130,8 +130,10 @@ func New(cfg Config) (*Provisioner, error) {
 // WaitForFirstConsumer class gets its node from the scheduler; a claim of an
 // Immediate class has none until the placement duty sets one, and until then
 // no instance provisions it.
+//
+// A claim filled by a volume populator is left to the populator.
 func (p *Provisioner) ShouldProvision(_ context.Context, claim *v1.PersistentVolumeClaim) bool {
-	return SelectedNode(claim) == p.nodeName
+	return SelectedNode(claim) == p.nodeName && !forPopulator(claim)
 }
 
 // SelectedNode returns the node the claim was scheduled to (or placed on,

@@ -3,9 +3,11 @@ package provisioner
 import (
 	"fmt"
 	"maps"
+	"math"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 )
 
@@ -22,6 +24,12 @@ const (
 	refuseBlock = "stickyvol volumes are directories on the node's disk; volumeMode: Block is not " +
 		"supported. Use volumeMode: Filesystem (the default)"
 	refuseNoModes = "the claim lists no accessModes; use accessModes: [ReadWriteOnce]"
+	// refuseDataSource is followed by the source's kind and name.
+	refuseDataSource = "stickyvol cannot fill a new volume from a data source yet (no clones, no snapshot " +
+		"restores): the volume would start empty. Remove dataSource and dataSourceRef from the claim " +
+		"to get an empty volume; source: %s %q"
+	// refuseSize is followed by the request or limit as written.
+	refuseSize = "the claim's storage %s %s is more bytes than a volume can have (at most 8Ei, 2^63-1 bytes); ask for less"
 )
 
 // createVolumeRequest maps a claim to the CSI request, or returns the refusal
@@ -38,7 +46,14 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 	if opts.StorageClass != nil {
 		mountFlags = opts.StorageClass.MountOptions
 	}
+	if kind, name, ok := dataSource(claim); ok {
+		return nil, fmt.Errorf(refuseDataSource, kind, name)
+	}
 	caps, err := volumeCapabilities(claim.Spec.AccessModes, mountFlags)
+	if err != nil {
+		return nil, err
+	}
+	capacity, err := capacityRange(claim)
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +62,7 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 		// after a lost reply asks for the same volume and the driver
 		// returns the one it made.
 		Name:               opts.PVName,
-		CapacityRange:      capacityRange(claim),
+		CapacityRange:      capacity,
 		VolumeCapabilities: caps,
 		Parameters:         p.parameters(opts),
 		AccessibilityRequirements: &csi.TopologyRequirement{
@@ -99,16 +114,61 @@ func volumeCapabilities(modes []v1.PersistentVolumeAccessMode, mountFlags []stri
 }
 
 // capacityRange takes the claim's storage request as the required size and
-// its storage limit, if any, as the limit.
-func capacityRange(claim *v1.PersistentVolumeClaim) *csi.CapacityRange {
+// its storage limit, if any, as the limit. A size beyond int64 is refused:
+// Quantity.Value() would wrap it (2^64 bytes becomes 0, which the driver
+// reads as "no size" and makes its default), leaving a PV that can never
+// bind to the claim.
+func capacityRange(claim *v1.PersistentVolumeClaim) (*csi.CapacityRange, error) {
 	r := &csi.CapacityRange{}
-	if q, ok := claim.Spec.Resources.Requests[v1.ResourceStorage]; ok {
-		r.RequiredBytes = q.Value()
+	for _, size := range []struct {
+		what string
+		list v1.ResourceList
+		dst  *int64
+	}{{"request", claim.Spec.Resources.Requests, &r.RequiredBytes}, {"limit", claim.Spec.Resources.Limits, &r.LimitBytes}} {
+		q, ok := size.list[v1.ResourceStorage]
+		if !ok {
+			continue
+		}
+		if q.Cmp(*maxBytes) > 0 {
+			return nil, fmt.Errorf(refuseSize, size.what, q.String())
+		}
+		*size.dst = q.Value()
 	}
-	if q, ok := claim.Spec.Resources.Limits[v1.ResourceStorage]; ok {
-		r.LimitBytes = q.Value()
+	return r, nil
+}
+
+var maxBytes = resource.NewQuantity(math.MaxInt64, resource.BinarySI)
+
+// dataSource returns the kind and name of the claim's data source, if any:
+// dataSourceRef, which the API server also fills from dataSource, else
+// dataSource.
+func dataSource(claim *v1.PersistentVolumeClaim) (kind, name string, ok bool) {
+	if ref := claim.Spec.DataSourceRef; ref != nil {
+		return ref.Kind, ref.Name, true
 	}
-	return r
+	if ref := claim.Spec.DataSource; ref != nil {
+		return ref.Kind, ref.Name, true
+	}
+	return "", "", false
+}
+
+// forPopulator tells whether the claim's data comes from a volume populator
+// (a dataSourceRef to anything but a claim or a VolumeSnapshot). The
+// populator provisions a claim of its own (without a data source), fills
+// it, and moves the volume over; this claim is left to it, as
+// external-provisioner leaves it.
+func forPopulator(claim *v1.PersistentVolumeClaim) bool {
+	ref := claim.Spec.DataSourceRef
+	if ref == nil {
+		return false
+	}
+	group := ""
+	if ref.APIGroup != nil {
+		group = *ref.APIGroup
+	}
+	claimSource := group == "" && ref.Kind == "PersistentVolumeClaim"
+	snapshotSource := group == "snapshot.storage.k8s.io" && ref.Kind == "VolumeSnapshot"
+	return !claimSource && !snapshotSource
 }
 
 // parameters are the StorageClass parameters plus the claim and PV names.

@@ -1,6 +1,7 @@
 package provisioner
 
 import (
+	"math"
 	"strings"
 	"testing"
 
@@ -104,6 +105,75 @@ func TestCreateVolumeRequestRefusesBlock(t *testing.T) {
 	_, err := p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim})
 	if err == nil || !strings.Contains(err.Error(), "volumeMode: Filesystem") {
 		t.Fatalf("error %v, want the Block refusal", err)
+	}
+}
+
+// TestCreateVolumeRequestRefuses covers claims no node can serve: each is
+// refused before the driver is called, with a message that names what the
+// claim asked for.
+func TestCreateVolumeRequestRefuses(t *testing.T) {
+	p := &Provisioner{nodeName: "node-a", topologyKey: "topo/node"}
+	snapshotGroup := "snapshot.storage.k8s.io"
+	for _, tc := range []struct {
+		name  string
+		edit  func(*v1.PersistentVolumeClaim)
+		wants []string
+	}{
+		{"2^64 bytes, which Value() wraps to 0", func(c *v1.PersistentVolumeClaim) {
+			c.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("18446744073709551616")
+		}, []string{"storage request 18446744073709551616", "at most 8Ei"}},
+		{"a limit past int64", func(c *v1.PersistentVolumeClaim) {
+			c.Spec.Resources.Limits = v1.ResourceList{v1.ResourceStorage: resource.MustParse("9223372036854775808")}
+		}, []string{"storage limit 9223372036854775808"}},
+		{"a clone", func(c *v1.PersistentVolumeClaim) {
+			c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
+			c.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
+		}, []string{"would start empty", `PersistentVolumeClaim "data-web-0"`}},
+		{"a snapshot restore", func(c *v1.PersistentVolumeClaim) {
+			c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly"}
+		}, []string{`VolumeSnapshot "nightly"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			claim := testClaim("data", "node-a", "1Gi", v1.ReadWriteOnce)
+			tc.edit(claim)
+			_, err := p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim})
+			for _, want := range tc.wants {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("error %v, want one containing %q", err, want)
+				}
+			}
+		})
+	}
+	// The largest size that fits is served, not refused.
+	claim := testClaim("data", "node-a", "1Gi", v1.ReadWriteOnce)
+	claim.Spec.Resources.Requests[v1.ResourceStorage] = *resource.NewQuantity(math.MaxInt64, resource.BinarySI)
+	req, err := p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim})
+	if err != nil || req.CapacityRange.RequiredBytes != math.MaxInt64 {
+		t.Errorf("2^63-1 bytes: %v, %v", req.GetCapacityRange(), err)
+	}
+}
+
+// TestShouldProvisionLeavesPopulatorsAlone: a claim whose dataSourceRef names
+// a volume populator's object is the populator's to fill; claims and
+// snapshots as sources are stickyvol's to refuse.
+func TestShouldProvisionLeavesPopulatorsAlone(t *testing.T) {
+	p := &Provisioner{nodeName: "node-a"}
+	group := func(g string) *string { return &g }
+	for _, tc := range []struct {
+		ref  *v1.TypedObjectReference
+		want bool
+	}{
+		{nil, true},
+		{&v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}, true},
+		{&v1.TypedObjectReference{APIGroup: group("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "s"}, true},
+		{&v1.TypedObjectReference{APIGroup: group("hello.example.com"), Kind: "Hello", Name: "h"}, false},
+		{&v1.TypedObjectReference{Kind: "ConfigMap", Name: "c"}, false},
+	} {
+		claim := testClaim("data", "node-a", "1Gi", v1.ReadWriteOnce)
+		claim.Spec.DataSourceRef = tc.ref
+		if got := p.ShouldProvision(t.Context(), claim); got != tc.want {
+			t.Errorf("dataSourceRef %+v: ShouldProvision %v, want %v", tc.ref, got, tc.want)
+		}
 	}
 }
 
