@@ -13,13 +13,21 @@ TOOLS       := $(CACHE)/tools
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GO_BUILD    := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 
-.PHONY: all build test unit sanity lint fmt golangci-lint bench fuzz clean deploy-check cache image
+.PHONY: all build plugin test unit sanity lint fmt golangci-lint bench fuzz clean deploy-check cache image
 .PHONY: localcluster cluster-up cluster-down cluster-env e2e demo conformance
 
 all: build
 
 build:
 	$(GO_BUILD) -o $(BIN)/stickyvol ./cmd/stickyvol
+
+# The kubectl plugin: kubectl runs kubectl-stickyvol from PATH for
+# `kubectl stickyvol status|version`; it is the same binary under that name.
+PREFIX ?= /usr/local
+
+plugin: build
+	install -d $(PREFIX)/bin
+	install -m 0755 $(BIN)/stickyvol $(PREFIX)/bin/kubectl-stickyvol
 
 # The images stickyvol.local/stickyvol:dev (the agent) and
 # stickyvol.local/demo:dev (busybox and stickyvol-demo, for deploy/examples) as
@@ -63,9 +71,15 @@ cluster-env: localcluster
 E2E_TIMEOUT ?= 60m
 E2E_PKGS    ?= ./e2e/...
 
+# The StatefulSet story runs twice: once on the kustomize overlay (with the
+# other packages), once on the Helm chart (STICKYVOL_E2E_INSTALL=helm), which
+# ends with `helm uninstall` and a check of what it left behind.
+E2E_HELM_PKGS ?= ./e2e/story/
+
 e2e: cache localcluster
 	trap '$(LOCALCLUSTER) down --cache-dir $(CACHE)' EXIT; trap 'exit 130' INT TERM; \
-	go test -tags e2e -count=1 -p 1 -v -timeout $(E2E_TIMEOUT) $(E2E_PKGS)
+	go test -tags e2e -count=1 -p 1 -v -timeout $(E2E_TIMEOUT) $(E2E_PKGS); \
+	STICKYVOL_E2E_INSTALL=helm go test -tags e2e -count=1 -p 1 -v -timeout $(E2E_TIMEOUT) $(E2E_HELM_PKGS)
 
 # The README's first command, as root: brings up the local cluster (the first
 # run builds and caches it), builds and loads the stickyvol and example images,
