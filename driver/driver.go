@@ -110,7 +110,7 @@ func New(cfg Config) (*Driver, error) {
 	if err := checkConfig(cfg); err != nil {
 		return nil, err
 	}
-	s, err := openStore(cfg.Logger, cfg.DataRoot, cfg.Capacity)
+	s, err := openStore(cfg.Logger, cfg.DataRoot, "node "+cfg.NodeID, cfg.Capacity)
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +177,11 @@ func (d *Driver) Allocated() int64 {
 // Volumes returns the records of the node's volumes, sorted by ID.
 func (d *Driver) Volumes() []Volume { return d.store.list() }
 
+// Unavailable returns the volumes this driver does not serve because their
+// record was corrupt, by volume ID, with what to do about it. Every RPC on
+// them fails with FailedPrecondition and that text; their data is kept.
+func (d *Driver) Unavailable() map[string]string { return d.store.unavailableVolumes() }
+
 // Close releases the data root. Call it after Run or Serve returned.
 func (d *Driver) Close() error { return d.store.close() }
 
@@ -216,7 +221,7 @@ func statusFor(err error, msg string) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, errDeleting):
 		code = codes.Aborted
-	case errors.Is(err, errOrphanDir):
+	case errors.Is(err, errOrphanDir), errors.Is(err, errUnavailable):
 		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled

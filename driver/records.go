@@ -2,12 +2,14 @@ package driver
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	"k8s.io/klog/v2"
 )
@@ -35,14 +37,50 @@ func (s *store) load(logger klog.Logger) error {
 		case isRecord && e.Type().IsRegular() && validateVolumeID(id, "record name") == nil:
 			v, err := s.readRecord(id)
 			if err != nil {
-				return err
+				if err := s.setAside(logger, id, err); err != nil {
+					return err
+				}
+				continue
 			}
 			s.volumes[id] = v
 			s.allocated += v.CapacityBytes
+		case isSetAside(name):
+			// Set aside at an earlier start and not restored: still
+			// unavailable (unless a restored record is also there).
+			id := name[:strings.Index(name, recordExt+corruptSuffix)]
+			if _, err := s.root.Stat(recordName(id)); errors.Is(err, fs.ErrNotExist) && validateVolumeID(id, "record name") == nil {
+				s.unavailable[id] = fmt.Sprintf("its record was corrupt and is set aside as %s; restore a good record there as %s and restart",
+					path.Join(s.rootPath, metaDir, name), path.Join(s.rootPath, recordName(id)))
+			}
 		default:
 			logger.Info("Ignoring an unexpected file among the volume records", "file", path.Join(s.rootPath, metaDir, name))
 		}
 	}
+	return nil
+}
+
+// corruptSuffix, with a time, follows the name of a record set aside.
+const corruptSuffix = ".corrupt-"
+
+func isSetAside(name string) bool { return strings.Contains(name, recordExt+corruptSuffix) }
+
+// setAside renames a record that cannot be read to <id>.json.corrupt-<time>
+// and marks its volume unavailable: one bad record must not stop the agent
+// from serving every other volume of the node, and the volume's directory
+// and the bad record are both kept for a person to look at.
+func (s *store) setAside(logger klog.Logger, id string, readErr error) error {
+	aside := recordName(id) + corruptSuffix + time.Now().UTC().Format("20060102T150405Z")
+	if err := s.root.Rename(recordName(id), aside); err != nil {
+		return fmt.Errorf("setting aside the unreadable record of volume %s: %w (and: %w)", id, err, readErr)
+	}
+	if err := s.syncDir(metaDir); err != nil {
+		return err
+	}
+	reason := fmt.Sprintf("its record was corrupt (%v) and is set aside as %s; restore a good record there as %s and restart",
+		readErr, path.Join(s.rootPath, aside), path.Join(s.rootPath, recordName(id)))
+	s.unavailable[id] = reason
+	logger.Error(readErr, "Set aside a corrupt volume record; that volume is unavailable, the others are served",
+		"volumeID", id, "setAside", path.Join(s.rootPath, aside))
 	return nil
 }
 

@@ -82,6 +82,7 @@ func TestSocketReplacement(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.Endpoint = file
+	other.DataRoot = filepath.Join(ts.dir, "other2") // the first is d's
 	d2, err := New(other)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -70,6 +71,7 @@ var (
 	errNoSpace      = errors.New("not enough capacity on this node")
 	errDeleting     = errors.New("volume is being deleted")
 	errOrphanDir    = errors.New("volume directory exists without a record")
+	errUnavailable  = errors.New("volume is unavailable")
 )
 
 // Volume is the record of one volume, as stored in meta/<id>.json.
@@ -127,6 +129,8 @@ type volumeSpec struct {
 type store struct {
 	root     *os.Root
 	rootPath string
+	// lock is the open lock file of the data root (lockDataRoot).
+	lock *os.File
 	// afterStep, when set (by tests), runs after each durable step of
 	// create and delete, named "create:intent", "create:mkdir",
 	// "create:commit", "delete:intent", "delete:rmdir", "delete:record".
@@ -136,13 +140,18 @@ type store struct {
 	volumes   map[string]*Volume
 	capacity  int64
 	allocated int64
+	// unavailable holds volumes whose record was set aside as corrupt
+	// (setAside), by ID, with the reason. Their directories are kept;
+	// nothing is done to them until the record is restored.
+	unavailable map[string]string
 }
 
-// openStore opens (creating if needed) the data root, reloads the records,
-// finishes or rolls back interrupted work and sets the capacity: capacity
-// when positive, else the free space of the data root's file system plus
-// what existing volumes already hold (see Config.Capacity).
-func openStore(logger klog.Logger, rootPath string, capacity int64) (*store, error) {
+// openStore opens (creating if needed) the data root, takes its lock (see
+// lockDataRoot; holder says who takes it), reloads the records, finishes or
+// rolls back interrupted work and sets the capacity: capacity when
+// positive, else the free space of the data root's file system plus what
+// existing volumes already hold (see Config.Capacity).
+func openStore(logger klog.Logger, rootPath, holder string, capacity int64) (*store, error) {
 	if err := os.MkdirAll(rootPath, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data root: %w", err)
 	}
@@ -150,9 +159,14 @@ func openStore(logger klog.Logger, rootPath string, capacity int64) (*store, err
 	if err != nil {
 		return nil, fmt.Errorf("opening data root: %w", err)
 	}
-	s := &store{root: root, rootPath: rootPath, volumes: map[string]*Volume{}}
-	if err := s.init(logger, capacity); err != nil {
+	lock, err := lockDataRoot(root, rootPath, holder)
+	if err != nil {
 		_ = root.Close()
+		return nil, err
+	}
+	s := &store{root: root, rootPath: rootPath, lock: lock, volumes: map[string]*Volume{}, unavailable: map[string]string{}}
+	if err := s.init(logger, capacity); err != nil {
+		_ = s.close()
 		return nil, err
 	}
 	return s, nil
@@ -191,6 +205,9 @@ func (s *store) volumePath(id string) string { return path.Join(s.rootPath, volu
 func (s *store) get(id string) (Volume, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if reason, ok := s.unavailable[id]; ok {
+		return Volume{}, fmt.Errorf("%w: %s", errUnavailable, reason)
+	}
 	v, ok := s.volumes[id]
 	if !ok || v.State != stateReady {
 		return Volume{}, errNotFound
@@ -222,6 +239,7 @@ func (s *store) usage() (capacity, allocated int64) {
 // with spec. Errors: errIncompatible, errNoSpace, errDeleting, errOrphanDir.
 func (s *store) create(spec volumeSpec) (Volume, error) {
 	s.mu.Lock()
+	reason, unavailable := s.unavailable[spec.ID]
 	old, exists := s.volumes[spec.ID]
 	var oldVolume Volume
 	if exists {
@@ -229,6 +247,8 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 	}
 	s.mu.Unlock()
 	switch {
+	case unavailable:
+		return Volume{}, fmt.Errorf("%w: %s", errUnavailable, reason)
 	case exists && oldVolume.State == stateReady:
 		return oldVolume, compatible(oldVolume, spec)
 	case exists && oldVolume.State == stateDeleting:
@@ -318,15 +338,21 @@ func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 }
 
 // delete removes a volume's directory and record. An unknown volume is not
-// an error: deleting is idempotent.
+// an error: deleting is idempotent. An unavailable one is refused: its
+// directory holds data whose record is set aside, and only a person who
+// looked at both may decide it goes.
 func (s *store) delete(id string) error {
 	s.mu.Lock()
+	reason, unavailable := s.unavailable[id]
 	v, ok := s.volumes[id]
 	state := ""
 	if ok {
 		state = v.State
 	}
 	s.mu.Unlock()
+	if unavailable {
+		return fmt.Errorf("%w: %s", errUnavailable, reason)
+	}
 	if !ok {
 		return nil
 	}
@@ -422,4 +448,12 @@ func (s *store) check() error {
 	return err
 }
 
-func (s *store) close() error { return s.root.Close() }
+// close releases the data root's lock and closes it.
+func (s *store) close() error { return errors.Join(s.lock.Close(), s.root.Close()) }
+
+// unavailableVolumes returns a copy of the unavailable volumes' reasons.
+func (s *store) unavailableVolumes() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.unavailable)
+}

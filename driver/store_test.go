@@ -106,15 +106,21 @@ func TestCrashConsistency(t *testing.T) {
 		{"create:mkdir", false},
 		{"create:commit", true},
 	} {
-		t.Run(tc.step, func(t *testing.T) {
+		t.Run(tc.step+"/restart", func(t *testing.T) {
 			root := filepath.Join(t.TempDir(), "data")
 			s := openTestStore(t, root)
 			crash(t, s, tc.step, func() { _, _ = s.create(spec) })
-
-			// Restart: a new store on the same data root.
+			// The process is gone, and with it its lock on the data
+			// root; a new store starts on the same data root.
+			_ = s.close()
 			restarted := openTestStore(t, root)
 			wantVolumes(t, restarted, root, tc.created)
+		})
+		t.Run(tc.step+"/retry", func(t *testing.T) {
 			// A retry in the crashed process (no restart) finishes too.
+			root := filepath.Join(t.TempDir(), "data")
+			s := openTestStore(t, root)
+			crash(t, s, tc.step, func() { _, _ = s.create(spec) })
 			s.afterStep = nil
 			if _, err := s.create(spec); err != nil {
 				t.Fatalf("retried create: %v", err)
@@ -123,7 +129,7 @@ func TestCrashConsistency(t *testing.T) {
 		})
 	}
 	for _, step := range []string{"delete:intent", "delete:rmdir", "delete:record"} {
-		t.Run(step, func(t *testing.T) {
+		crashedDelete := func(t *testing.T) (*store, string) {
 			root := filepath.Join(t.TempDir(), "data")
 			s := openTestStore(t, root)
 			if _, err := s.create(spec); err != nil {
@@ -133,9 +139,16 @@ func TestCrashConsistency(t *testing.T) {
 				t.Fatal(err)
 			}
 			crash(t, s, step, func() { _ = s.delete("vol") })
-
+			return s, root
+		}
+		t.Run(step+"/restart", func(t *testing.T) {
+			s, root := crashedDelete(t)
+			_ = s.close()
 			restarted := openTestStore(t, root)
 			wantVolumes(t, restarted, root, false)
+		})
+		t.Run(step+"/retry", func(t *testing.T) {
+			s, root := crashedDelete(t)
 			s.afterStep = nil
 			if err := s.delete("vol"); err != nil {
 				t.Fatalf("retried delete: %v", err)
@@ -175,7 +188,7 @@ func crash(t *testing.T, s *store, step string, op func()) {
 
 func openTestStore(t *testing.T, root string) *store {
 	t.Helper()
-	s, err := openStore(klog.FromContext(testContext(t)), root, 10<<20)
+	s, err := openStore(klog.FromContext(testContext(t)), root, "test", 10<<20)
 	if err != nil {
 		t.Fatalf("openStore: %v", err)
 	}
@@ -237,6 +250,7 @@ func TestStartupChecks(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(orphan, "precious"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	_ = s.close()
 	s = openTestStore(t, root)
 	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("temporary record still there: %v", err)
@@ -252,12 +266,51 @@ func TestStartupChecks(t *testing.T) {
 		t.Errorf("orphan data touched: %v", err)
 	}
 
-	// A corrupt record stops the start with a message naming the file.
+	// A second agent on the same data root is refused, naming the holder.
+	if _, err := openStore(klog.FromContext(testContext(t)), root, "node node-b", 0); !errors.Is(err, errInUse) ||
+		!strings.Contains(err.Error(), "held by test, pid") {
+		t.Errorf("a second store on a data root in use: %v, want errInUse naming the holder", err)
+	}
+	_ = s.close()
+
+	// A corrupt record is set aside, its volume unavailable and its
+	// directory kept; the other volumes are served.
+	if err := os.MkdirAll(filepath.Join(root, volumesDir, "bad"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, volumesDir, "bad", "precious"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(root, metaDir, "bad.json"), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = openStore(klog.FromContext(testContext(t)), root, 0)
-	if err == nil || !strings.Contains(err.Error(), "bad.json is corrupt") {
-		t.Errorf("openStore with a corrupt record: %v", err)
+	for restart := range 2 {
+		s = openTestStore(t, root)
+		if _, err := s.get("vol"); err != nil {
+			t.Errorf("start %d: the good volume is not served: %v", restart, err)
+		}
+		reason := s.unavailableVolumes()["bad"]
+		if !strings.Contains(reason, "bad.json.corrupt-") {
+			t.Errorf("start %d: unavailable %v, want bad naming its set-aside record", restart, s.unavailableVolumes())
+		}
+		if _, err := s.get("bad"); !errors.Is(err, errUnavailable) || !strings.Contains(err.Error(), reason) {
+			t.Errorf("start %d: get: %v", restart, err)
+		}
+		if err := s.delete("bad"); !errors.Is(err, errUnavailable) {
+			t.Errorf("start %d: delete of an unavailable volume: %v, want refused", restart, err)
+		}
+		if _, err := s.create(volumeSpec{ID: "bad", Size: 1, Params: volumeParams{DirectoryMode: 0o777}}); !errors.Is(err, errUnavailable) {
+			t.Errorf("start %d: create over an unavailable volume: %v, want refused", restart, err)
+		}
+		if _, err := os.Stat(filepath.Join(root, volumesDir, "bad", "precious")); err != nil {
+			t.Errorf("start %d: the unavailable volume's data: %v", restart, err)
+		}
+		if code := status.Code(statusFor(errUnavailable, "publishing")); code != codes.FailedPrecondition {
+			t.Errorf("an unavailable volume maps to %s, want FailedPrecondition", code)
+		}
+		_ = s.close()
+	}
+	if records := listDir(t, filepath.Join(root, metaDir)); len(records) != 2 || records[0] == "bad.json" {
+		t.Errorf("records %v, want vol.json and the set-aside bad.json.corrupt-<time>", records)
 	}
 }

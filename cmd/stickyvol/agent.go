@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -11,8 +13,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/driver"
@@ -33,6 +40,7 @@ type agent struct {
 	placement    *duties.Placement    // nil without leader election
 	registration *registration.Server // nil without kubelet
 	leader       duties.LeaderConfig
+	kube         kubernetes.Interface
 }
 
 // newAgent builds the parts; nothing runs yet. The driver reloads its
@@ -55,7 +63,7 @@ func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*
 	if err != nil {
 		return nil, errors.Join(err, d.Close())
 	}
-	a := &agent{opts: o, driver: d, csiConn: conn, identity: csi.NewIdentityClient(conn),
+	a := &agent{opts: o, driver: d, csiConn: conn, identity: csi.NewIdentityClient(conn), kube: kube,
 		informers: informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod)}
 	if err := a.build(ctx, kube); err != nil {
 		return nil, errors.Join(err, conn.Close(), d.Close())
@@ -137,6 +145,7 @@ func (a *agent) runParts(ctx context.Context) error {
 	if err := waitForDriver(ctx, a.identity); err != nil {
 		return err
 	}
+	reportUnavailable(ctx, a.kube, a.driver.Unavailable())
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.controller.Run(ctx) })
 	if a.placement != nil {
@@ -175,4 +184,33 @@ func waitForDriver(ctx context.Context, identity csi.IdentityClient) error {
 		return errors.New("the driver says it is not ready")
 	}
 	return nil
+}
+
+// reportUnavailable puts a Warning event on the PV of each volume the
+// driver does not serve (its record was corrupt and is set aside), so that
+// `kubectl describe pv` says why its pod cannot mount it and what to do. The
+// driver has logged each one already; the metric
+// stickyvol_unavailable_volumes counts them.
+func reportUnavailable(ctx context.Context, kube kubernetes.Interface, unavailable map[string]string) {
+	if len(unavailable) == 0 {
+		return
+	}
+	logger := klog.FromContext(ctx)
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	// Events are sent in the background: the broadcaster lives with ctx.
+	go func() {
+		<-ctx.Done()
+		broadcaster.Shutdown()
+	}()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: driver.Name})
+	for _, id := range slices.Sorted(maps.Keys(unavailable)) {
+		// The volume ID is the PV's name.
+		pv, err := kube.CoreV1().PersistentVolumes().Get(ctx, id, metav1.GetOptions{})
+		if err != nil {
+			logger.Error(err, "No PV to report an unavailable volume on", "volumeID", id)
+			continue
+		}
+		recorder.Eventf(pv, v1.EventTypeWarning, "VolumeUnavailable", "Volume %s on this node is not served: %s", id, unavailable[id])
+	}
 }

@@ -219,3 +219,24 @@ func TestNodeNameDefaultsFromEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// A volume whose record was set aside gets a Warning event on its PV, which
+// is what `kubectl describe pv` shows the user whose pod cannot mount it.
+func TestReportUnavailable(t *testing.T) {
+	kube := fake.NewClientset(&v1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-1"}})
+	reason := "its record was corrupt and is set aside as /var/lib/stickyvol/meta/pvc-1.json.corrupt-1"
+	reportUnavailable(t.Context(), kube, map[string]string{"pvc-1": reason, "pvc-gone": "no PV"})
+	poll(t, "the VolumeUnavailable event", func(ctx context.Context) (bool, error) {
+		events, err := kube.CoreV1().Events("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name == "pvc-1" && e.Type == v1.EventTypeWarning && e.Reason == "VolumeUnavailable" &&
+				strings.Contains(e.Message, reason) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}

@@ -34,6 +34,10 @@ func (a *agent) httpHandler() http.Handler {
 			Name: "stickyvol_volumes",
 			Help: "Volumes on this node.",
 		}, func() float64 { return float64(len(a.driver.Volumes())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stickyvol_unavailable_volumes",
+			Help: "Volumes on this node that are not served because their record was corrupt and is set aside.",
+		}, func() float64 { return float64(len(a.driver.Unavailable())) }),
 	)
 	// The provisioning library's counters and histograms:
 	// controller_persistentvolumeclaim_provision_{total,failed_total,duration_seconds}
