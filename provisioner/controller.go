@@ -92,6 +92,7 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 			o.FieldSelector = fields.OneTermEqualSelector(metav1.ObjectNameField, cfg.Provisioner.NodeName).String()
 		}))
 	cfg.Provisioner.Nodes = node.Core().V1().Nodes().Lister()
+	cfg.Provisioner.Classes = cfg.Informers.Storage().V1().StorageClasses().Lister()
 	p, err := New(cfg.Provisioner)
 	if err != nil {
 		return nil, err

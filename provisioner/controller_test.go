@@ -190,3 +190,55 @@ func TestManyClaims(t *testing.T) {
 	t.Logf("%d claims -> PVs in %v (%.0f claims/s); API writes besides the claims themselves: %v",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), writes)
 }
+
+// TestRefusalsOncePerChange: a claim no retry can serve gets one Warning
+// event per change of the claim, not one per retry. Before refusals were
+// remembered, the library's backoff (1 s doubling) gave 3 events in the
+// first 3.5 s and 5 in the first 30 s, then one every 5 minutes, forever.
+func TestRefusalsOncePerChange(t *testing.T) {
+	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"))
+	nd := startDriver(t, "node-a", 10<<30)
+	startController(fixtures.Context(t, 2), t, client, nd)
+	rwx := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany)
+	fixtures.CreateClaims(t, client, rwx)
+
+	failures := func() int {
+		events, err := client.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name == rwx.Name && e.Reason == "ProvisioningFailed" {
+				n += max(int(e.Count), 1)
+			}
+		}
+		return n
+	}
+	fixtures.WaitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")
+	// Long enough for the retries after 1 s and 2 s that used to repeat it.
+	time.Sleep(3500 * time.Millisecond)
+	if n := failures(); n != 1 {
+		t.Errorf("%d ProvisioningFailed events in 3.5 s, want 1", n)
+	}
+
+	// The user changes the claim (here a label): refused and reported again,
+	// once.
+	c, err := client.CoreV1().PersistentVolumeClaims("default").Get(t.Context(), rwx.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Labels = map[string]string{"edited": "yes"}
+	c.ResourceVersion = "2" // as the API server would; the fake does not
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Update(t.Context(), c, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fixtures.Eventually(t, "a second event after the change", func(context.Context) (bool, error) { return failures() == 2, nil })
+	time.Sleep(3500 * time.Millisecond)
+	if n := failures(); n != 2 {
+		t.Errorf("%d ProvisioningFailed events after one change, want 2", n)
+	}
+	if n := nd.createCalls(); n != 0 {
+		t.Errorf("the driver got %d CreateVolume calls for a refused claim", n)
+	}
+}

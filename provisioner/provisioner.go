@@ -21,9 +21,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/sets"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 )
@@ -71,6 +73,10 @@ type Config struct {
 	// see NewController. A claim whose selected node is gone is sent back to
 	// the scheduler.
 	Nodes corelisters.NodeLister
+	// Classes finds a claim's StorageClass, to tell whether it changed
+	// since the claim was refused (see refusals). NewController fills it;
+	// nil means a class change alone never retries a refused claim.
+	Classes storagelisters.StorageClassLister
 	// Timeout bounds each CSI call; zero means DefaultTimeout.
 	Timeout time.Duration
 }
@@ -83,7 +89,9 @@ type Provisioner struct {
 	topologyKey string
 	csi         csi.ControllerClient
 	nodes       corelisters.NodeLister
+	classes     storagelisters.StorageClassLister
 	timeout     time.Duration
+	refused     *refusals
 }
 
 var (
@@ -115,7 +123,9 @@ func New(cfg Config) (*Provisioner, error) {
 		topologyKey: cfg.TopologyKey,
 		csi:         cfg.ControllerClient,
 		nodes:       cfg.Nodes,
+		classes:     cfg.Classes,
 		timeout:     timeout,
+		refused:     newRefusals(),
 	}, nil
 }
 
@@ -131,9 +141,24 @@ func New(cfg Config) (*Provisioner, error) {
 // Immediate class has none until the placement duty sets one, and until then
 // no instance provisions it.
 //
-// A claim filled by a volume populator is left to the populator.
+// A claim filled by a volume populator is left to the populator, and a
+// claim this node refused is not tried again until it or its class changes
+// (see refusals): the library emits a Normal "Provisioning" event before
+// every Provision, so the repeat is cut off here, before it.
 func (p *Provisioner) ShouldProvision(_ context.Context, claim *v1.PersistentVolumeClaim) bool {
-	return SelectedNode(claim) == p.nodeName && !forPopulator(claim)
+	return SelectedNode(claim) == p.nodeName && !forPopulator(claim) && !p.refused.seen(claim, p.classOf(claim))
+}
+
+// classOf returns the claim's StorageClass as the informer has it, or nil.
+func (p *Provisioner) classOf(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {
+	if p.classes == nil || claim.Spec.StorageClassName == nil {
+		return nil
+	}
+	class, err := p.classes.Get(*claim.Spec.StorageClassName)
+	if err != nil {
+		return nil
+	}
+	return class
 }
 
 // SelectedNode returns the node the claim was scheduled to (or placed on,
@@ -168,6 +193,7 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	req, err := p.createVolumeRequest(opts)
 	if err != nil {
 		// Refused before any call to the driver: no volume, no directory.
+		p.refused.add(opts.PVC, opts.StorageClass)
 		return nil, controller.ProvisioningFinished, err
 	}
 
@@ -176,6 +202,9 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	logger.V(4).Info("Creating volume", "requiredBytes", req.GetCapacityRange().GetRequiredBytes())
 	resp, err := p.csi.CreateVolume(callCtx, req)
 	if err != nil {
+		if finalRefusal(err) {
+			p.refused.add(opts.PVC, opts.StorageClass)
+		}
 		return nil, provisioningState(err), p.explainCreateError(err)
 	}
 	pv, err := p.persistentVolume(opts, req, resp.GetVolume())

@@ -157,7 +157,7 @@ func TestCreateVolumeRequestRefuses(t *testing.T) {
 // a volume populator's object is the populator's to fill; claims and
 // snapshots as sources are stickyvol's to refuse.
 func TestShouldProvisionLeavesPopulatorsAlone(t *testing.T) {
-	p := &Provisioner{nodeName: "node-a"}
+	p := &Provisioner{nodeName: "node-a", refused: newRefusals()}
 	group := func(g string) *string { return &g }
 	for _, tc := range []struct {
 		ref  *v1.TypedObjectReference
