@@ -22,7 +22,8 @@ func grants(group, resource string, verbs ...string) []grant {
 // What `stickyvol node` does with the API (see deploy/base/rbac.yaml).
 var (
 	clusterNeeds = slices.Concat(
-		grants("", "persistentvolumeclaims", "get", "list", "watch", "update", "patch"),
+		grants("", "persistentvolumeclaims", "get", "list", "watch", "update", "patch", "delete"),
+		grants("", "pods", "list", "delete"),
 		grants("", "persistentvolumes", "get", "list", "watch", "create", "delete", "update", "patch"),
 		grants("storage.k8s.io", "storageclasses", "get", "list", "watch"),
 		grants("", "nodes", "get", "list", "watch"),

@@ -111,26 +111,10 @@ func NewPlacement(cfg PlacementConfig) (*Placement, error) {
 		csiNodes:   f.Storage().V1().CSINodes().Lister(),
 		capacities: cf.Storage().V1().CSIStorageCapacities().Lister(),
 	}
-	driver, key := cfg.DriverName, cfg.TopologyKey
-	if err := addIndex(p.informers.volumes, func(obj any) ([]string, error) {
-		pv, ok := obj.(*v1.PersistentVolume)
-		if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver {
-			return nil, nil
-		}
-		return provisioner.NodesOf(pv, key).UnsortedList(), nil
-	}); err != nil {
+	if err := addIndex(p.informers.volumes, volumesByNode(cfg.DriverName, cfg.TopologyKey)); err != nil {
 		return nil, err
 	}
-	if err := addIndex(p.informers.claims, func(obj any) ([]string, error) {
-		claim, ok := obj.(*v1.PersistentVolumeClaim)
-		if !ok || claim.Spec.VolumeName != "" || claim.Annotations[annStorageProvisioner] != driver {
-			return nil, nil
-		}
-		if node := provisioner.SelectedNode(claim); node != "" {
-			return []string{node}, nil
-		}
-		return nil, nil
-	}); err != nil {
+	if err := addIndex(p.informers.claims, pendingClaimsByNode(cfg.DriverName)); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -191,7 +175,34 @@ func (p *Placement) Run(ctx context.Context) error {
 	return nil
 }
 
-// addIndex adds the node index unless an earlier term already did.
+// volumesByNode indexes the driver's PVs by the node their affinity names.
+func volumesByNode(driver, topologyKey string) cache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		pv, ok := obj.(*v1.PersistentVolume)
+		if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver {
+			return nil, nil
+		}
+		return provisioner.NodesOf(pv, topologyKey).UnsortedList(), nil
+	}
+}
+
+// pendingClaimsByNode indexes the driver's claims that have no PV yet by
+// their selected node.
+func pendingClaimsByNode(driver string) cache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		claim, ok := obj.(*v1.PersistentVolumeClaim)
+		if !ok || claim.Spec.VolumeName != "" || claim.Annotations[annStorageProvisioner] != driver {
+			return nil, nil
+		}
+		if node := provisioner.SelectedNode(claim); node != "" {
+			return []string{node}, nil
+		}
+		return nil, nil
+	}
+}
+
+// addIndex adds the node index unless an earlier term, or the other duty on
+// the same informer, already did.
 func addIndex(inf cache.SharedIndexInformer, fn cache.IndexFunc) error {
 	if _, ok := inf.GetIndexer().GetIndexers()[nodeIndex]; ok {
 		return nil

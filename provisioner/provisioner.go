@@ -51,6 +51,18 @@ const (
 	ParamPVName       = "csi.storage.k8s.io/pv/name"
 )
 
+// ParamNodeLossPolicy is the StorageClass parameter that says what the
+// node-loss duty (package duties) does with a Bound claim whose node is
+// deleted: "Keep" (the default) or "Recreate". It is the provisioner's and
+// the duty's, not the driver's: checked here and not sent in CreateVolume.
+const ParamNodeLossPolicy = "nodeLossPolicy"
+
+// Values of ParamNodeLossPolicy.
+const (
+	NodeLossKeep     = "Keep"
+	NodeLossRecreate = "Recreate"
+)
+
 // DefaultTimeout bounds one CreateVolume or DeleteVolume call when
 // Config.Timeout is zero. The driver makes a directory and writes a small
 // record, so a call that takes longer is stuck, and its DeadlineExceeded

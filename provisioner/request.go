@@ -28,6 +28,8 @@ const (
 	refuseDataSource = "stickyvol cannot fill a new volume from a data source yet (no clones, no snapshot " +
 		"restores): the volume would start empty. Remove dataSource and dataSourceRef from the claim " +
 		"to get an empty volume; source: %s %q"
+	// refuseNodeLossPolicy is followed by the value given.
+	refuseNodeLossPolicy = "StorageClass parameter " + ParamNodeLossPolicy + "=%q: want Keep (the default) or Recreate"
 	// refuseSize is followed by the request or limit as written.
 	refuseSize = "the claim's storage %s %s is more bytes than a volume can have (at most 8Ei, 2^63-1 bytes); ask for less"
 )
@@ -48,6 +50,11 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 	}
 	if kind, name, ok := dataSource(claim); ok {
 		return nil, fmt.Errorf(refuseDataSource, kind, name)
+	}
+	if opts.StorageClass != nil {
+		if policy, ok := opts.StorageClass.Parameters[ParamNodeLossPolicy]; ok && policy != NodeLossKeep && policy != NodeLossRecreate {
+			return nil, fmt.Errorf(refuseNodeLossPolicy, policy)
+		}
 	}
 	caps, err := volumeCapabilities(claim.Spec.AccessModes, mountFlags)
 	if err != nil {
@@ -178,6 +185,7 @@ func (p *Provisioner) parameters(opts controller.ProvisionOptions) map[string]st
 	if opts.StorageClass != nil {
 		maps.Copy(params, opts.StorageClass.Parameters)
 	}
+	delete(params, ParamNodeLossPolicy)
 	params[ParamPVCName] = opts.PVC.Name
 	params[ParamPVCNamespace] = opts.PVC.Namespace
 	params[ParamPVName] = opts.PVName

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -38,6 +39,7 @@ type agent struct {
 	capacities   informers.SharedInformerFactory // nil without leader election
 	controller   *provisioner.Controller
 	placement    *duties.Placement    // nil without leader election
+	nodeLoss     *duties.NodeLoss     // nil without leader election
 	registration *registration.Server // nil without kubelet
 	leader       duties.LeaderConfig
 	kube         kubernetes.Interface
@@ -99,6 +101,12 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 		if err != nil {
 			return err
 		}
+		a.nodeLoss, err = duties.NewNodeLoss(duties.NodeLossConfig{
+			DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube, Informers: a.informers,
+		})
+		if err != nil {
+			return err
+		}
 		a.leader = duties.LeaderConfig{Client: kube, Namespace: o.leaderElectionNamespace,
 			Name: driver.Name, Identity: o.nodeName}
 	}
@@ -152,11 +160,7 @@ func (a *agent) runParts(ctx context.Context) error {
 		a.capacities.StartWithContext(ctx)
 		a.informers.StartWithContext(ctx)
 		g.Go(func() error {
-			return duties.RunLeaderElected(ctx, a.leader, func(ctx context.Context) {
-				if err := a.placement.Run(ctx); err != nil {
-					klog.FromContext(ctx).Error(err, "Placement stopped")
-				}
-			})
+			return duties.RunLeaderElected(ctx, a.leader, a.runDuties)
 		})
 	}
 	if a.registration != nil {
@@ -213,4 +217,21 @@ func reportUnavailable(ctx context.Context, kube kubernetes.Interface, unavailab
 		}
 		recorder.Eventf(pv, v1.EventTypeWarning, "VolumeUnavailable", "Volume %s on this node is not served: %s", id, unavailable[id])
 	}
+}
+
+// runDuties runs the cluster duties while this agent holds the Lease, and
+// returns once all have stopped (see RunLeaderElected).
+func (a *agent) runDuties(ctx context.Context) {
+	var wg sync.WaitGroup
+	for name, run := range map[string]func(context.Context) error{
+		"placement": a.placement.Run,
+		"node loss": a.nodeLoss.Run,
+	} {
+		wg.Go(func() {
+			if err := run(ctx); err != nil {
+				klog.FromContext(ctx).Error(err, "Cluster duty stopped", "duty", name)
+			}
+		})
+	}
+	wg.Wait()
 }
