@@ -17,8 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
@@ -110,22 +108,15 @@ func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
 func (n *NodeLoss) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("nodeloss")
 	ctx = klog.NewContext(ctx, logger)
-	if err := n.factory.WaitForCacheSyncWithContext(ctx).AsError(); err != nil {
-		if ctx.Err() != nil {
+	if err := waitForCaches(ctx, "node loss", n.factory); err != nil {
+		if errors.Is(err, errStopped) {
 			return nil
 		}
-		return fmt.Errorf("node loss: waiting for informers: %w", err)
+		return err
 	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: n.client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	w := &nodeLossWork{
-		NodeLoss: n,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "nodeloss"}),
-		recorder: broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "stickyvol-nodeloss"}),
-	}
+	recorder, stopRecorder := newRecorder(ctx, n.client, "stickyvol-nodeloss")
+	defer stopRecorder()
+	w := &nodeLossWork{NodeLoss: n, queue: newQueue("nodeloss"), recorder: recorder}
 	defer w.queue.ShutDown()
 	reg, err := n.nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		DeleteFunc: func(obj any) {
@@ -149,7 +140,7 @@ func (n *NodeLoss) Run(ctx context.Context) error {
 	defer func() { _ = n.pvInf.RemoveEventHandler(pvReg) }()
 
 	var workers sync.WaitGroup
-	workers.Go(func() { wait.UntilWithContext(ctx, w.work, time.Second) })
+	workers.Go(func() { process(ctx, w.queue, w.sync) })
 	workers.Go(func() { wait.UntilWithContext(ctx, w.rescan, rescanPeriod) })
 	<-ctx.Done()
 	w.queue.ShutDown()
@@ -193,29 +184,6 @@ func (w *nodeLossWork) rescan(context.Context) {
 		}
 	}
 }
-
-func (w *nodeLossWork) work(ctx context.Context) {
-	for {
-		node, shutdown := w.queue.Get()
-		if shutdown {
-			return
-		}
-		switch err := w.sync(ctx, node); {
-		case errors.Is(err, errWaiting):
-			w.queue.AddRateLimited(node)
-		case err != nil:
-			klog.FromContext(ctx).Error(err, "Handling a gone node failed, will retry", "node", node)
-			w.queue.AddRateLimited(node)
-		default:
-			w.queue.Forget(node)
-		}
-		w.queue.Done(node)
-	}
-}
-
-// errWaiting says a gone node still has work that waits for something else
-// (a pod to become Pending, a claim to be released).
-var errWaiting = errors.New("waiting")
 
 // sync handles what a gone node left behind. It returns errWaiting while
 // something is left that a later pass will handle.

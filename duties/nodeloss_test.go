@@ -48,23 +48,13 @@ func pendingPod(name string, claim *v1.PersistentVolumeClaim) *v1.Pod {
 
 func startNodeLoss(t *testing.T, client *fake.Clientset) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(fixtures.Context(t, 2))
 	factory := informers.NewSharedInformerFactory(client, 0)
 	n, err := duties.NewNodeLoss(duties.NodeLossConfig{DriverName: driver.Name, TopologyKey: driver.TopologyKey,
 		Client: client, Informers: factory})
 	if err != nil {
 		t.Fatal(err)
 	}
-	factory.StartWithContext(ctx)
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("node loss Run: %v", err)
-		}
-		factory.Shutdown()
-	})
+	runDuty(t, n.Run, factory)
 }
 
 func hasEvent(ctx context.Context, client *fake.Clientset, kind, name, reason string) bool {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -15,11 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
@@ -135,26 +131,20 @@ type term struct {
 func (p *Placement) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("placement")
 	ctx = klog.NewContext(ctx, logger)
-	for _, f := range p.factories {
-		if err := f.WaitForCacheSyncWithContext(ctx).AsError(); err != nil {
-			if ctx.Err() != nil {
-				return nil // stopped before it started: not an error
-			}
-			return fmt.Errorf("placement: waiting for informers: %w", err)
+	if err := waitForCaches(ctx, "placement", p.factories...); err != nil {
+		if errors.Is(err, errStopped) {
+			return nil
 		}
+		return err
 	}
-
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
+	recorder, stopRecorder := newRecorder(ctx, p.client, "stickyvol-placement")
+	defer stopRecorder()
 	tm := &term{
 		Placement: p,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "placement"}),
-		recorder: broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "stickyvol-placement"}),
-		assumed:  map[string]string{},
-		refused:  map[string]sets.Set[string]{},
+		queue:     newQueue("placement"),
+		recorder:  recorder,
+		assumed:   map[string]string{},
+		refused:   map[string]sets.Set[string]{},
 	}
 	defer tm.queue.ShutDown()
 	regs, err := tm.addHandlers(logger)
@@ -167,7 +157,7 @@ func (p *Placement) Run(ctx context.Context) error {
 	var worker sync.WaitGroup
 	// One worker: placements are decided one after another against the
 	// counts the previous ones left, which is what spreads a burst.
-	worker.Go(func() { wait.UntilWithContext(ctx, tm.work, time.Second) })
+	worker.Go(func() { process(ctx, tm.queue, tm.sync) })
 	<-ctx.Done()
 	tm.queue.ShutDown()
 	worker.Wait()
@@ -211,23 +201,6 @@ func addIndex(inf cache.SharedIndexInformer, fn cache.IndexFunc) error {
 		return fmt.Errorf("placement: adding index: %w", err)
 	}
 	return nil
-}
-
-// work processes claims until the queue shuts down.
-func (tm *term) work(ctx context.Context) {
-	for {
-		key, shutdown := tm.queue.Get()
-		if shutdown {
-			return
-		}
-		if err := tm.sync(ctx, key); err != nil {
-			klog.FromContext(ctx).V(2).Info("Placement failed, will retry", "pvc", key, "err", err)
-			tm.queue.AddRateLimited(key)
-		} else {
-			tm.queue.Forget(key)
-		}
-		tm.queue.Done(key)
-	}
 }
 
 // sync places one claim if it still needs a node.

@@ -39,7 +39,6 @@ func immediateClaim(name, size string) *v1.PersistentVolumeClaim {
 // does.
 func startPlacement(t *testing.T, client *fake.Clientset) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(fixtures.Context(t, 2))
 	cluster := informers.NewSharedInformerFactory(client, 0)
 	capacities := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(stickyvolNamespace))
 	p, err := duties.NewPlacement(duties.PlacementConfig{DriverName: driver.Name,
@@ -47,17 +46,27 @@ func startPlacement(t *testing.T, client *fake.Clientset) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cluster.StartWithContext(ctx)
-	capacities.StartWithContext(ctx)
+	runDuty(t, p.Run, cluster, capacities)
+}
+
+// runDuty starts the factories and runs a duty until the test ends, and
+// fails the test if the duty returns an error.
+func runDuty(t *testing.T, run func(context.Context) error, factories ...informers.SharedInformerFactory) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(fixtures.Context(t, 2))
+	for _, f := range factories {
+		f.StartWithContext(ctx)
+	}
 	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	go func() { done <- run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("placement Run: %v", err)
+			t.Errorf("duty Run: %v", err)
 		}
-		cluster.Shutdown()
-		capacities.Shutdown()
+		for _, f := range factories {
+			f.Shutdown()
+		}
 	})
 }
 
