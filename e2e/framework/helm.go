@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
@@ -111,7 +113,9 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 	if err != nil {
 		return nil, fmt.Errorf("waiting for the volumes of the deleted claims to go before uninstalling: %w", err)
 	}
-	if _, err := f.Helm(ctx, helm, "uninstall", HelmRelease, "--namespace", Namespace, "--wait"); err != nil {
+	// Foreground: helm waits until the DaemonSet's pods are gone too,
+	// not only the DaemonSet object.
+	if _, err := f.Helm(ctx, helm, "uninstall", HelmRelease, "--namespace", Namespace, "--wait", "--cascade", "foreground"); err != nil {
 		return nil, err
 	}
 	var left []string
@@ -146,12 +150,19 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 	if err != nil {
 		left = append(left, "the driver on a node's CSINode: "+err.Error())
 	}
-	pods, err := f.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: AgentPodLabel})
+	// An agent stops within its pod's grace period (10 s).
+	podCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	sel, err := labels.Parse(AgentPodLabel)
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range pods.Items {
-		left = append(left, "pod "+klogName(p.Namespace, p.Name))
+	pods, err := WaitFor(podCtx, f.Pods(Namespace, sel), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) { return len(pods) == 0, nil })
+	if err != nil {
+		for _, p := range pods {
+			left = append(left, "pod "+klogName(p.Namespace, p.Name))
+		}
+		left = append(left, "agent pods still there after a minute: "+err.Error())
 	}
 	return left, nil
 }
