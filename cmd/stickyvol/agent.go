@@ -38,8 +38,9 @@ type agent struct {
 	informers    informers.SharedInformerFactory
 	capacities   informers.SharedInformerFactory // nil without leader election
 	controller   *provisioner.Controller
-	placement    *duties.Placement    // nil without leader election
-	nodeLoss     *duties.NodeLoss     // nil without leader election
+	placement    *duties.Placement // nil without leader election
+	nodeLoss     *duties.NodeLoss  // nil without leader election
+	reconciler   *provisioner.Reconciler
 	registration *registration.Server // nil without kubelet
 	leader       duties.LeaderConfig
 	kube         kubernetes.Interface
@@ -91,6 +92,14 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 		return err
 	}
 	a.controller = ctrl
+	a.reconciler, err = provisioner.NewReconciler(provisioner.ReconcilerConfig{
+		NodeName: o.nodeName, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
+		ControllerClient: csi.NewControllerClient(a.csiConn), Client: kube, Informers: a.informers,
+		Period: o.reconcilePeriod, DeleteOrphansAfter: o.deleteOrphansAfter,
+	})
+	if err != nil {
+		return err
+	}
 	if o.leaderElection {
 		a.capacities = informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
 			informers.WithNamespace(o.leaderElectionNamespace))
@@ -156,6 +165,7 @@ func (a *agent) runParts(ctx context.Context) error {
 	reportUnavailable(ctx, a.kube, a.driver.Unavailable())
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.controller.Run(ctx) })
+	g.Go(func() error { return a.reconciler.Run(ctx) })
 	if a.placement != nil {
 		a.capacities.StartWithContext(ctx)
 		a.informers.StartWithContext(ctx)

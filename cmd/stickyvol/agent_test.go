@@ -70,6 +70,7 @@ func TestNodeAgent(t *testing.T) {
 		nodeName: "node-a", kubeletRoot: filepath.Join(root, "kubelet"), dataRoot: filepath.Join(root, "data"),
 		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
 		metricsAddress: freeAddress(t), registerWithKubelet: true, leaderElection: true, leaderElectionNamespace: "stickyvol",
+		reconcilePeriod: time.Minute,
 	}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
@@ -147,6 +148,9 @@ func TestNodeAgent(t *testing.T) {
 		"stickyvol_capacity_bytes 1.073741824e+09",
 		"stickyvol_allocated_bytes 2.68435456e+08",
 		"stickyvol_volumes 1",
+		"stickyvol_unavailable_volumes 0",
+		"stickyvol_orphan_volumes 0",
+		"stickyvol_missing_volumes 0",
 		`controller_persistentvolumeclaim_provision_total{class="stickyvol",source=""} 1`,
 		"go_goroutines",
 	} {
@@ -178,7 +182,8 @@ func TestNodeAgent(t *testing.T) {
 func TestNodeOptionsValidate(t *testing.T) {
 	valid := func() *nodeOptions {
 		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", qps: 1, burst: 1, threadiness: 1,
-			operationTimeout: time.Second, leaderElection: true, leaderElectionNamespace: "stickyvol"}
+			operationTimeout: time.Second, leaderElection: true, leaderElectionNamespace: "stickyvol",
+			reconcilePeriod: time.Minute}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -192,6 +197,8 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"zero capacity", func(o *nodeOptions) { o.capacity = "0" }, "--capacity"},
 		{"zero qps", func(o *nodeOptions) { o.qps = 0 }, "must be positive"},
 		{"no lease namespace", func(o *nodeOptions) { o.leaderElectionNamespace = "" }, "--leader-election-namespace"},
+		{"orphans deleted before they are orphans", func(o *nodeOptions) { o.deleteOrphansAfter = time.Minute }, "--delete-orphans-after"},
+		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
 	} {
 		o := valid()
 		tc.change(o)

@@ -34,6 +34,8 @@ type nodeOptions struct {
 	registerWithKubelet     bool
 	leaderElection          bool
 	leaderElectionNamespace string
+	reconcilePeriod         time.Duration
+	deleteOrphansAfter      time.Duration
 }
 
 func newNodeCommand(env environment) *cobra.Command {
@@ -74,6 +76,8 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
 	f.BoolVar(&o.leaderElection, "leader-election", true, "Take part in the Lease election for cluster duties (choosing nodes for claims of Immediate-binding classes). Off: this process never does them.")
 	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", defaultNamespace, "Namespace of the Lease and of the CSIStorageCapacity objects; defaults to $POD_NAMESPACE when set.")
+	f.DurationVar(&o.reconcilePeriod, "reconcile-period", provisioner.DefaultReconcilePeriod, "How often this node's volumes are compared with the PVs that name it (orphans, missing volumes).")
+	f.DurationVar(&o.deleteOrphansAfter, "delete-orphans-after", 0, "Delete a volume that no PV names and no claim waits for once it has been so for this long (at least 10m). 0: never; orphans are only counted and logged.")
 	return cmd
 }
 
@@ -92,6 +96,12 @@ func (o *nodeOptions) validate() error {
 	}
 	if o.qps <= 0 || o.burst <= 0 || o.threadiness <= 0 || o.operationTimeout <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps, --kube-api-burst, --threadiness and --operation-timeout must be positive"))
+	}
+	if o.reconcilePeriod <= 0 {
+		errs = append(errs, errors.New("--reconcile-period must be positive"))
+	}
+	if o.deleteOrphansAfter != 0 && o.deleteOrphansAfter < provisioner.DefaultOrphanGrace {
+		errs = append(errs, fmt.Errorf("--delete-orphans-after must be 0 or at least %s: a volume is an orphan only after that", provisioner.DefaultOrphanGrace))
 	}
 	if o.leaderElection && o.leaderElectionNamespace == "" {
 		errs = append(errs, errors.New("--leader-election-namespace is required with --leader-election"))

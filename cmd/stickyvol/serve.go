@@ -43,6 +43,7 @@ func (a *agent) httpHandler() http.Handler {
 	// controller_persistentvolumeclaim_provision_{total,failed_total,duration_seconds}
 	// and controller_persistentvolume_delete_{total,failed_total,duration_seconds}.
 	reg.MustRegister(a.controller.Collectors()...)
+	reg.MustRegister(a.reconciler.Collectors()...)
 
 	driverCheck := healthCheck{"driver", func(ctx context.Context) error { return probe(ctx, a.identity) }}
 	live := []healthCheck{driverCheck}

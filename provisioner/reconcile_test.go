@@ -1,0 +1,98 @@
+package provisioner_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/internal/fixtures"
+	"github.com/stickyvol/stickyvol/provisioner"
+)
+
+// pvNamed is a PV of the driver for volume id on node.
+func pvNamed(id, node string) *v1.PersistentVolume {
+	return &v1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: id},
+		Spec: v1.PersistentVolumeSpec{
+			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: driver.Name, VolumeHandle: id}},
+			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
+				MatchExpressions: []v1.NodeSelectorRequirement{{Key: driver.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}}},
+		},
+	}
+}
+
+// TestReconcile: on node-a the driver has a volume with a PV, one a Pending
+// claim waits for, and one with neither (the agent stopped before saving
+// the PV and the claim was deleted); a PV names node-a's volume that the
+// driver does not have.
+func TestReconcile(t *testing.T) {
+	nd := startDriver(t, "node-a", 10<<30)
+	for _, id := range []string{"pvc-kept", "pvc-uid-waiting", "pvc-leaked"} {
+		if _, err := nd.controller.CreateVolume(t.Context(), &csi.CreateVolumeRequest{Name: id,
+			VolumeCapabilities: []*csi.VolumeCapability{{
+				AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+				AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waiting := fixtures.Claim("waiting", "node-a", "1Gi", v1.ReadWriteOnce)
+	waiting.UID = types.UID("uid-waiting")
+	client := fake.NewClientset(pvNamed("pvc-kept", "node-a"), pvNamed("pvc-wiped", "node-a"), pvNamed("pvc-elsewhere", "node-b"), waiting)
+	factory := informers.NewSharedInformerFactory(client, 0)
+	const grace = 10 * time.Minute
+	r, err := provisioner.NewReconciler(provisioner.ReconcilerConfig{NodeName: "node-a", DriverName: driver.Name,
+		TopologyKey: driver.TopologyKey, ControllerClient: nd.controller, Client: client, Informers: factory,
+		Grace: grace, DeleteOrphansAfter: 2 * grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := fixtures.Context(t, 2)
+	factory.StartWithContext(ctx)
+	factory.WaitForCacheSync(ctx.Done())
+	recorder := record.NewFakeRecorder(10)
+
+	start := time.Now()
+	check := func(at time.Duration, wantOrphans, wantMissing []string) {
+		t.Helper()
+		if err := r.Check(ctx, recorder, start.Add(at)); err != nil {
+			t.Fatal(err)
+		}
+		orphans, missing := r.Findings()
+		if !slices.Equal(orphans, wantOrphans) || !slices.Equal(missing, wantMissing) {
+			t.Errorf("after %s: orphans %v, missing %v; want %v, %v", at, orphans, missing, wantOrphans, wantMissing)
+		}
+	}
+	// First sight: a suspect, not yet an orphan.
+	check(0, nil, []string{"pvc-wiped"})
+	check(grace, []string{"pvc-leaked"}, []string{"pvc-wiped"})
+	if got := len(recorder.Events); got != 1 {
+		t.Errorf("%d events, want one VolumeMissing for pvc-wiped however often it is checked", got)
+	} else if e := <-recorder.Events; !strings.HasPrefix(e, "Warning VolumeMissing The stickyvol driver on node node-a has no volume pvc-wiped") {
+		t.Errorf("event %q", e)
+	}
+	if dirs := nd.volumeDirs(t); !slices.Contains(dirs, "pvc-leaked") {
+		t.Errorf("the orphan was deleted before --delete-orphans-after: %v", dirs)
+	}
+	// After DeleteOrphansAfter the orphan goes; the others stay.
+	check(2*grace, nil, []string{"pvc-wiped"})
+	if dirs := nd.volumeDirs(t); !slices.Equal(dirs, []string{"pvc-kept", "pvc-uid-waiting"}) {
+		t.Errorf("volume directories %v, want the orphan gone and the others kept", dirs)
+	}
+
+	if _, err := provisioner.NewReconciler(provisioner.ReconcilerConfig{NodeName: "node-a", DriverName: driver.Name,
+		TopologyKey: driver.TopologyKey, ControllerClient: nd.controller, Client: client, Informers: factory,
+		Grace: grace, DeleteOrphansAfter: time.Minute}); err == nil {
+		t.Error("deleting orphans sooner than the grace period was accepted")
+	}
+}
