@@ -157,6 +157,9 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},
+		// Carried in the PV's volumeAttributes back to NodePublishVolume,
+		// which refuses a volume made on another data root.
+		VolumeContext: map[string]string{VolumeContextDataRoot: s.store.identity},
 	}
 }
 

@@ -92,6 +92,12 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, err
 	}
 	defer unlock()
+	if made := req.GetVolumeContext()[VolumeContextDataRoot]; made != "" && made != s.store.identity {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s was made on data root %s, but this node's data root %s is %s: the disk or the data root was "+
+				"replaced or wiped, and this volume's data is not here. If it is gone for good, delete the claim",
+			id, made, s.store.rootPath, s.store.identity)
+	}
 	v, err := s.store.get(id)
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)

@@ -131,6 +131,8 @@ type store struct {
 	rootPath string
 	// lock is the open lock file of the data root (lockDataRoot).
 	lock *os.File
+	// identity names the data root (loadIdentity).
+	identity string
 	// afterStep, when set (by tests), runs after each durable step of
 	// create and delete, named "create:intent", "create:mkdir",
 	// "create:commit", "delete:intent", "delete:rmdir", "delete:record".
@@ -178,6 +180,11 @@ func (s *store) init(logger klog.Logger, capacity int64) error {
 			return fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
+	identity, err := s.loadIdentity()
+	if err != nil {
+		return err
+	}
+	s.identity = identity
 	if err := s.load(logger); err != nil {
 		return err
 	}
