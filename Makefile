@@ -128,12 +128,15 @@ fmt:
 # and cached by version. Its analysis cache lives in $(CACHE) too.
 GOLANGCI_LINT_VERSION := v2.15.0
 LOGTOOLS_VERSION      := v0.11.0
-GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)-logcheck-$(LOGTOOLS_VERSION)
+# The binary's name carries a hash of the build script, not a dependency on
+# its mtime: a fresh clone (every CI run) has a new mtime and would rebuild it.
+GOLANGCI_LINT_SCRIPT := $(shell sha256sum hack/golangci-lint.sh | cut -c1-12)
+GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)-logcheck-$(LOGTOOLS_VERSION)-$(GOLANGCI_LINT_SCRIPT)
 
 golangci-lint: $(GOLANGCI_LINT)
 	GOLANGCI_LINT_CACHE=$(CACHE)/golangci-lint $(GOLANGCI_LINT) run ./...
 
-$(GOLANGCI_LINT): hack/golangci-lint.sh
+$(GOLANGCI_LINT):
 	bash hack/golangci-lint.sh $(GOLANGCI_LINT_VERSION) $(LOGTOOLS_VERSION) $@
 
 # Renders deploy/base and the overlays as `kubectl apply -k` does, decodes every
