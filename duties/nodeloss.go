@@ -325,6 +325,7 @@ func (w *nodeLossWork) keep(ctx context.Context, claim *v1.PersistentVolumeClaim
 		"Nothing is deleted (nodeLossPolicy Keep). If the node comes back with its disk, they run again; "+
 		"to start over with an empty volume on another node, delete the claim and its pod (a StatefulSet makes "+
 		"both anew), or set nodeLossPolicy: Recreate on the StorageClass", node)
+	klog.FromContext(ctx).V(2).Info("Claim of a gone node kept (nodeLossPolicy Keep)", "pvc", klog.KObj(claim))
 	w.recorder.Event(claim, v1.EventTypeWarning, "NodeGone", msg)
 	pods, err := w.podsUsing(ctx, claim)
 	if err != nil {
@@ -345,6 +346,10 @@ func (w *nodeLossWork) keep(ctx context.Context, claim *v1.PersistentVolumeClaim
 // node; the PV is deleted once the claim is gone).
 func (w *nodeLossWork) recreate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
 	logger := klog.FromContext(ctx)
+	pods, err := w.podsUsing(ctx, claim)
+	if err != nil {
+		return err
+	}
 	if claim.DeletionTimestamp == nil {
 		uid := claim.UID
 		err := w.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Delete(ctx, claim.Name,
@@ -353,13 +358,13 @@ func (w *nodeLossWork) recreate(ctx context.Context, claim *v1.PersistentVolumeC
 			return fmt.Errorf("deleting claim %s: %w", klog.KObj(claim), err)
 		}
 		logger.Info("Deleted a claim of a gone node (nodeLossPolicy Recreate)", "pvc", klog.KObj(claim))
-		w.recorder.Eventf(claim, v1.EventTypeWarning, "NodeGone",
-			"Node %s, which held this claim's volume, was deleted; nodeLossPolicy Recreate: the claim is deleted, "+
-				"and its pod once Pending, so that a StatefulSet makes both anew on a live node with an empty volume", node)
-	}
-	pods, err := w.podsUsing(ctx, claim)
-	if err != nil {
-		return err
+		msg := fmt.Sprintf("Node %s, which held the volume of claim %s, was deleted; nodeLossPolicy Recreate: the claim "+
+			"is deleted, and its pod once Pending, so that a StatefulSet makes both anew on a live node with an empty volume",
+			node, claim.Name)
+		w.recorder.Event(claim, v1.EventTypeWarning, "NodeGone", msg)
+		for _, owner := range statefulSetsOf(pods) {
+			w.recorder.Event(owner, v1.EventTypeWarning, "NodeGone", msg)
+		}
 	}
 	for _, pod := range pods {
 		if pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodPending ||
@@ -376,12 +381,22 @@ func (w *nodeLossWork) recreate(ctx context.Context, claim *v1.PersistentVolumeC
 		msg := fmt.Sprintf("Pod %s used claim %s, whose volume was on deleted node %s; nodeLossPolicy Recreate "+
 			"deleted both so that they are made anew on a live node", pod.Name, claim.Name, node)
 		w.recorder.Event(pod, v1.EventTypeWarning, "NodeGone", msg)
-		if owner := metav1.GetControllerOf(pod); owner != nil && owner.Kind == "StatefulSet" {
-			w.recorder.Event(&v1.ObjectReference{Kind: owner.Kind, APIVersion: owner.APIVersion, Name: owner.Name,
-				Namespace: pod.Namespace, UID: owner.UID}, v1.EventTypeWarning, "NodeGone", msg)
-		}
 	}
 	return errWaiting
+}
+
+// statefulSetsOf returns the StatefulSets that own the pods, once each.
+func statefulSetsOf(pods []*v1.Pod) []*v1.ObjectReference {
+	var refs []*v1.ObjectReference
+	seen := map[types.UID]bool{}
+	for _, pod := range pods {
+		if owner := metav1.GetControllerOf(pod); owner != nil && owner.Kind == "StatefulSet" && !seen[owner.UID] {
+			seen[owner.UID] = true
+			refs = append(refs, &v1.ObjectReference{Kind: owner.Kind, APIVersion: owner.APIVersion, Name: owner.Name,
+				Namespace: pod.Namespace, UID: owner.UID})
+		}
+	}
+	return refs
 }
 
 // podsUsing lists the pods of the claim's namespace that mount it.

@@ -197,12 +197,32 @@ func (c *Cluster) RestartKubelet(ctx context.Context, name string) error {
 // IPAM allocations) starts afresh. It returns once the kubelet is healthy
 // again.
 func (c *Cluster) RestartNode(ctx context.Context, name string) error {
+	if err := c.StopNode(name); err != nil {
+		return err
+	}
+	return c.StartNode(ctx, name)
+}
+
+// StopNode stops a whole node as a power-off would (see RestartNode); its
+// Node object stays until someone deletes it.
+func (c *Cluster) StopNode(name string) error {
 	n, err := c.node(name)
 	if err != nil {
 		return err
 	}
 	if err := c.stopNode(n); err != nil {
 		return fmt.Errorf("stopping node %s: %w", name, err)
+	}
+	return nil
+}
+
+// StartNode starts a node StopNode stopped, with its disks as they were and
+// fresh runtime state, and returns once its kubelet is healthy. A kubelet
+// whose Node object was deleted registers it again.
+func (c *Cluster) StartNode(ctx context.Context, name string) error {
+	n, err := c.node(name)
+	if err != nil {
+		return err
 	}
 	nd := c.nodeDir(name)
 	for _, d := range []string{"containerd/state", "run", "run-containerd", "cni"} {
@@ -215,7 +235,7 @@ func (c *Cluster) RestartNode(ctx context.Context, name string) error {
 	}
 	if err := c.startNode(ctx, n); err != nil {
 		c.PrintLogTails(c.out, 20)
-		return fmt.Errorf("restarting node %s: %w", name, err)
+		return fmt.Errorf("starting node %s: %w", name, err)
 	}
 	return nil
 }

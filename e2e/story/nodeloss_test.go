@@ -1,0 +1,133 @@
+//go:build e2e
+
+package story
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/stickyvol/stickyvol/e2e/framework"
+)
+
+// prefer puts the StatefulSet's pods on node when it can, and elsewhere when
+// it cannot.
+func prefer(node string) func(*appsv1.StatefulSet) {
+	return func(sts *appsv1.StatefulSet) {
+		sts.Spec.Template.Spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
+			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{Weight: 100,
+				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
+					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}},
+		}}
+	}
+}
+
+// classNamed sets the StorageClass of the StatefulSet's claims.
+func classNamed(class string) func(*appsv1.StatefulSet) {
+	return func(sts *appsv1.StatefulSet) { sts.Spec.VolumeClaimTemplates[0].Spec.StorageClassName = &class }
+}
+
+// TestNodeLoss powers a node off and deletes its Node object while it holds
+// two StatefulSets' volumes. nodeLossPolicy Keep (class stickyvol) deletes
+// nothing and says so on the claim; Recreate (a class of this test) deletes
+// the claim and its Pending pod, and the StatefulSet's pod runs again on the
+// other node with a new, empty volume while the old PV goes. When the node
+// comes back with its disk, the kept pod runs there again with its data.
+func TestNodeLoss(t *testing.T) {
+	ctx, e := start(t, 8*time.Minute)
+	lost := e.Cluster.Nodes()[len(e.Cluster.Nodes())-1].Name
+	other := e.otherNode(lost)
+
+	recreate := &storagev1.StorageClass{
+		ObjectMeta:        metav1.ObjectMeta{Name: "stickyvol-recreate"},
+		Provisioner:       framework.DriverName,
+		ReclaimPolicy:     ptr.To(v1.PersistentVolumeReclaimDelete),
+		VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
+		Parameters:        map[string]string{"nodeLossPolicy": "Recreate"},
+	}
+	if _, err := e.Client.StorageV1().StorageClasses().Create(ctx, recreate, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = e.Client.StorageV1().StorageClasses().Delete(context.WithoutCancel(ctx), recreate.Name, metav1.DeleteOptions{})
+	})
+	kept := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("kept", 1, prefer(lost)))[0])
+	gone := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("gone", 1, prefer(lost), classNamed(recreate.Name)))[0])
+	if kept.node != lost || gone.node != lost {
+		t.Fatalf("pods on %s and %s, want both on %s", kept.node, gone.node, lost)
+	}
+	sum := e.writeBlob(ctx, kept.pod)
+
+	e.step("%s powers off and its Node object is deleted", lost)
+	if err := e.Cluster.StopNode(lost); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	restart := func() {
+		if restarted {
+			return
+		}
+		restarted = true
+		if err := e.Cluster.StartNode(context.WithoutCancel(ctx), lost); err != nil {
+			t.Errorf("starting %s again: %v", lost, err)
+			return
+		}
+		if err := e.WaitForDriverRegistered(context.WithoutCancel(ctx)); err != nil {
+			t.Errorf("after %s came back: %v", lost, err)
+		}
+	}
+	t.Cleanup(restart) // the next scenarios need both nodes
+	if err := e.Client.CoreV1().Nodes().Delete(ctx, lost, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	e.step("Recreate: a new claim and pod %s on %s, the old PV gone", gone.pod, other)
+	// The pods of the deleted node still look Ready until the pod garbage
+	// collector deletes them (it waits 40 s for a node to come back).
+	for _, b := range []binding{gone, kept} {
+		if err := e.WaitForPodGone(ctx, e.ns, b.pod, string(b.podUID)); err != nil {
+			t.Fatalf("pod %s of the deleted node: %v", b.pod, err)
+		}
+	}
+	fresh := e.podReady(ctx, gone.pod)
+	now := e.bindingOf(ctx, fresh)
+	if now.node != other || now.pv == gone.pv {
+		t.Errorf("after the loss: %s, want a new PV on %s", now, other)
+	}
+	e.waitVolume(ctx, gone.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
+	if _, err := e.WaitForEvent(ctx, e.ns, "StatefulSet", "gone", func(ev *v1.Event) bool {
+		return ev.Reason == "NodeGone" && strings.Contains(ev.Message, "nodeLossPolicy Recreate")
+	}); err != nil {
+		t.Errorf("no NodeGone event on the StatefulSet: %v", err)
+	}
+
+	e.step("Keep: claim %s and PV %s stay, with a NodeGone event", kept.claim, kept.pv)
+	if _, err := e.WaitForEvent(ctx, e.ns, "PersistentVolumeClaim", kept.claim, func(ev *v1.Event) bool {
+		return ev.Reason == "NodeGone" && ev.Type == v1.EventTypeWarning && strings.Contains(ev.Message, lost)
+	}); err != nil {
+		t.Errorf("no NodeGone event on the kept claim: %v", err)
+	}
+	c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(ctx, kept.claim, metav1.GetOptions{})
+	if err != nil || c.Spec.VolumeName != kept.pv || c.Status.Phase != v1.ClaimBound {
+		t.Errorf("kept claim: %v %v", c, err)
+	}
+	if _, err := e.Client.CoreV1().PersistentVolumes().Get(ctx, kept.pv, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		t.Errorf("the kept PV %s was deleted", kept.pv)
+	}
+
+	e.step("%s comes back with its disk: %s runs there again with its data", lost, kept.pod)
+	restart()
+	back := e.bindingOf(ctx, e.podReady(ctx, kept.pod))
+	if back.node != lost || back.pv != kept.pv {
+		t.Errorf("after %s came back: %s, want PV %s on %s", lost, back, kept.pv, lost)
+	}
+	e.checkBlob(ctx, kept.pod, sum, "after its node was deleted and came back")
+}
