@@ -24,7 +24,7 @@ import (
 func bound(name, node, class string) (*v1.PersistentVolumeClaim, *v1.PersistentVolume) {
 	claim := fixtures.Claim(name, node, "1Gi", v1.ReadWriteOnce)
 	claim.Spec.StorageClassName = &class
-	pv := pvOn("pvc-"+string(claim.UID), node)
+	pv := fixtures.PVOn("pvc-"+string(claim.UID), node)
 	claim.Spec.VolumeName = pv.Name
 	claim.Status.Phase = v1.ClaimBound
 	pv.Spec.StorageClassName = class
@@ -78,7 +78,7 @@ func TestNodeLoss(t *testing.T) {
 	notReady := fixtures.ReadyNode("node-c")
 	notReady.Status.Conditions[0].Status = v1.ConditionFalse
 	pending := fixtures.Claim("pending", "node-b", "1Gi", v1.ReadWriteOnce)
-	released := pvOn("pvc-released", "node-b")
+	released := fixtures.PVOn("pvc-released", "node-b")
 	released.Finalizers = []string{"external-provisioner.volume.kubernetes.io/finalizer"}
 	released.Spec.ClaimRef = &v1.ObjectReference{Namespace: "default", Name: "deleted-claim", UID: "uid-deleted"}
 	released.Status.Phase = v1.VolumeReleased
@@ -88,7 +88,7 @@ func TestNodeLoss(t *testing.T) {
 	gonePod := pendingPod("web-0", gone)
 	live, livePV := bound("data-live-0", "node-a", "stickyvol-recreate")
 	sick, sickPV := bound("data-sick-0", "node-c", "stickyvol-recreate")
-	sickReleased := pvOn("pvc-sick-released", "node-c")
+	sickReleased := fixtures.PVOn("pvc-sick-released", "node-c")
 	sickReleased.Status.Phase = v1.VolumeReleased
 
 	client := fake.NewClientset([]runtime.Object{

@@ -106,17 +106,6 @@ func placedOn(t *testing.T, client *fake.Clientset, name string) string {
 	return node
 }
 
-func pvOn(name, node string) *v1.PersistentVolume {
-	return &v1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1.PersistentVolumeSpec{
-			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: driver.Name, VolumeHandle: name}},
-			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
-				MatchExpressions: []v1.NodeSelectorRequirement{{Key: driver.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}}},
-		},
-	}
-}
-
 func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
 	notReady := fixtures.ReadyNode("c")
 	notReady.Status.Conditions[0].Status = v1.ConditionFalse
@@ -128,7 +117,7 @@ func TestPlacementSpreadsOverUsableNodes(t *testing.T) {
 	objects = append(objects, notReady, usableNode("c")[1]) // registered but not Ready
 	objects = append(objects, fixtures.ReadyNode("d"))      // Ready, driver not registered
 	objects = append(objects, cordoned...)
-	objects = append(objects, pvOn("pvc-existing", "b"))
+	objects = append(objects, fixtures.PVOn("pvc-existing", "b"))
 	client := newClient(objects...)
 	startPlacement(t, client)
 
@@ -169,7 +158,7 @@ func TestPlacementRespectsCapacity(t *testing.T) {
 	var objects []any
 	objects = append(objects, usableNode("a")...)
 	objects = append(objects, usableNode("b")...)
-	objects = append(objects, pvOn("pvc-1", "b"), pvOn("pvc-2", "b"), &storagev1.CSIStorageCapacity{
+	objects = append(objects, fixtures.PVOn("pvc-1", "b"), fixtures.PVOn("pvc-2", "b"), &storagev1.CSIStorageCapacity{
 		ObjectMeta:       metav1.ObjectMeta{Name: "a", Namespace: stickyvolNamespace},
 		StorageClassName: "stickyvol",
 		NodeTopology:     &metav1.LabelSelector{MatchLabels: map[string]string{driver.TopologyKey: "a"}},
@@ -192,7 +181,7 @@ func TestPlacementAvoidsNodeThatSentClaimBack(t *testing.T) {
 	var objects []any
 	objects = append(objects, usableNode("a")...)
 	objects = append(objects, usableNode("b")...)
-	objects = append(objects, pvOn("pvc-1", "b"))
+	objects = append(objects, fixtures.PVOn("pvc-1", "b"))
 	client := newClient(objects...)
 	startPlacement(t, client)
 	fixtures.CreateClaims(t, client, immediateClaim("c", "1Gi"))

@@ -8,7 +8,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
@@ -18,18 +17,6 @@ import (
 	"github.com/stickyvol/stickyvol/internal/fixtures"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
-
-// pvNamed is a PV of the driver for volume id on node.
-func pvNamed(id, node string) *v1.PersistentVolume {
-	return &v1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: id},
-		Spec: v1.PersistentVolumeSpec{
-			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: driver.Name, VolumeHandle: id}},
-			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
-				MatchExpressions: []v1.NodeSelectorRequirement{{Key: driver.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}}},
-		},
-	}
-}
 
 // TestReconcile: on node-a the driver has a volume with a PV, one a Pending
 // claim waits for, and one with neither (the agent stopped before saving
@@ -48,7 +35,7 @@ func TestReconcile(t *testing.T) {
 	}
 	waiting := fixtures.Claim("waiting", "node-a", "1Gi", v1.ReadWriteOnce)
 	waiting.UID = types.UID("uid-waiting")
-	client := fake.NewClientset(pvNamed("pvc-kept", "node-a"), pvNamed("pvc-wiped", "node-a"), pvNamed("pvc-elsewhere", "node-b"), waiting)
+	client := fake.NewClientset(fixtures.PVOn("pvc-kept", "node-a"), fixtures.PVOn("pvc-wiped", "node-a"), fixtures.PVOn("pvc-elsewhere", "node-b"), waiting)
 	factory := informers.NewSharedInformerFactory(client, 0)
 	const grace = 10 * time.Minute
 	r, err := provisioner.NewReconciler(provisioner.ReconcilerConfig{NodeName: "node-a", DriverName: driver.Name,
