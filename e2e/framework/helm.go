@@ -15,8 +15,8 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/stickyvol/stickyvol/e2e/cluster"
@@ -113,11 +113,29 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 	if err != nil {
 		return nil, fmt.Errorf("waiting for the volumes of the deleted claims to go before uninstalling: %w", err)
 	}
-	// Foreground: helm waits until the DaemonSet's pods are gone too,
-	// not only the DaemonSet object.
+	// Foreground: the DaemonSet goes only after its pods.
 	if _, err := f.Helm(ctx, helm, "uninstall", HelmRelease, "--namespace", Namespace, "--wait", "--cascade", "foreground"); err != nil {
 		return nil, err
 	}
+	// helm returns while the DaemonSet, in foreground deletion, still
+	// waits for its pods, and an agent takes up to its grace period (10 s)
+	// to stop and take the driver off its node's CSINode: give it all a
+	// minute to go.
+	var left []string
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		left, err = f.leftBehind(ctx)
+		return len(left) == 0, err
+	})
+	if err != nil && len(left) == 0 {
+		return nil, err
+	}
+	return left, nil
+}
+
+// leftBehind lists what of stickyvol is still there after an uninstall: an
+// object of the release, the CSIDriver, the driver on a node's CSINode, an
+// agent pod.
+func (f *Framework) leftBehind(ctx context.Context) ([]string, error) {
 	var left []string
 	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + HelmRelease}
 	for _, r := range []schema.GroupVersionResource{
@@ -142,27 +160,21 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 	if _, err := f.Client.StorageV1().CSIDrivers().Get(ctx, DriverName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		left = append(left, fmt.Sprintf("CSIDriver %s (%v)", DriverName, err))
 	}
-	// The agents remove their registration sockets as they stop, and
-	// kubelet then takes the driver off its node's CSINode.
-	_, err = WaitFor(ctx, f.CSINodes(), &storagev1.CSINode{}, func(csiNodes []*storagev1.CSINode) (bool, error) {
-		return !slices.ContainsFunc(csiNodes, listsDriver), nil
-	})
-	if err != nil {
-		left = append(left, "the driver on a node's CSINode: "+err.Error())
-	}
-	// An agent stops within its pod's grace period (10 s).
-	podCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	sel, err := labels.Parse(AgentPodLabel)
+	csiNodes, err := f.Client.StorageV1().CSINodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
-	pods, err := WaitFor(podCtx, f.Pods(Namespace, sel), &v1.Pod{}, func(pods []*v1.Pod) (bool, error) { return len(pods) == 0, nil })
-	if err != nil {
-		for _, p := range pods {
-			left = append(left, "pod "+klogName(p.Namespace, p.Name))
+	for i := range csiNodes.Items {
+		if listsDriver(&csiNodes.Items[i]) {
+			left = append(left, "the driver on CSINode "+csiNodes.Items[i].Name)
 		}
-		left = append(left, "agent pods still there after a minute: "+err.Error())
+	}
+	pods, err := f.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: AgentPodLabel})
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pods.Items {
+		left = append(left, "pod "+klogName(p.Namespace, p.Name))
 	}
 	return left, nil
 }
