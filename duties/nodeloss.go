@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -114,7 +115,7 @@ func (n *NodeLoss) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	recorder, stopRecorder := newRecorder(ctx, n.client, "stickyvol-nodeloss")
+	recorder, stopRecorder := events.NewRecorder(ctx, n.client, v1.EventSource{Component: "stickyvol-nodeloss"})
 	defer stopRecorder()
 	w := &nodeLossWork{NodeLoss: n, queue: newQueue("nodeloss"), recorder: recorder}
 	defer w.queue.ShutDown()

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -137,7 +138,7 @@ func (p *Placement) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	recorder, stopRecorder := newRecorder(ctx, p.client, "stickyvol-placement")
+	recorder, stopRecorder := events.NewRecorder(ctx, p.client, v1.EventSource{Component: "stickyvol-placement"})
 	defer stopRecorder()
 	tm := &term{
 		Placement: p,

@@ -6,12 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 )
@@ -36,14 +31,6 @@ func waitForCaches(ctx context.Context, duty string, factories ...informers.Shar
 
 // errStopped is waitForCaches' answer when the term ended first.
 var errStopped = errors.New("stopped")
-
-// newRecorder returns an event recorder for component that writes through
-// client until stop is called.
-func newRecorder(ctx context.Context, client kubernetes.Interface, component string) (recorder record.EventRecorder, stop func()) {
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	return broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: component}), broadcaster.Shutdown
-}
 
 // newQueue is a duty's work queue: each key retried with exponential
 // backoff from one second to one minute.

@@ -15,11 +15,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/internal/events"
 )
 
 // Defaults for ReconcilerConfig.
@@ -135,10 +135,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("reconciler: waiting for informers: %w", err)
 	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: r.cfg.Client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: r.cfg.DriverName, Host: r.cfg.NodeName})
+	recorder, stop := events.NewRecorder(ctx, r.cfg.Client, v1.EventSource{Component: r.cfg.DriverName, Host: r.cfg.NodeName})
+	defer stop()
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		if err := r.Check(ctx, recorder, time.Now()); err != nil {
 			logger.Error(err, "Comparing volumes with PVs failed; next try in a period", "period", r.cfg.Period)

@@ -18,14 +18,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
 	"github.com/stickyvol/stickyvol/duties"
+	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -210,14 +208,12 @@ func reportUnavailable(ctx context.Context, kube kubernetes.Interface, unavailab
 		return
 	}
 	logger := klog.FromContext(ctx)
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	// Events are sent in the background: the broadcaster lives with ctx.
+	recorder, stop := events.NewRecorder(ctx, kube, v1.EventSource{Component: driver.Name})
+	// Events are sent in the background: the recorder lives with ctx.
 	go func() {
 		<-ctx.Done()
-		broadcaster.Shutdown()
+		stop()
 	}()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: driver.Name})
 	for _, id := range slices.Sorted(maps.Keys(unavailable)) {
 		// The volume ID is the PV's name.
 		pv, err := kube.CoreV1().PersistentVolumes().Get(ctx, id, metav1.GetOptions{})
