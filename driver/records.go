@@ -49,8 +49,7 @@ func (s *store) load(logger klog.Logger) error {
 			// unavailable (unless a restored record is also there).
 			id := name[:strings.Index(name, recordExt+corruptSuffix)]
 			if _, err := s.root.Stat(recordName(id)); errors.Is(err, fs.ErrNotExist) && validateVolumeID(id, "record name") == nil {
-				s.unavailable[id] = fmt.Sprintf("its record was corrupt and is set aside as %s; restore a good record there as %s and restart",
-					path.Join(s.rootPath, metaDir, name), path.Join(s.rootPath, recordName(id)))
+				s.markSetAside(id, path.Join(metaDir, name), "")
 			}
 		default:
 			logger.Info("Ignoring an unexpected file among the volume records", "file", path.Join(s.rootPath, metaDir, name))
@@ -76,12 +75,18 @@ func (s *store) setAside(logger klog.Logger, id string, readErr error) error {
 	if err := s.syncDir(metaDir); err != nil {
 		return err
 	}
-	reason := fmt.Sprintf("its record was corrupt (%v) and is set aside as %s; restore a good record there as %s and restart",
-		readErr, path.Join(s.rootPath, aside), path.Join(s.rootPath, recordName(id)))
-	s.unavailable[id] = reason
+	s.markSetAside(id, aside, " ("+readErr.Error()+")")
 	logger.Error(readErr, "Set aside a corrupt volume record; that volume is unavailable, the others are served",
 		"volumeID", id, "setAside", path.Join(s.rootPath, aside))
 	return nil
+}
+
+// markSetAside marks volume id unavailable because its record lies set
+// aside at aside (relative to the data root); cause, when known, says why,
+// in parentheses.
+func (s *store) markSetAside(id, aside, cause string) {
+	s.unavailable[id] = fmt.Sprintf("its record was corrupt%s and is set aside as %s; put a good record back at %s and restart",
+		cause, path.Join(s.rootPath, aside), path.Join(s.rootPath, recordName(id)))
 }
 
 func (s *store) readRecord(id string) (*Volume, error) {

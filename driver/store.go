@@ -210,11 +210,11 @@ func (s *store) volumePath(id string) string { return path.Join(s.rootPath, volu
 
 // get returns a copy of a ready volume's record.
 func (s *store) get(id string) (Volume, error) {
+	if err := s.available(id); err != nil {
+		return Volume{}, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if reason, ok := s.unavailable[id]; ok {
-		return Volume{}, fmt.Errorf("%w: %s", errUnavailable, reason)
-	}
 	v, ok := s.volumes[id]
 	if !ok || v.State != stateReady {
 		return Volume{}, errNotFound
@@ -245,8 +245,10 @@ func (s *store) usage() (capacity, allocated int64) {
 // create makes a volume or returns the existing one when it is compatible
 // with spec. Errors: errIncompatible, errNoSpace, errDeleting, errOrphanDir.
 func (s *store) create(spec volumeSpec) (Volume, error) {
+	if err := s.available(spec.ID); err != nil {
+		return Volume{}, err
+	}
 	s.mu.Lock()
-	reason, unavailable := s.unavailable[spec.ID]
 	old, exists := s.volumes[spec.ID]
 	var oldVolume Volume
 	if exists {
@@ -254,8 +256,6 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 	}
 	s.mu.Unlock()
 	switch {
-	case unavailable:
-		return Volume{}, fmt.Errorf("%w: %s", errUnavailable, reason)
 	case exists && oldVolume.State == stateReady:
 		return oldVolume, compatible(oldVolume, spec)
 	case exists && oldVolume.State == stateDeleting:
@@ -349,17 +349,16 @@ func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 // directory holds data whose record is set aside, and only a person who
 // looked at both may decide it goes.
 func (s *store) delete(id string) error {
+	if err := s.available(id); err != nil {
+		return err
+	}
 	s.mu.Lock()
-	reason, unavailable := s.unavailable[id]
 	v, ok := s.volumes[id]
 	state := ""
 	if ok {
 		state = v.State
 	}
 	s.mu.Unlock()
-	if unavailable {
-		return fmt.Errorf("%w: %s", errUnavailable, reason)
-	}
 	if !ok {
 		return nil
 	}
@@ -457,6 +456,17 @@ func (s *store) check() error {
 
 // close releases the data root's lock and closes it.
 func (s *store) close() error { return errors.Join(s.lock.Close(), s.root.Close()) }
+
+// available returns errUnavailable, with the reason, for a volume whose
+// record is set aside, and nil for any other.
+func (s *store) available(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reason, ok := s.unavailable[id]; ok {
+		return fmt.Errorf("%w: %s", errUnavailable, reason)
+	}
+	return nil
+}
 
 // unavailableVolumes returns a copy of the unavailable volumes' reasons.
 func (s *store) unavailableVolumes() map[string]string {
