@@ -67,14 +67,16 @@ type NodeLossConfig struct {
 // NotReady, cordoned or unreachable is never acted on, since its disk may
 // come back with it.
 type NodeLoss struct {
-	driverName, topologyKey string
-	client                  kubernetes.Interface
-	factory                 informers.SharedInformerFactory
-	claimInformer, pvInf    cache.SharedIndexInformer
-	nodeInformer            cache.SharedIndexInformer
-	nodes                   corelisters.NodeLister
-	claims                  corelisters.PersistentVolumeClaimLister
-	classes                 storagelisters.StorageClassLister
+	client               kubernetes.Interface
+	factory              informers.SharedInformerFactory
+	claimInformer, pvInf cache.SharedIndexInformer
+	nodeInformer         cache.SharedIndexInformer
+	nodes                corelisters.NodeLister
+	claims               corelisters.PersistentVolumeClaimLister
+	classes              storagelisters.StorageClassLister
+	// volumeNodes is the PV index function: the nodes a PV of the driver
+	// names.
+	volumeNodes cache.IndexFunc
 }
 
 // NewNodeLoss checks cfg and takes the informers it needs from the factory.
@@ -84,8 +86,6 @@ func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
 	}
 	f := cfg.Informers
 	n := &NodeLoss{
-		driverName:    cfg.DriverName,
-		topologyKey:   cfg.TopologyKey,
 		client:        cfg.Client,
 		factory:       f,
 		claimInformer: f.Core().V1().PersistentVolumeClaims().Informer(),
@@ -94,9 +94,10 @@ func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
 		nodes:         f.Core().V1().Nodes().Lister(),
 		claims:        f.Core().V1().PersistentVolumeClaims().Lister(),
 		classes:       f.Storage().V1().StorageClasses().Lister(),
+		volumeNodes:   volumesByNode(cfg.DriverName, cfg.TopologyKey),
 	}
 	f.Storage().V1().StorageClasses().Informer() // registered with the factory, for the lister
-	if err := addIndex(n.pvInf, volumesByNode(cfg.DriverName, cfg.TopologyKey)); err != nil {
+	if err := addIndex(n.pvInf, n.volumeNodes); err != nil {
 		return nil, err
 	}
 	if err := addIndex(n.claimInformer, pendingClaimsByNode(cfg.DriverName)); err != nil {
@@ -121,7 +122,7 @@ func (n *NodeLoss) Run(ctx context.Context) error {
 	defer w.queue.ShutDown()
 	reg, err := n.nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		DeleteFunc: func(obj any) {
-			if node, ok := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); ok == nil {
+			if node, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 				w.queue.Add(node)
 			}
 		},
@@ -159,7 +160,7 @@ type nodeLossWork struct {
 // queueGoneNodes queues the nodes a PV of the driver names that have no
 // Node object.
 func (w *nodeLossWork) queueGoneNodes(obj any) {
-	nodes, err := volumesByNode(w.driverName, w.topologyKey)(obj)
+	nodes, err := w.volumeNodes(obj)
 	if err != nil {
 		return
 	}

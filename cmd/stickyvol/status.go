@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -146,8 +147,7 @@ const pluginName = "kubectl-stickyvol"
 // commandName is what the help calls the program: "kubectl stickyvol" when
 // it runs as the kubectl plugin, else "stickyvol".
 func commandName(arg0 string) string {
-	base := arg0[strings.LastIndex(arg0, "/")+1:]
-	if strings.TrimSuffix(base, ".exe") == pluginName {
+	if strings.TrimSuffix(filepath.Base(arg0), ".exe") == pluginName {
 		return "kubectl stickyvol"
 	}
 	return "stickyvol"
