@@ -4,7 +4,9 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +65,15 @@ func startContainerd(ctx context.Context, t *testing.T) *testContainerd {
 		// The shim keeps runc's state under /run/containerd/runc/<namespace>;
 		// the tasks are gone, so it is empty now.
 		os.Remove(filepath.Join("/run/containerd/runc", testNamespace))
+		// runc leaves the namespace's own cgroup, /<namespace>, empty in
+		// every hierarchy; an empty cgroup is removed with rmdir.
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", testNamespace))
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", testNamespace))
+		for _, d := range dirs {
+			if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("removing the test's cgroup %s: %v", d, err)
+			}
+		}
 		if t.Failed() {
 			data, _ := os.ReadFile(log.Name())
 			t.Logf("containerd log:\n%s", data)
