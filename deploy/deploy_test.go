@@ -24,6 +24,7 @@ const (
 	className    = "stickyvol"
 	namespace    = "stickyvol"
 	agentName    = "stickyvol-node"
+	ctrlName     = "stickyvol-controller"
 	agentImage   = "stickyvol.local/stickyvol:dev"
 	kubeletRoot  = "/var/lib/kubelet"
 	dataRoot     = "/var/lib/stickyvol"
@@ -38,20 +39,28 @@ var overlays = []string{"overlays/kind", "overlays/local"}
 var nodeFlags = []string{
 	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "socket-group",
 	"kubeconfig", "kube-api-qps", "kube-api-burst", "threadiness", "operation-timeout",
-	"metrics-address", "register-with-kubelet", "leader-election", "leader-election-namespace", "v",
+	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "v",
 }
 
 func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
 	want := []string{
+		"ClusterRole/stickyvol-controller",
 		"ClusterRole/stickyvol-node",
+		"ClusterRoleBinding/stickyvol-controller",
 		"ClusterRoleBinding/stickyvol-node",
 		"CSIDriver/" + driverName,
 		"DaemonSet/stickyvol/stickyvol-node",
+		"Deployment/stickyvol/stickyvol-controller",
 		"Namespace/stickyvol",
-		"Role/stickyvol/stickyvol-node",
-		"RoleBinding/stickyvol/stickyvol-node",
+		"Role/stickyvol/stickyvol-controller",
+		"RoleBinding/stickyvol/stickyvol-controller",
+		"ServiceAccount/stickyvol/stickyvol-controller",
 		"ServiceAccount/stickyvol/stickyvol-node",
 		"StorageClass/stickyvol",
+		"ValidatingAdmissionPolicy/stickyvol-node-claims",
+		"ValidatingAdmissionPolicy/stickyvol-node-volumes",
+		"ValidatingAdmissionPolicyBinding/stickyvol-node-claims",
+		"ValidatingAdmissionPolicyBinding/stickyvol-node-volumes",
 	}
 	slices.Sort(want)
 	for _, dir := range append([]string{"base"}, overlays...) {
@@ -132,10 +141,21 @@ func TestDaemonSetImage(t *testing.T) {
 }
 
 // nodeArgs checks the agent's command line and returns its flags by name.
+// controllerFlags are the flags of `stickyvol controller`
+// (cmd/stickyvol/controller.go) and -v.
+var controllerFlags = []string{"identity", "namespace", "kubeconfig", "kube-api-qps", "kube-api-burst", "metrics-address", "v"}
+
 func nodeArgs(t *testing.T, c corev1.Container) map[string]string {
 	t.Helper()
-	if len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != "node" {
-		t.Fatalf("want the image's entrypoint with args [node ...], got command %q args %q", c.Command, c.Args)
+	return commandArgs(t, c, "node", nodeFlags)
+}
+
+// commandArgs checks that c runs the image's `stickyvol <command>` with
+// flags it has, and returns them.
+func commandArgs(t *testing.T, c corev1.Container, command string, known []string) map[string]string {
+	t.Helper()
+	if len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != command {
+		t.Fatalf("want the image's entrypoint with args [%s ...], got command %q args %q", command, c.Command, c.Args)
 	}
 	flags := map[string]string{}
 	for _, arg := range c.Args[1:] {
@@ -144,12 +164,54 @@ func nodeArgs(t *testing.T, c corev1.Container) map[string]string {
 			t.Errorf("arg %q: want --name=value", arg)
 			continue
 		}
-		if !slices.Contains(nodeFlags, name) {
-			t.Errorf("arg %q: `stickyvol node` has no flag %q", arg, name)
+		if !slices.Contains(known, name) {
+			t.Errorf("arg %q: `stickyvol %s` has no flag %q", arg, command, name)
 		}
 		flags[name] = value
 	}
 	return flags
+}
+
+// The controller acts across nodes but touches no node: no host path, no
+// privilege, not root; its identity in the Lease is its pod's name.
+func TestControllerPod(t *testing.T) {
+	objs := render(t, "overlays/local")
+	d := get[*appsv1.Deployment](t, objs, ctrlName)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Errorf("replicas %v: want a standby to take the Lease over", d.Spec.Replicas)
+	}
+	pod := d.Spec.Template.Spec
+	if len(pod.Containers) != 1 || pod.HostNetwork || pod.HostPID {
+		t.Fatalf("want one container in the pod's own namespaces, got %d containers", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	if c.Image != agentImage {
+		t.Errorf("image %s, want the agent's %s", c.Image, agentImage)
+	}
+	flags := commandArgs(t, c, "controller", controllerFlags)
+	if flags["identity"] != "$(POD_NAME)" || !envFromField(c, "POD_NAME", "metadata.name") {
+		t.Errorf("--identity=%q: want $(POD_NAME) from metadata.name, unique among replicas", flags["identity"])
+	}
+	if flags["namespace"] != "$(POD_NAMESPACE)" || !envFromField(c, "POD_NAMESPACE", "metadata.namespace") {
+		t.Errorf("--namespace=%q: want the pod's own namespace, where the Role grants the Lease", flags["namespace"])
+	}
+	for _, v := range pod.Volumes {
+		if v.HostPath != nil {
+			t.Errorf("volume %s mounts the host's %s", v.Name, v.HostPath.Path)
+		}
+	}
+	sc := c.SecurityContext
+	if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("container securityContext %+v: want unprivileged, no escalation, all capabilities dropped", sc)
+	}
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Error("the controller must not run as root")
+	}
+	if pod.ServiceAccountName != ctrlName {
+		t.Errorf("service account %q, want its own %q, not the agents'", pod.ServiceAccountName, ctrlName)
+	}
+	checkProbes(t, c, flags)
 }
 
 func TestDaemonSetPod(t *testing.T) {
@@ -164,9 +226,6 @@ func TestDaemonSetPod(t *testing.T) {
 
 	if flags["node-name"] != "$(NODE_NAME)" || !envFromField(c, "NODE_NAME", "spec.nodeName") {
 		t.Errorf("--node-name=%q: want $(NODE_NAME) with NODE_NAME from spec.nodeName", flags["node-name"])
-	}
-	if flags["leader-election-namespace"] != "$(POD_NAMESPACE)" || !envFromField(c, "POD_NAMESPACE", "metadata.namespace") {
-		t.Errorf("--leader-election-namespace=%q: want the pod's own namespace, where the Role grants leases", flags["leader-election-namespace"])
 	}
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
 		t.Error("the agent must be privileged: it bind-mounts into pods and uses Bidirectional propagation")
@@ -248,7 +307,13 @@ func hostMount(t *testing.T, pod corev1.PodSpec, c corev1.Container, path string
 func TestDaemonSetProbes(t *testing.T) {
 	ds := get[*appsv1.DaemonSet](t, render(t, "overlays/local"), agentName)
 	c := ds.Spec.Template.Spec.Containers[0]
-	flags := nodeArgs(t, c)
+	checkProbes(t, c, nodeArgs(t, c))
+}
+
+// checkProbes checks that c's liveness and readiness probes reach /healthz
+// and /readyz on the port of its --metrics-address.
+func checkProbes(t *testing.T, c corev1.Container, flags map[string]string) {
+	t.Helper()
 	_, metricsPort, err := net.SplitHostPort(flags["metrics-address"])
 	if err != nil {
 		t.Fatalf("--metrics-address=%q: %v", flags["metrics-address"], err)

@@ -309,7 +309,7 @@ dataRoot: /srv/stickyvol
 capacity: 200Gi
 maxVolumes: 1000000
 logLevel: 5
-leaderElection: false
+controller: {replicas: 3, extraArgs: [--kube-api-qps=50], priorityClassName: ""}
 storageClass:
   name: local-fast
   defaultClass: true
@@ -357,8 +357,8 @@ func TestChartCustomValues(t *testing.T) {
 
 	for flag, want := range map[string]string{
 		"kubelet-root": "/var/lib/k0s/kubelet", "data-root": "/srv/stickyvol", "capacity": "200Gi",
-		"max-volumes": "1000000", "metrics-address": ":9900", "leader-election": "false", "v": "5",
-		"leader-election-namespace": "$(POD_NAMESPACE)", "kube-api-qps": "200", "threadiness": "16",
+		"max-volumes": "1000000", "metrics-address": ":9900", "v": "5",
+		"kube-api-qps": "200", "threadiness": "16",
 	} {
 		if flags[flag] != want {
 			t.Errorf("--%s=%q, want %q", flag, flags[flag], want)
@@ -389,6 +389,13 @@ func TestChartCustomValues(t *testing.T) {
 		if i := slices.IndexFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == port }); i < 0 || c.Ports[i].ContainerPort != 9900 {
 			t.Errorf("probe of %s on port %q, not on container port 9900: %v", probe.HTTPGet.Path, port, c.Ports)
 		}
+	}
+
+	ctrl := get[*appsv1.Deployment](t, objs, ctrlName)
+	if *ctrl.Spec.Replicas != 3 || !slices.Contains(ctrl.Spec.Template.Spec.Containers[0].Args, "--kube-api-qps=50") ||
+		ctrl.Spec.Template.Spec.PriorityClassName != "" {
+		t.Errorf("controller: replicas %d, args %q, priorityClassName %q; want the controller values",
+			*ctrl.Spec.Replicas, ctrl.Spec.Template.Spec.Containers[0].Args, ctrl.Spec.Template.Spec.PriorityClassName)
 	}
 
 	// The tolerations replace the default's, which tolerates everything.

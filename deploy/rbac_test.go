@@ -19,20 +19,30 @@ func grants(group, resource string, verbs ...string) []grant {
 	return g
 }
 
-// What `stickyvol node` does with the API (see deploy/base/rbac.yaml).
+// What each identity does with the API (see deploy/base/rbac.yaml).
 var (
-	clusterNeeds = slices.Concat(
-		grants("", "persistentvolumeclaims", "get", "list", "watch", "update", "patch", "delete"),
-		grants("", "pods", "list", "delete"),
-		grants("", "persistentvolumes", "get", "list", "watch", "create", "delete", "update", "patch"),
+	// `stickyvol node`: its own node's claims and PVs (node-policy.yaml
+	// holds it to them).
+	agentNeeds = slices.Concat(
+		grants("", "persistentvolumeclaims", "get", "list", "watch", "update"),
+		grants("", "persistentvolumes", "get", "list", "watch", "create", "delete", "patch"),
 		grants("storage.k8s.io", "storageclasses", "get", "list", "watch"),
 		grants("", "nodes", "get", "list", "watch"),
-		grants("storage.k8s.io", "csinodes", "get", "list", "watch"),
 		grants("", "events", "create", "patch"),
 	)
-	namespaceNeeds = slices.Concat(
+	// `stickyvol controller`: the cluster duties.
+	controllerNeeds = slices.Concat(
+		grants("", "persistentvolumeclaims", "list", "watch", "patch", "delete"),
+		grants("", "pods", "list", "delete"),
+		grants("", "persistentvolumes", "list", "watch", "patch", "delete"),
+		grants("storage.k8s.io", "storageclasses", "list", "watch"),
+		grants("", "nodes", "get", "list", "watch"),
+		grants("storage.k8s.io", "csinodes", "list", "watch"),
+		grants("", "events", "create", "patch"),
+	)
+	controllerNamespaceNeeds = slices.Concat(
 		grants("coordination.k8s.io", "leases", "get", "create", "update"),
-		grants("storage.k8s.io", "csistoragecapacities", "get", "list", "watch", "create", "update", "delete"),
+		grants("storage.k8s.io", "csistoragecapacities", "list", "watch"),
 	)
 )
 
@@ -62,20 +72,16 @@ func granted(t *testing.T, rules []rbacv1.PolicyRule) []grant {
 	return all
 }
 
-func TestRBACIsExactlyWhatTheAgentNeeds(t *testing.T) {
+func TestRBACIsExactlyWhatEachNeeds(t *testing.T) {
 	objs := render(t, "base")
-	cr := get[*rbacv1.ClusterRole](t, objs, agentName)
-	role := get[*rbacv1.Role](t, objs, agentName)
-	if cr.AggregationRule != nil {
-		t.Error("the ClusterRole must not aggregate other roles")
-	}
 	for _, tc := range []struct {
 		name  string
 		rules []rbacv1.PolicyRule
 		needs []grant
 	}{
-		{"ClusterRole", cr.Rules, clusterNeeds},
-		{"Role in " + role.Namespace, role.Rules, namespaceNeeds},
+		{"ClusterRole " + agentName, clusterRole(t, objs, agentName).Rules, agentNeeds},
+		{"ClusterRole " + ctrlName, clusterRole(t, objs, ctrlName).Rules, controllerNeeds},
+		{"Role " + ctrlName, get[*rbacv1.Role](t, objs, ctrlName).Rules, controllerNamespaceNeeds},
 	} {
 		for _, need := range tc.needs {
 			if !allows(tc.rules, need) {
@@ -84,34 +90,62 @@ func TestRBACIsExactlyWhatTheAgentNeeds(t *testing.T) {
 		}
 		for _, g := range granted(t, tc.rules) {
 			if !slices.Contains(tc.needs, g) {
-				t.Errorf("%s allows %s on %q in group %q, which the agent does not need", tc.name, g.verb, g.resource, g.group)
+				t.Errorf("%s allows %s on %q in group %q, which it does not need", tc.name, g.verb, g.resource, g.group)
+			}
+		}
+	}
+	// The agents hold no rights in any namespace of their own: no Lease,
+	// nothing to campaign with.
+	for _, rb := range all[*rbacv1.RoleBinding](objs) {
+		for _, s := range rb.Subjects {
+			if s.Name == agentName {
+				t.Errorf("RoleBinding %s/%s grants the agents %v", rb.Namespace, rb.Name, rb.RoleRef)
 			}
 		}
 	}
 }
 
-func TestRBACBindsTheAgentsServiceAccount(t *testing.T) {
+func clusterRole(t *testing.T, objs []object, name string) *rbacv1.ClusterRole {
+	t.Helper()
+	cr := get[*rbacv1.ClusterRole](t, objs, name)
+	if cr.AggregationRule != nil {
+		t.Errorf("ClusterRole %s must not aggregate other roles", name)
+	}
+	return cr
+}
+
+func TestRBACBindsEachServiceAccount(t *testing.T) {
 	objs := render(t, "base")
 	ds := get[*appsv1.DaemonSet](t, objs, agentName)
-	want := rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: ds.Spec.Template.Spec.ServiceAccountName, Namespace: ds.Namespace}
-
-	crb := get[*rbacv1.ClusterRoleBinding](t, objs, agentName)
-	if crb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: agentName}) {
-		t.Errorf("ClusterRoleBinding refers to %v", crb.RoleRef)
-	}
-	if !slices.Equal(crb.Subjects, []rbacv1.Subject{want}) {
-		t.Errorf("ClusterRoleBinding subjects %v, want only %v", crb.Subjects, want)
-	}
-	rb := get[*rbacv1.RoleBinding](t, objs, agentName)
-	if rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: agentName}) {
-		t.Errorf("RoleBinding refers to %v", rb.RoleRef)
-	}
-	if !slices.Equal(rb.Subjects, []rbacv1.Subject{want}) {
-		t.Errorf("RoleBinding subjects %v, want only %v", rb.Subjects, want)
-	}
-	// The agent elects its leader in its own namespace (--leader-election-namespace).
-	role := get[*rbacv1.Role](t, objs, agentName)
-	if rb.Namespace != ds.Namespace || role.Namespace != ds.Namespace {
-		t.Errorf("Role %s and RoleBinding %s are not in the agent's namespace %s", role.Namespace, rb.Namespace, ds.Namespace)
+	d := get[*appsv1.Deployment](t, objs, ctrlName)
+	for _, tc := range []struct {
+		name string
+		sa   rbacv1.Subject
+		role bool
+	}{
+		{agentName, rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: ds.Spec.Template.Spec.ServiceAccountName, Namespace: ds.Namespace}, false},
+		{ctrlName, rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: d.Spec.Template.Spec.ServiceAccountName, Namespace: d.Namespace}, true},
+	} {
+		crb := get[*rbacv1.ClusterRoleBinding](t, objs, tc.name)
+		if crb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: tc.name}) {
+			t.Errorf("ClusterRoleBinding %s refers to %v", tc.name, crb.RoleRef)
+		}
+		if !slices.Equal(crb.Subjects, []rbacv1.Subject{tc.sa}) {
+			t.Errorf("ClusterRoleBinding %s subjects %v, want only %v", tc.name, crb.Subjects, tc.sa)
+		}
+		if !tc.role {
+			continue
+		}
+		rb := get[*rbacv1.RoleBinding](t, objs, tc.name)
+		if rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: tc.name}) {
+			t.Errorf("RoleBinding %s refers to %v", tc.name, rb.RoleRef)
+		}
+		if !slices.Equal(rb.Subjects, []rbacv1.Subject{tc.sa}) {
+			t.Errorf("RoleBinding %s subjects %v, want only %v", tc.name, rb.Subjects, tc.sa)
+		}
+		// The controller elects its leader in its own namespace (--namespace).
+		if rb.Namespace != tc.sa.Namespace {
+			t.Errorf("RoleBinding %s is in %s, not in the controller's namespace %s", tc.name, rb.Namespace, tc.sa.Namespace)
+		}
 	}
 }

@@ -19,7 +19,7 @@ type LeaderConfig struct {
 	Client kubernetes.Interface
 	// Namespace and Name of the coordination.k8s.io Lease.
 	Namespace, Name string
-	// Identity of this candidate, unique among candidates: the node name.
+	// Identity of this candidate, unique among candidates: the pod name.
 	Identity string
 	// LeaseDuration, RenewDeadline and RetryPeriod as in client-go's
 	// leaderelection; zero means 15s, 10s and 2s.
@@ -29,9 +29,9 @@ type LeaderConfig struct {
 // RunLeaderElected campaigns for the Lease and runs duty while it holds it,
 // until ctx is done. duty gets a context that ends when the lease is lost;
 // then RunLeaderElected waits for duty to return and campaigns again. Unlike
-// the library's own election it never exits the process: the same process
-// serves this node's volumes, which must not stop because another node took
-// over the cluster duties.
+// the library's own election it never exits the process: a replica that
+// lost the Lease keeps its caches warm and stands by, with no restart (and
+// no restart count that looks like a crash).
 //
 // Two duties never run at once:
 //   - On shutdown the lease is released, so another node takes over at once

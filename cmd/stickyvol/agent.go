@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
-	"github.com/stickyvol/stickyvol/duties"
 	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
@@ -34,13 +32,9 @@ type agent struct {
 	csiConn      *grpc.ClientConn
 	identity     csi.IdentityClient
 	informers    informers.SharedInformerFactory
-	capacities   informers.SharedInformerFactory // nil without leader election
 	controller   *provisioner.Controller
-	placement    *duties.Placement // nil without leader election
-	nodeLoss     *duties.NodeLoss  // nil without leader election
 	reconciler   *provisioner.Reconciler
 	registration *registration.Server // nil without kubelet
-	leader       duties.LeaderConfig
 	kube         kubernetes.Interface
 }
 
@@ -98,25 +92,6 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 	if err != nil {
 		return err
 	}
-	if o.leaderElection {
-		a.capacities = informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
-			informers.WithNamespace(o.leaderElectionNamespace))
-		a.placement, err = duties.NewPlacement(duties.PlacementConfig{
-			DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube,
-			Informers: a.informers, CapacityInformers: a.capacities,
-		})
-		if err != nil {
-			return err
-		}
-		a.nodeLoss, err = duties.NewNodeLoss(duties.NodeLossConfig{
-			DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube, Informers: a.informers,
-		})
-		if err != nil {
-			return err
-		}
-		a.leader = duties.LeaderConfig{Client: kube, Namespace: o.leaderElectionNamespace,
-			Name: driver.Name, Identity: o.nodeName}
-	}
 	if o.registerWithKubelet {
 		a.registration, err = registration.New(registration.Config{
 			DriverName: driver.Name,
@@ -164,13 +139,6 @@ func (a *agent) runParts(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.controller.Run(ctx) })
 	g.Go(func() error { return a.reconciler.Run(ctx) })
-	if a.placement != nil {
-		a.capacities.StartWithContext(ctx)
-		a.informers.StartWithContext(ctx)
-		g.Go(func() error {
-			return duties.RunLeaderElected(ctx, a.leader, a.runDuties)
-		})
-	}
 	if a.registration != nil {
 		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as
 		// it sees this one.
@@ -223,21 +191,4 @@ func reportUnavailable(ctx context.Context, kube kubernetes.Interface, unavailab
 		}
 		recorder.Eventf(pv, v1.EventTypeWarning, "VolumeUnavailable", "Volume %s on this node is not served: %s", id, unavailable[id])
 	}
-}
-
-// runDuties runs the cluster duties while this agent holds the Lease, and
-// returns once all have stopped (see RunLeaderElected).
-func (a *agent) runDuties(ctx context.Context) {
-	var wg sync.WaitGroup
-	for name, run := range map[string]func(context.Context) error{
-		"placement": a.placement.Run,
-		"node loss": a.nodeLoss.Run,
-	} {
-		wg.Go(func() {
-			if err := run(ctx); err != nil {
-				klog.FromContext(ctx).Error(err, "Cluster duty stopped", "duty", name)
-			}
-		})
-	}
-	wg.Wait()
 }

@@ -69,7 +69,7 @@ func TestNodeAgent(t *testing.T) {
 	o := &nodeOptions{
 		nodeName: "node-a", kubeletRoot: filepath.Join(root, "kubelet"), dataRoot: filepath.Join(root, "data"),
 		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
-		metricsAddress: freeAddress(t), registerWithKubelet: true, leaderElection: true, leaderElectionNamespace: "stickyvol",
+		metricsAddress: freeAddress(t), registerWithKubelet: true,
 		reconcilePeriod: time.Minute,
 	}
 	if err := o.validate(); err != nil {
@@ -158,10 +158,10 @@ func TestNodeAgent(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	poll(t, "the Lease", func(ctx context.Context) (bool, error) {
-		lease, err := kube.CoordinationV1().Leases("stickyvol").Get(ctx, driver.Name, metav1.GetOptions{})
-		return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == "node-a", nil
-	})
+	// The cluster duties are the controller's: an agent never campaigns.
+	if leases, err := kube.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{}); err != nil || len(leases.Items) != 0 {
+		t.Errorf("the agent touched Leases: %v, %v", leases, err)
+	}
 
 	cancel()
 	select {
@@ -182,8 +182,7 @@ func TestNodeAgent(t *testing.T) {
 func TestNodeOptionsValidate(t *testing.T) {
 	valid := func() *nodeOptions {
 		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", qps: 1, burst: 1, threadiness: 1,
-			operationTimeout: time.Second, leaderElection: true, leaderElectionNamespace: "stickyvol",
-			reconcilePeriod: time.Minute}
+			operationTimeout: time.Second, reconcilePeriod: time.Minute}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -196,7 +195,6 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"bad capacity", func(o *nodeOptions) { o.capacity = "ten gigs" }, "--capacity"},
 		{"zero capacity", func(o *nodeOptions) { o.capacity = "0" }, "--capacity"},
 		{"zero qps", func(o *nodeOptions) { o.qps = 0 }, "must be positive"},
-		{"no lease namespace", func(o *nodeOptions) { o.leaderElectionNamespace = "" }, "--leader-election-namespace"},
 		{"orphans deleted before they are orphans", func(o *nodeOptions) { o.deleteOrphansAfter = time.Minute }, "--delete-orphans-after"},
 		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
 	} {
@@ -214,15 +212,19 @@ func TestNodeOptionsValidate(t *testing.T) {
 	}
 }
 
-func TestNodeNameDefaultsFromEnvironment(t *testing.T) {
-	cmd := newRootCommand("stickyvol", environment{nodeName: "from-env", podNamespace: "ns-from-env"})
-	node, _, err := cmd.Find([]string{"node"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for flag, want := range map[string]string{"node-name": "from-env", "leader-election-namespace": "ns-from-env"} {
-		if got := node.Flags().Lookup(flag).DefValue; got != want {
-			t.Errorf("--%s defaults to %q, want %q", flag, got, want)
+func TestFlagsDefaultFromEnvironment(t *testing.T) {
+	cmd := newRootCommand("stickyvol", environment{nodeName: "from-env", podNamespace: "ns-from-env", podName: "pod-from-env"})
+	for _, tc := range []struct{ command, flag, want string }{
+		{"node", "node-name", "from-env"},
+		{"controller", "namespace", "ns-from-env"},
+		{"controller", "identity", "pod-from-env"},
+	} {
+		sub, _, err := cmd.Find([]string{tc.command})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sub.Flags().Lookup(tc.flag).DefValue; got != tc.want {
+			t.Errorf("%s --%s defaults to %q, want %q", tc.command, tc.flag, got, tc.want)
 		}
 	}
 }

@@ -1,5 +1,6 @@
 // Command stickyvol is the node agent of the stickyvol hostpath CSI driver
-// (`stickyvol node`) and a small client (`stickyvol status`), which is also
+// (`stickyvol node`), its cluster controller (`stickyvol controller`) and a
+// small client (`stickyvol status`), which is also
 // the kubectl plugin `kubectl stickyvol` when installed as kubectl-stickyvol.
 //
 // This file only wires: environment and flags into option structs, logging,
@@ -29,13 +30,25 @@ var version = "dev"
 type environment struct {
 	// nodeName is NODE_NAME, which the DaemonSet sets from spec.nodeName.
 	nodeName string
-	// podNamespace is POD_NAMESPACE, the namespace the DaemonSet runs in.
+	// podNamespace is POD_NAMESPACE, the namespace the pod runs in.
 	podNamespace string
+	// podName is POD_NAME, the controller's identity in its Lease.
+	podName string
+}
+
+// namespaceOr is the pod's namespace, or def outside a pod.
+func (e environment) namespaceOr(def string) string {
+	if e.podNamespace != "" {
+		return e.podNamespace
+	}
+	return def
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	cmd := newRootCommand(commandName(os.Args[0]), environment{nodeName: os.Getenv("NODE_NAME"), podNamespace: os.Getenv("POD_NAMESPACE")})
+	cmd := newRootCommand(commandName(os.Args[0]), environment{
+		nodeName: os.Getenv("NODE_NAME"), podNamespace: os.Getenv("POD_NAMESPACE"), podName: os.Getenv("POD_NAME"),
+	})
 	err := cmd.ExecuteContext(ctx)
 	stop()
 	logs.FlushLogs()
@@ -76,7 +89,7 @@ func newRootCommand(name string, env environment) *cobra.Command {
 		"log-json-split-stream", "log-json-info-buffer-size"} {
 		_ = root.PersistentFlags().MarkHidden(name)
 	}
-	root.AddCommand(newNodeCommand(env), newStatusCommand(), newVersionCommand())
+	root.AddCommand(newNodeCommand(env), newControllerCommand(env), newStatusCommand(), newVersionCommand())
 	return root
 }
 

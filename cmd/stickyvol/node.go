@@ -19,23 +19,21 @@ import (
 
 // nodeOptions are the flags of `stickyvol node`.
 type nodeOptions struct {
-	nodeName                string
-	kubeletRoot             string
-	dataRoot                string
-	capacity                string
-	maxVolumes              int64
-	socketGroup             int
-	kubeconfig              string
-	qps                     float32
-	burst                   int
-	threadiness             int
-	operationTimeout        time.Duration
-	metricsAddress          string
-	registerWithKubelet     bool
-	leaderElection          bool
-	leaderElectionNamespace string
-	reconcilePeriod         time.Duration
-	deleteOrphansAfter      time.Duration
+	nodeName            string
+	kubeletRoot         string
+	dataRoot            string
+	capacity            string
+	maxVolumes          int64
+	socketGroup         int
+	kubeconfig          string
+	qps                 float32
+	burst               int
+	threadiness         int
+	operationTimeout    time.Duration
+	metricsAddress      string
+	registerWithKubelet bool
+	reconcilePeriod     time.Duration
+	deleteOrphansAfter  time.Duration
 }
 
 func newNodeCommand(env environment) *cobra.Command {
@@ -45,8 +43,8 @@ func newNodeCommand(env environment) *cobra.Command {
 		Short: "Run the node agent: CSI driver, provisioner, kubelet registration, metrics",
 		Long: "Runs everything stickyvol does on one node: the CSI driver on\n" +
 			"<kubelet-root>/plugins/" + driver.Name + "/csi.sock, kubelet plugin registration, the\n" +
-			"provisioner for claims scheduled to this node, the leader-elected cluster duties,\n" +
-			"and /healthz and /metrics. Outside a cluster (tests, simulated nodes) give\n" +
+			"provisioner for claims scheduled to this node, and /healthz, /readyz and /metrics.\n" +
+			"Cluster duties run in `stickyvol controller`. Outside a cluster (tests, simulated nodes) give\n" +
 			"--kubeconfig, --node-name, --data-root, --kubelet-root and --register-with-kubelet=false.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,10 +53,6 @@ func newNodeCommand(env environment) *cobra.Command {
 			}
 			return runNode(cmd.Context(), o)
 		},
-	}
-	defaultNamespace := env.podNamespace
-	if defaultNamespace == "" {
-		defaultNamespace = "stickyvol"
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.nodeName, "node-name", env.nodeName, "Kubernetes name of this node; defaults to $NODE_NAME.")
@@ -74,8 +68,6 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume or DeleteVolume call to the driver.")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz and /metrics. Empty: no HTTP server.")
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
-	f.BoolVar(&o.leaderElection, "leader-election", true, "Take part in the Lease election for cluster duties (choosing nodes for claims of Immediate-binding classes). Off: this process never does them.")
-	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", defaultNamespace, "Namespace of the Lease and of the CSIStorageCapacity objects; defaults to $POD_NAMESPACE when set.")
 	f.DurationVar(&o.reconcilePeriod, "reconcile-period", provisioner.DefaultReconcilePeriod, "How often this node's volumes are compared with the PVs that name it (orphans, missing volumes).")
 	f.DurationVar(&o.deleteOrphansAfter, "delete-orphans-after", 0, "Delete a volume that no PV names and no claim waits for once it has been so for this long (at least 10m). 0: never; orphans are only counted and logged.")
 	return cmd
@@ -103,9 +95,6 @@ func (o *nodeOptions) validate() error {
 	if o.deleteOrphansAfter != 0 && o.deleteOrphansAfter < provisioner.DefaultOrphanGrace {
 		errs = append(errs, fmt.Errorf("--delete-orphans-after must be 0 or at least %s: a volume is an orphan only after that", provisioner.DefaultOrphanGrace))
 	}
-	if o.leaderElection && o.leaderElectionNamespace == "" {
-		errs = append(errs, errors.New("--leader-election-namespace is required with --leader-election"))
-	}
 	return errors.Join(errs...)
 }
 
@@ -132,8 +121,8 @@ func (o *nodeOptions) driverConfig() driver.Config {
 	}
 }
 
-// nodeRESTConfig is the in-cluster configuration, or kubeconfig's.
-func nodeRESTConfig(kubeconfig string) (*rest.Config, error) {
+// restConfig is the in-cluster configuration, or kubeconfig's.
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -162,7 +151,7 @@ func kubeClient(cfg *rest.Config, qps float32, burst int) (kubernetes.Interface,
 
 // runNode runs the agent until ctx is done or a part fails.
 func runNode(ctx context.Context, o *nodeOptions) error {
-	cfg, err := nodeRESTConfig(o.kubeconfig)
+	cfg, err := restConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
