@@ -49,10 +49,13 @@ func (f *Framework) Deploy(ctx context.Context, cfg DeployConfig, logf Logf) err
 		return err
 	}
 	for i, obj := range objs {
-		if obj.GetKind() != "DaemonSet" || obj.GetName() != DaemonSetName {
-			continue
+		switch {
+		case obj.GetKind() == "DaemonSet" && obj.GetName() == DaemonSetName:
+			objs[i], err = customizeAgent(obj, cfg)
+		case obj.GetKind() == "Deployment" && obj.GetName() == ControllerName:
+			objs[i], err = annotateImage(obj, cfg)
 		}
-		if objs[i], err = customizeAgent(obj, cfg); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -63,13 +66,18 @@ func (f *Framework) Deploy(ctx context.Context, cfg DeployConfig, logf Logf) err
 	return f.waitDeployed(ctx, logf)
 }
 
-// waitDeployed waits until the agent runs on every real node and each
-// node's kubelet has registered the driver.
+// waitDeployed waits until the agent runs on every real node, each node's
+// kubelet has registered the driver, and the controller's replicas are
+// ready.
 func (f *Framework) waitDeployed(ctx context.Context, logf Logf) error {
 	if err := f.WaitForDaemonSet(ctx, Namespace, DaemonSetName); err != nil {
 		return err
 	}
 	logf("DaemonSet %s/%s ready on every node", Namespace, DaemonSetName)
+	if err := f.WaitForDeployment(ctx, Namespace, ControllerName); err != nil {
+		return err
+	}
+	logf("Deployment %s/%s ready", Namespace, ControllerName)
 	if err := f.WaitForDriverRegistered(ctx); err != nil {
 		return err
 	}
@@ -77,14 +85,24 @@ func (f *Framework) waitDeployed(ctx context.Context, logf Logf) error {
 	return nil
 }
 
-// customizeAgent adds the image annotation and cfg.AgentArgs to the agent's
-// DaemonSet. It edits the rendered object in place rather than through the
-// typed DaemonSet, whose conversion would add empty fields to what is applied.
-func customizeAgent(obj *unstructured.Unstructured, cfg DeployConfig) (*unstructured.Unstructured, error) {
+// annotateImage adds the image annotation to a workload's pod template. It
+// edits the rendered object rather than a typed one, whose conversion would
+// add empty fields to what is applied.
+func annotateImage(obj *unstructured.Unstructured, cfg DeployConfig) (*unstructured.Unstructured, error) {
 	obj = obj.DeepCopy()
 	if err := unstructured.SetNestedField(obj.Object, cfg.Image.Digest.String(),
 		"spec", "template", "metadata", "annotations", annImage); err != nil {
-		return nil, fmt.Errorf("DaemonSet %s: %w", obj.GetName(), err)
+		return nil, fmt.Errorf("%s %s: %w", obj.GetKind(), obj.GetName(), err)
+	}
+	return obj, nil
+}
+
+// customizeAgent adds the image annotation and cfg.AgentArgs to the agent's
+// DaemonSet.
+func customizeAgent(obj *unstructured.Unstructured, cfg DeployConfig) (*unstructured.Unstructured, error) {
+	obj, err := annotateImage(obj, cfg)
+	if err != nil {
+		return nil, err
 	}
 	containers, _, err := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
 	if err != nil {
@@ -215,6 +233,23 @@ func (f *Framework) WaitForDaemonSet(ctx context.Context, namespace, name string
 	})
 	if err != nil {
 		return fmt.Errorf("waiting for DaemonSet %s/%s on all %d nodes: %w", namespace, name, nodes, err)
+	}
+	return nil
+}
+
+// WaitForDeployment waits until every replica of the Deployment's current
+// template is available.
+func (f *Framework) WaitForDeployment(ctx context.Context, namespace, name string) error {
+	_, err := WaitFor(ctx, f.Deployments(namespace, name), &appsv1.Deployment{}, func(ds []*appsv1.Deployment) (bool, error) {
+		if len(ds) == 0 || ds[0].Spec.Replicas == nil {
+			return false, nil
+		}
+		d, want := ds[0], *ds[0].Spec.Replicas
+		return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == want &&
+			d.Status.AvailableReplicas == want && d.Status.Replicas == want, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for Deployment %s/%s: %w", namespace, name, err)
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ const (
 	TopologyKey    = "topology.hostpath.stickyvol.dev/node"
 	Namespace      = "stickyvol"
 	DaemonSetName  = "stickyvol-node"
+	ControllerName = "stickyvol-controller"
 	AgentPodLabel  = "app.kubernetes.io/name=stickyvol-node"
 	StorageClass   = "stickyvol"
 	LocalOverlay   = "deploy/overlays/local"

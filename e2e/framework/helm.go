@@ -100,7 +100,7 @@ func (f *Framework) HelmInstall(ctx context.Context, helm string, cfg DeployConf
 // HelmUninstall uninstalls the release and returns what it left behind of
 // stickyvol beyond what the README says it keeps (the namespace, the
 // agents' Lease, the volumes of claims that still exist): any object of the
-// release, a driver still registered on a node, an agent pod still running.
+// release, a driver still registered on a node, an agent or controller pod still running.
 func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, error) {
 	// As the README says: delete the claims first, and let the agents
 	// delete their volumes, or the PVs keep their finalizer with no agent
@@ -134,12 +134,15 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 
 // leftBehind lists what of stickyvol is still there after an uninstall: an
 // object of the release, the CSIDriver, the driver on a node's CSINode, an
-// agent pod.
+// agent or controller pod.
 func (f *Framework) leftBehind(ctx context.Context) ([]string, error) {
 	var left []string
 	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + HelmRelease}
 	for _, r := range []schema.GroupVersionResource{
 		{Group: "apps", Version: "v1", Resource: "daemonsets"},
+		{Group: "apps", Version: "v1", Resource: "deployments"},
+		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
+		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
 		{Version: "v1", Resource: "serviceaccounts"},
 		{Version: "v1", Resource: "services"},
 		{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
@@ -169,7 +172,7 @@ func (f *Framework) leftBehind(ctx context.Context) ([]string, error) {
 			left = append(left, "the driver on CSINode "+csiNodes.Items[i].Name)
 		}
 	}
-	pods, err := f.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: AgentPodLabel})
+	pods, err := f.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name in (stickyvol-node,stickyvol-controller)"})
 	if err != nil {
 		return nil, err
 	}

@@ -127,6 +127,11 @@ func (f *Framework) DaemonSets(namespace, name string) cache.ListerWatcher {
 	return listWatch(f.Client.AppsV1().RESTClient(), "daemonsets", namespace, name, nil)
 }
 
+// Deployments selects one Deployment.
+func (f *Framework) Deployments(namespace, name string) cache.ListerWatcher {
+	return listWatch(f.Client.AppsV1().RESTClient(), "deployments", namespace, name, nil)
+}
+
 // Namespaces selects all namespaces.
 func (f *Framework) Namespaces() cache.ListerWatcher {
 	return listWatch(f.Client.CoreV1().RESTClient(), "namespaces", "", "", nil)
