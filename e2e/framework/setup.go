@@ -21,6 +21,10 @@ type SetupConfig struct {
 	Attach bool
 	// AgentArgs are extra arguments of `stickyvol node` (DeployConfig).
 	AgentArgs []string
+	// FakeNodes is the number of kwok nodes the cluster gets besides its
+	// real ones (cluster.Config); they have no agent until HostAgents
+	// starts one for each.
+	FakeNodes int
 	// Helm installs stickyvol with the chart (HelmInstall) instead of the
 	// kustomize overlay; HelmBinary is then the Helm CLI to use (EnsureHelm
 	// builds it when empty).
@@ -66,7 +70,7 @@ func Setup(ctx context.Context, cfg SetupConfig) (*Framework, error) {
 			return err
 		}
 		logf("bringing up the local cluster (the first run builds Kubernetes from source: many minutes, cached after)")
-		c, err = cluster.Up(ctx, cluster.Config{CacheDir: cfg.CacheDir, Out: cfg.ClusterOut})
+		c, err = cluster.Up(ctx, cluster.Config{CacheDir: cfg.CacheDir, FakeNodes: cfg.FakeNodes, Out: cfg.ClusterOut})
 		return err
 	}); err != nil {
 		return nil, err

@@ -46,13 +46,21 @@ const envInstall = "STICKYVOL_E2E_INSTALL"
 // data root's file system, is the same host disk for both nodes here.
 const nodeCapacity = "1Gi"
 
+// fakeNodes is how many kwok nodes the cluster gets for the chaos
+// scenarios' volumes at scale (110 pods each).
+const fakeNodes = 4
+
 // suite is what TestMain set up for the scenarios.
 var suite struct {
 	f        *framework.Framework
 	setupErr error
 
+	// cacheDir holds the cluster and the binaries BuildImages built.
+	cacheDir string
+
 	mu    sync.Mutex
 	times []scenarioTime
+	chaos []chaosRow
 }
 
 type scenarioTime struct {
@@ -77,6 +85,7 @@ func run(m *testing.M) int {
 	}
 	attach := os.Getenv(envAttach) != ""
 	cacheDir := cluster.DefaultCacheDir()
+	suite.cacheDir = cacheDir
 
 	install := os.Getenv(envInstall)
 	helm, helmBinary := install == "helm", ""
@@ -99,6 +108,7 @@ func run(m *testing.M) int {
 			CacheDir:   cacheDir,
 			Attach:     attach,
 			AgentArgs:  []string{"--capacity=" + nodeCapacity},
+			FakeNodes:  fakeNodes,
 			Helm:       helm,
 			HelmBinary: helmBinary,
 			ClusterOut: os.Stderr,
@@ -117,6 +127,7 @@ func run(m *testing.M) int {
 	code := m.Run()
 
 	printTimes(setupTime)
+	printChaos()
 	if helm && suite.setupErr == nil {
 		if err := uninstall(ctx, helmBinary, logf); err != nil {
 			logf("helm uninstall: %v", err)

@@ -130,4 +130,11 @@ func TestNodeLoss(t *testing.T) {
 		t.Errorf("after %s came back: %s, want PV %s on %s", lost, back, kept.pv, lost)
 	}
 	e.checkBlob(ctx, kept.pod, sum, "after its node was deleted and came back")
+
+	// The disk came back with the volume whose PV Recreate deleted: the
+	// node's agent counts it as an orphan once its grace has passed
+	// (stickyvol_orphan_volumes) and deletes it only with
+	// --delete-orphans-after. Anything else found is a fault.
+	report := e.audit(ctx, e.realRoots(), "after the node came back", gone.handle)
+	e.record(chaosRow{claims: 2, faults: 1, orphans: len(report.Orphans), duplicates: len(report.Duplicates)})
 }
