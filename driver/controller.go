@@ -29,6 +29,8 @@ type controllerServer struct {
 	store   *store
 	locks   *volumeLocks
 	mounter Mounter
+	// changed is Config.VolumesChanged, or nil.
+	changed func()
 }
 
 func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -78,6 +80,7 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, statusFor(err, "creating volume "+spec.ID)
 	}
 	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
+	s.volumesChanged()
 	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
 }
 
@@ -193,7 +196,17 @@ func (s *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, statusFor(err, "deleting volume "+id)
 	}
 	logger.V(2).Info("Volume deleted")
+	s.volumesChanged()
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// volumesChanged tells Config.VolumesChanged, if set, that the volumes (and
+// so the free capacity) may have changed. A retried CreateVolume or a
+// DeleteVolume of an unknown ID calls it too: the listener only looks again.
+func (s *controllerServer) volumesChanged() {
+	if s.changed != nil {
+		s.changed()
+	}
 }
 
 // ValidateVolumeCapabilities confirms the capabilities and parameters this

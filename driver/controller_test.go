@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -158,6 +159,44 @@ func TestGetCapacity(t *testing.T) {
 	_, err := ts.controller.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"bogus": "1"}})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("GetCapacity with unknown parameter: %v, want InvalidArgument", err)
+	}
+}
+
+// Whoever publishes the node's free capacity hears of every create and
+// delete that went through, and of no refusal.
+func TestVolumesChanged(t *testing.T) {
+	testutil.RequireRoot(t)
+	cfg := testConfig(t)
+	cfg.Capacity = 2 << 20
+	var calls atomic.Int32
+	cfg.VolumesChanged = func() { calls.Add(1) }
+	ts := startServer(t, cfg)
+	ctx := testContext(t)
+	tooBig := createRequest("big")
+	tooBig.CapacityRange.RequiredBytes = 4 << 20
+	for _, step := range []struct {
+		name string
+		call func() error
+		code codes.Code
+		want int32
+	}{
+		{"create", func() error { _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); return err }, codes.OK, 1},
+		{"create that does not fit", func() error { _, err := ts.controller.CreateVolume(ctx, tooBig); return err }, codes.ResourceExhausted, 1},
+		{"delete without ID", func() error {
+			_, err := ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{})
+			return err
+		}, codes.InvalidArgument, 1},
+		{"delete", func() error {
+			_, err := ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "vol"})
+			return err
+		}, codes.OK, 2},
+	} {
+		if err := step.call(); status.Code(err) != step.code {
+			t.Fatalf("%s: %v, want code %s", step.name, err, step.code)
+		}
+		if got := calls.Load(); got != step.want {
+			t.Errorf("after %s: VolumesChanged called %d times, want %d", step.name, got, step.want)
+		}
 	}
 }
 

@@ -80,6 +80,11 @@ type Config struct {
 	// directories without a record). The zero value means klog.Background().
 	// RPCs log to the logger in the context passed to Run or Serve.
 	Logger klog.Logger
+	// VolumesChanged, when set, is called after each CreateVolume and
+	// DeleteVolume that succeeded, so that whoever publishes the node's
+	// free capacity can look again. It runs inside the RPC: it must not
+	// block.
+	VolumesChanged func()
 }
 
 // Driver is a CSI driver instance on one data root.
@@ -124,7 +129,7 @@ func New(cfg Config) (*Driver, error) {
 		cfg:        cfg,
 		store:      s,
 		identity:   &identityServer{name: cfg.Name, version: cfg.Version, store: s},
-		controller: &controllerServer{nodeID: cfg.NodeID, store: s, locks: locks, mounter: cfg.Mounter},
+		controller: &controllerServer{nodeID: cfg.NodeID, store: s, locks: locks, mounter: cfg.Mounter, changed: cfg.VolumesChanged},
 		node: &nodeServer{
 			nodeID:     cfg.NodeID,
 			maxVolumes: cfg.MaxVolumesPerNode,
