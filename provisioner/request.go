@@ -7,6 +7,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 )
@@ -178,16 +179,25 @@ func forPopulator(claim *v1.PersistentVolumeClaim) bool {
 	return !claimSource && !snapshotSource
 }
 
-// parameters are the StorageClass parameters plus the claim and PV names.
+// parameters are the class's DriverParameters plus the claim and PV names.
 // The names are set last so a class cannot spoof them.
 func (p *Provisioner) parameters(opts controller.ProvisionOptions) map[string]string {
-	params := make(map[string]string)
-	if opts.StorageClass != nil {
-		maps.Copy(params, opts.StorageClass.Parameters)
-	}
-	delete(params, ParamNodeLossPolicy)
+	params := DriverParameters(opts.StorageClass)
 	params[ParamPVCName] = opts.PVC.Name
 	params[ParamPVCNamespace] = opts.PVC.Namespace
 	params[ParamPVName] = opts.PVName
+	return params
+}
+
+// DriverParameters returns the parameters of class that are the driver's:
+// all but the provisioner's own (nodeLossPolicy), as CreateVolume gets them
+// and as GetCapacity should be asked with them. A nil class has none. The
+// map is a new one.
+func DriverParameters(class *storagev1.StorageClass) map[string]string {
+	params := make(map[string]string)
+	if class != nil {
+		maps.Copy(params, class.Parameters)
+	}
+	delete(params, ParamNodeLossPolicy)
 	return params
 }

@@ -1,6 +1,7 @@
 package provisioner
 
 import (
+	"maps"
 	"math"
 	"strings"
 	"testing"
@@ -66,7 +67,7 @@ func TestCreateVolumeRequest(t *testing.T) {
 	claim.Spec.Resources.Limits = v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")}
 	sc := &storagev1.StorageClass{
 		ObjectMeta:  metav1.ObjectMeta{Name: "stickyvol"},
-		Parameters:  map[string]string{"directoryMode": "0750", ParamPVCName: "spoofed"},
+		Parameters:  map[string]string{"directoryMode": "0750", ParamPVCName: "spoofed", ParamNodeLossPolicy: NodeLossRecreate},
 		Provisioner: "hostpath.stickyvol.dev",
 	}
 	req, err := p.createVolumeRequest(controller.ProvisionOptions{
@@ -82,10 +83,10 @@ func TestCreateVolumeRequest(t *testing.T) {
 	}
 	wantParams := map[string]string{"directoryMode": "0750", ParamPVCName: "data-web-0",
 		ParamPVCNamespace: "default", ParamPVName: "pvc-123"}
-	for k, v := range wantParams {
-		if req.Parameters[k] != v {
-			t.Errorf("parameter %s = %q, want %q", k, req.Parameters[k], v)
-		}
+	// nodeLossPolicy is the provisioner's and the node-loss duty's; the
+	// driver would refuse it as unknown.
+	if !maps.Equal(req.Parameters, wantParams) {
+		t.Errorf("parameters %v, want %v", req.Parameters, wantParams)
 	}
 	if sc.Parameters[ParamPVCName] != "spoofed" {
 		t.Error("the StorageClass' parameters were modified")
