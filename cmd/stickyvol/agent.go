@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/stickyvol/stickyvol/capacity"
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
 	"github.com/stickyvol/stickyvol/internal/events"
@@ -35,14 +36,17 @@ type agent struct {
 	controller   *provisioner.Controller
 	reconciler   *provisioner.Reconciler
 	registration *registration.Server // nil without kubelet
+	capacity     *capacity.Publisher  // nil with --publish-capacity=false
 	kube         kubernetes.Interface
 }
 
 // newAgent builds the parts; nothing runs yet. The driver reloads its
 // records here, so a broken data root fails before anything is served.
 func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*agent, error) {
+	a := &agent{opts: o, kube: kube}
 	dcfg := o.driverConfig()
 	dcfg.Logger = klog.FromContext(ctx)
+	dcfg.VolumesChanged = a.volumesChanged
 	d, err := driver.New(dcfg)
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
@@ -58,8 +62,8 @@ func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*
 	if err != nil {
 		return nil, errors.Join(err, d.Close())
 	}
-	a := &agent{opts: o, driver: d, csiConn: conn, identity: csi.NewIdentityClient(conn), kube: kube,
-		informers: informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod)}
+	a.driver, a.csiConn, a.identity = d, conn, csi.NewIdentityClient(conn)
+	a.informers = informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod)
 	if err := a.build(ctx, kube); err != nil {
 		return nil, errors.Join(err, conn.Close(), d.Close())
 	}
@@ -91,6 +95,16 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 	})
 	if err != nil {
 		return err
+	}
+	if o.publishCapacity {
+		a.capacity, err = capacity.New(capacity.Config{
+			NodeName: o.nodeName, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
+			Namespace: o.namespace, ControllerClient: csi.NewControllerClient(a.csiConn), Client: kube,
+			Informers: a.informers, OwnerPod: o.capacityOwner, Timeout: o.operationTimeout,
+		})
+		if err != nil {
+			return err
+		}
 	}
 	if o.registerWithKubelet {
 		a.registration, err = registration.New(registration.Config{
@@ -139,6 +153,9 @@ func (a *agent) runParts(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.controller.Run(ctx) })
 	g.Go(func() error { return a.reconciler.Run(ctx) })
+	if a.capacity != nil {
+		g.Go(func() error { return a.capacity.Run(ctx) })
+	}
 	if a.registration != nil {
 		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as
 		// it sees this one.
@@ -148,6 +165,15 @@ func (a *agent) runParts(ctx context.Context) error {
 		g.Go(func() error { return serveHTTP(ctx, a.opts.metricsAddress, a.httpHandler()) })
 	}
 	return g.Wait()
+}
+
+// volumesChanged is the driver's Config.VolumesChanged: a volume was made
+// or deleted, so the published capacity is looked at again. The publisher
+// is built after the driver and before the driver serves.
+func (a *agent) volumesChanged() {
+	if a.capacity != nil {
+		a.capacity.Notify()
+	}
 }
 
 // waitForDriver blocks until the driver answers Probe with ready, or ctx

@@ -17,9 +17,11 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
@@ -70,16 +72,25 @@ func TestNodeAgent(t *testing.T) {
 		nodeName: "node-a", kubeletRoot: filepath.Join(root, "kubelet"), dataRoot: filepath.Join(root, "data"),
 		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
 		metricsAddress: freeAddress(t), registerWithKubelet: true,
-		reconcilePeriod: time.Minute,
+		reconcilePeriod: time.Minute, publishCapacity: true, namespace: "stickyvol", capacityOwner: "stickyvol-node-x1",
 	}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
 	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	yes := true
+	daemonSet := metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "stickyvol-node", UID: "uid-ds", Controller: &yes}
 	kube := fake.NewClientset(
 		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
 		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol"}, Provisioner: driver.Name, VolumeBindingMode: &wffc},
+		&v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: o.capacityOwner, Namespace: o.namespace, OwnerReferences: []metav1.OwnerReference{daemonSet}}},
 	)
+	// The fake API server does not make up names for generateName.
+	kube.PrependReactor("create", "csistoragecapacities", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		o := a.(k8stesting.CreateAction).GetObject().(*storagev1.CSIStorageCapacity)
+		o.Name = o.GenerateName + "1"
+		return false, nil, nil
+	})
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(false)))
 	ctx, cancel := context.WithCancel(klog.NewContext(t.Context(), logger))
 	defer cancel()
@@ -119,7 +130,24 @@ func TestNodeAgent(t *testing.T) {
 		return code == http.StatusOK, nil
 	})
 
+	// The scheduler learns what the node can hold for the class: all of
+	// its capacity, on this node; the objects go with the agents'
+	// DaemonSet.
 	class := "stickyvol"
+	waitForCapacity := func(left string) {
+		poll(t, "published capacity "+left, func(ctx context.Context) (bool, error) {
+			list, err := kube.StorageV1().CSIStorageCapacities("stickyvol").List(ctx, metav1.ListOptions{})
+			if err != nil || len(list.Items) != 1 {
+				return false, err
+			}
+			c, want := list.Items[0], resource.MustParse(left)
+			return c.StorageClassName == class && c.NodeTopology.MatchLabels[driver.TopologyKey] == "node-a" &&
+				c.Capacity.Cmp(want) == 0 && c.MaximumVolumeSize.Cmp(want) == 0 &&
+				len(c.OwnerReferences) == 1 && c.OwnerReferences[0].UID == daemonSet.UID, nil
+		})
+	}
+	waitForCapacity("1Gi")
+
 	claim := &v1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: "data-web-0", Namespace: "default", UID: types.UID("uid-1"),
 			Annotations: map[string]string{
@@ -142,6 +170,9 @@ func TestNodeAgent(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(o.dataRoot, "volumes", "pvc-uid-1")); err != nil {
 		t.Errorf("volume directory: %v", err)
 	}
+	// The driver tells the publisher of the new volume: what is left is
+	// published within seconds, not at the next resync.
+	waitForCapacity("768Mi")
 
 	_, metrics := get(t, base+"/metrics")
 	for _, want := range []string{
@@ -151,6 +182,8 @@ func TestNodeAgent(t *testing.T) {
 		"stickyvol_unavailable_volumes 0",
 		"stickyvol_orphan_volumes 0",
 		"stickyvol_missing_volumes 0",
+		`stickyvol_storage_capacity_writes_total{operation="create"} 1`,
+		`stickyvol_storage_capacity_writes_total{operation="update"} 1`,
 		`controller_persistentvolumeclaim_provision_total{class="stickyvol",source=""} 1`,
 		"go_goroutines",
 	} {
@@ -197,6 +230,8 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"zero qps", func(o *nodeOptions) { o.qps = 0 }, "must be positive"},
 		{"orphans deleted before they are orphans", func(o *nodeOptions) { o.deleteOrphansAfter = time.Minute }, "--delete-orphans-after"},
 		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
+		{"capacity published nowhere", func(o *nodeOptions) { o.publishCapacity, o.namespace = true, "" }, "--namespace"},
+		{"capacity not published", func(o *nodeOptions) { o.publishCapacity, o.namespace = false, "" }, ""},
 	} {
 		o := valid()
 		tc.change(o)
@@ -216,6 +251,8 @@ func TestFlagsDefaultFromEnvironment(t *testing.T) {
 	cmd := newRootCommand("stickyvol", environment{nodeName: "from-env", podNamespace: "ns-from-env", podName: "pod-from-env"})
 	for _, tc := range []struct{ command, flag, want string }{
 		{"node", "node-name", "from-env"},
+		{"node", "namespace", "ns-from-env"},
+		{"node", "capacity-owner", "pod-from-env"},
 		{"controller", "namespace", "ns-from-env"},
 		{"controller", "identity", "pod-from-env"},
 	} {

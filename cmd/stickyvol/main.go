@@ -32,7 +32,8 @@ type environment struct {
 	nodeName string
 	// podNamespace is POD_NAMESPACE, the namespace the pod runs in.
 	podNamespace string
-	// podName is POD_NAME, the controller's identity in its Lease.
+	// podName is POD_NAME: the controller's identity in its Lease, and the
+	// agent's pod, whose owner owns the agent's CSIStorageCapacity objects.
 	podName string
 }
 

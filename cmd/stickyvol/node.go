@@ -34,6 +34,9 @@ type nodeOptions struct {
 	registerWithKubelet bool
 	reconcilePeriod     time.Duration
 	deleteOrphansAfter  time.Duration
+	publishCapacity     bool
+	namespace           string
+	capacityOwner       string
 }
 
 func newNodeCommand(env environment) *cobra.Command {
@@ -43,7 +46,8 @@ func newNodeCommand(env environment) *cobra.Command {
 		Short: "Run the node agent: CSI driver, provisioner, kubelet registration, metrics",
 		Long: "Runs everything stickyvol does on one node: the CSI driver on\n" +
 			"<kubelet-root>/plugins/" + driver.Name + "/csi.sock, kubelet plugin registration, the\n" +
-			"provisioner for claims scheduled to this node, and /healthz, /readyz and /metrics.\n" +
+			"provisioner for claims scheduled to this node, this node's CSIStorageCapacity objects,\n" +
+			"and /healthz, /readyz and /metrics.\n" +
 			"Cluster duties run in `stickyvol controller`. Outside a cluster (tests, simulated nodes) give\n" +
 			"--kubeconfig, --node-name, --data-root, --kubelet-root and --register-with-kubelet=false.",
 		Args: cobra.NoArgs,
@@ -70,6 +74,9 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
 	f.DurationVar(&o.reconcilePeriod, "reconcile-period", provisioner.DefaultReconcilePeriod, "How often this node's volumes are compared with the PVs that name it (orphans, missing volumes).")
 	f.DurationVar(&o.deleteOrphansAfter, "delete-orphans-after", 0, "Delete a volume that no PV names and no claim waits for once it has been so for this long (at least 10m). 0: never; orphans are only counted and logged.")
+	f.BoolVar(&o.publishCapacity, "publish-capacity", true, "Publish this node's free capacity per StorageClass as CSIStorageCapacity objects, for the scheduler. Off only together with storageCapacity: false in the CSIDriver, or no pod with a stickyvol claim is scheduled.")
+	f.StringVar(&o.namespace, "namespace", env.namespaceOr("stickyvol"), "Namespace of the CSIStorageCapacity objects: the driver's, where the scheduler and the controller read them; defaults to $POD_NAMESPACE when set.")
+	f.StringVar(&o.capacityOwner, "capacity-owner", env.podName, "The agent's own pod, in --namespace; its controller (the DaemonSet) owns the CSIStorageCapacity objects, so they go with the install. Defaults to $POD_NAME. Empty: no owner (an agent outside a pod); the objects stay until deleted by hand or with their Node.")
 	return cmd
 }
 
@@ -91,6 +98,9 @@ func (o *nodeOptions) validate() error {
 	}
 	if o.reconcilePeriod <= 0 {
 		errs = append(errs, errors.New("--reconcile-period must be positive"))
+	}
+	if o.publishCapacity && o.namespace == "" {
+		errs = append(errs, errors.New("--namespace is required to publish capacity (or set POD_NAMESPACE, or --publish-capacity=false)"))
 	}
 	if o.deleteOrphansAfter != 0 && o.deleteOrphansAfter < provisioner.DefaultOrphanGrace {
 		errs = append(errs, fmt.Errorf("--delete-orphans-after must be 0 or at least %s: a volume is an orphan only after that", provisioner.DefaultOrphanGrace))

@@ -44,6 +44,9 @@ func (a *agent) httpHandler() http.Handler {
 	// and controller_persistentvolume_delete_{total,failed_total,duration_seconds}.
 	reg.MustRegister(a.controller.Collectors()...)
 	reg.MustRegister(a.reconciler.Collectors()...)
+	if a.capacity != nil {
+		reg.MustRegister(a.capacity.Collectors()...)
+	}
 
 	driverCheck := healthCheck{"driver", func(ctx context.Context) error { return probe(ctx, a.identity) }}
 	live := []healthCheck{driverCheck}
