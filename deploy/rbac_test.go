@@ -42,7 +42,7 @@ var (
 	)
 	controllerNamespaceNeeds = slices.Concat(
 		grants("coordination.k8s.io", "leases", "get", "create", "update"),
-		grants("storage.k8s.io", "csistoragecapacities", "list", "watch"),
+		grants("storage.k8s.io", "csistoragecapacities", "list", "watch", "delete"),
 	)
 )
 

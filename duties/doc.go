@@ -2,7 +2,7 @@
 // done by whichever replica of `stickyvol controller` holds the Lease
 // (RunLeaderElected): Placement, which picks a node for each claim of an
 // Immediate-binding stickyvol class, and NodeLoss, which deals with the
-// claims and PVs of a deleted node. They run apart from the node agents so
+// claims, PVs and CSIStorageCapacity objects of a deleted node. They run apart from the node agents so
 // that no agent needs rights over another node's objects. The provisioning
 // of a node's own claims stays in package provisioner, in every agent.
 //

@@ -42,9 +42,11 @@ type NodeLossConfig struct {
 	DriverName  string
 	TopologyKey string
 	Client      kubernetes.Interface
-	// Informers is the cluster-wide factory (claims, PVs, Nodes, classes),
-	// started by the caller for the life of the process.
-	Informers informers.SharedInformerFactory
+	// Informers is the cluster-wide factory (claims, PVs, Nodes, classes)
+	// and CapacityInformers the one of the driver's namespace
+	// (CSIStorageCapacity), both started by the caller for the life of the
+	// process.
+	Informers, CapacityInformers informers.SharedInformerFactory
 }
 
 // NodeLoss is the cluster duty that cleans up after a Node object is
@@ -62,42 +64,51 @@ type NodeLossConfig struct {
 //     the claim and, once Pending, the pod that uses it, so a StatefulSet
 //     makes both anew on a live node (the old PV is then Released and
 //     deleted as above).
+//   - The CSIStorageCapacity objects whose nodeTopology names the gone node
+//     are deleted: their agent is gone, and the DaemonSet that owns them is
+//     not.
 //
 // Only a Node object that is gone counts, confirmed by a GET: a node that is
 // NotReady, cordoned or unreachable is never acted on, since its disk may
 // come back with it.
 type NodeLoss struct {
 	client               kubernetes.Interface
-	factory              informers.SharedInformerFactory
+	factories            []informers.SharedInformerFactory
 	claimInformer, pvInf cache.SharedIndexInformer
 	nodeInformer         cache.SharedIndexInformer
+	capacityInformer     cache.SharedIndexInformer
 	nodes                corelisters.NodeLister
 	claims               corelisters.PersistentVolumeClaimLister
 	classes              storagelisters.StorageClassLister
-	// volumeNodes is the PV index function: the nodes a PV of the driver
-	// names.
-	volumeNodes cache.IndexFunc
+	// volumeNodes and capacityNodes are the PV and CSIStorageCapacity
+	// index functions: the nodes an object of the driver names.
+	volumeNodes, capacityNodes cache.IndexFunc
 }
 
 // NewNodeLoss checks cfg and takes the informers it needs from the factory.
 func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
-	if cfg.DriverName == "" || cfg.TopologyKey == "" || cfg.Client == nil || cfg.Informers == nil {
-		return nil, errors.New("node loss: driver name, topology key, client and informer factory are required")
+	if cfg.DriverName == "" || cfg.TopologyKey == "" || cfg.Client == nil || cfg.Informers == nil || cfg.CapacityInformers == nil {
+		return nil, errors.New("node loss: driver name, topology key, client and informer factories are required")
 	}
 	f := cfg.Informers
 	n := &NodeLoss{
-		client:        cfg.Client,
-		factory:       f,
-		claimInformer: f.Core().V1().PersistentVolumeClaims().Informer(),
-		pvInf:         f.Core().V1().PersistentVolumes().Informer(),
-		nodeInformer:  f.Core().V1().Nodes().Informer(),
-		nodes:         f.Core().V1().Nodes().Lister(),
-		claims:        f.Core().V1().PersistentVolumeClaims().Lister(),
-		classes:       f.Storage().V1().StorageClasses().Lister(),
-		volumeNodes:   volumesByNode(cfg.DriverName, cfg.TopologyKey),
+		client:           cfg.Client,
+		factories:        []informers.SharedInformerFactory{f, cfg.CapacityInformers},
+		claimInformer:    f.Core().V1().PersistentVolumeClaims().Informer(),
+		pvInf:            f.Core().V1().PersistentVolumes().Informer(),
+		nodeInformer:     f.Core().V1().Nodes().Informer(),
+		capacityInformer: cfg.CapacityInformers.Storage().V1().CSIStorageCapacities().Informer(),
+		nodes:            f.Core().V1().Nodes().Lister(),
+		claims:           f.Core().V1().PersistentVolumeClaims().Lister(),
+		classes:          f.Storage().V1().StorageClasses().Lister(),
+		volumeNodes:      volumesByNode(cfg.DriverName, cfg.TopologyKey),
+		capacityNodes:    capacitiesByNode(cfg.TopologyKey),
 	}
 	f.Storage().V1().StorageClasses().Informer() // registered with the factory, for the lister
 	if err := addIndex(n.pvInf, n.volumeNodes); err != nil {
+		return nil, err
+	}
+	if err := addIndex(n.capacityInformer, n.capacityNodes); err != nil {
 		return nil, err
 	}
 	if err := addIndex(n.claimInformer, pendingClaimsByNode(cfg.DriverName)); err != nil {
@@ -110,7 +121,7 @@ func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
 func (n *NodeLoss) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("nodeloss")
 	ctx = klog.NewContext(ctx, logger)
-	if err := waitForCaches(ctx, "node loss", n.factory); err != nil {
+	if err := waitForCaches(ctx, "node loss", n.factories...); err != nil {
 		if errors.Is(err, errStopped) {
 			return nil
 		}
@@ -132,14 +143,24 @@ func (n *NodeLoss) Run(ctx context.Context) error {
 	}
 	defer func() { _ = n.nodeInformer.RemoveEventHandler(reg) }()
 	// A PV of a gone node that changes (Released once the claim the duty
-	// deleted is gone) is looked at again at once.
+	// deleted is gone) is looked at again at once, and so is a
+	// CSIStorageCapacity object that names a gone node (published by an
+	// agent that ran on after its Node object was deleted).
 	pvReg, err := n.pvInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		UpdateFunc: func(_, obj any) { w.queueGoneNodes(obj) },
+		UpdateFunc: func(_, obj any) { w.queueGoneNodes(n.volumeNodes, obj) },
 	})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = n.pvInf.RemoveEventHandler(pvReg) }()
+	capacityReg, err := n.capacityInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.queueGoneNodes(n.capacityNodes, obj) },
+		UpdateFunc: func(_, obj any) { w.queueGoneNodes(n.capacityNodes, obj) },
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = n.capacityInformer.RemoveEventHandler(capacityReg) }()
 
 	var workers sync.WaitGroup
 	workers.Go(func() { process(ctx, w.queue, w.sync) })
@@ -157,10 +178,10 @@ type nodeLossWork struct {
 	recorder record.EventRecorder
 }
 
-// queueGoneNodes queues the nodes a PV of the driver names that have no
-// Node object.
-func (w *nodeLossWork) queueGoneNodes(obj any) {
-	nodes, err := w.volumeNodes(obj)
+// queueGoneNodes queues the nodes that obj names by index, and that have
+// no Node object.
+func (w *nodeLossWork) queueGoneNodes(index cache.IndexFunc, obj any) {
+	nodes, err := index(obj)
 	if err != nil {
 		return
 	}
@@ -171,11 +192,11 @@ func (w *nodeLossWork) queueGoneNodes(obj any) {
 	}
 }
 
-// rescan queues every node that stickyvol volumes or pending claims name
-// and that has no Node object.
+// rescan queues every node that stickyvol volumes, pending claims or
+// CSIStorageCapacity objects name and that has no Node object.
 func (w *nodeLossWork) rescan(context.Context) {
 	named := map[string]bool{}
-	for _, inf := range []cache.SharedIndexInformer{w.pvInf, w.claimInformer} {
+	for _, inf := range []cache.SharedIndexInformer{w.pvInf, w.claimInformer, w.capacityInformer} {
 		for _, node := range inf.GetIndexer().ListIndexFuncValues(nodeIndex) {
 			named[node] = true
 		}
@@ -219,7 +240,43 @@ func (w *nodeLossWork) sync(ctx context.Context, node string) error {
 			errs = append(errs, w.volumeGone(ctx, pv, node))
 		}
 	}
+	capacities, err := w.capacityInformer.GetIndexer().ByIndex(nodeIndex, node)
+	if err != nil {
+		return err
+	}
+	for _, obj := range capacities {
+		if c, ok := obj.(*storagev1.CSIStorageCapacity); ok {
+			errs = append(errs, w.deleteCapacity(ctx, c))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// deleteCapacity deletes a CSIStorageCapacity object of a gone node: no
+// agent is left to keep it true, and the scheduler would count the room of
+// a node that is not there.
+func (w *nodeLossWork) deleteCapacity(ctx context.Context, c *storagev1.CSIStorageCapacity) error {
+	uid := c.UID
+	err := w.client.StorageV1().CSIStorageCapacities(c.Namespace).Delete(ctx, c.Name,
+		metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting CSIStorageCapacity %s: %w", klog.KObj(c), err)
+	}
+	klog.FromContext(ctx).V(2).Info("Deleted the storage capacity of a gone node", "csiStorageCapacity", klog.KObj(c),
+		"storageClass", c.StorageClassName)
+	return nil
+}
+
+// capacitiesByNode indexes CSIStorageCapacity objects by the node their
+// nodeTopology names with topologyKey, as the agents publish them.
+func capacitiesByNode(topologyKey string) cache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		c, ok := obj.(*storagev1.CSIStorageCapacity)
+		if !ok || c.NodeTopology == nil || c.NodeTopology.MatchLabels[topologyKey] == "" {
+			return nil, nil
+		}
+		return []string{c.NodeTopology.MatchLabels[topologyKey]}, nil
+	}
 }
 
 // unselect removes the selected-node annotation of a claim that has no PV,

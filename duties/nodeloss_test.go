@@ -49,12 +49,22 @@ func pendingPod(name string, claim *v1.PersistentVolumeClaim) *v1.Pod {
 func startNodeLoss(t *testing.T, client *fake.Clientset) {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(client, 0)
+	capacities := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace("stickyvol"))
 	n, err := duties.NewNodeLoss(duties.NodeLossConfig{DriverName: driver.Name, TopologyKey: driver.TopologyKey,
-		Client: client, Informers: factory})
+		Client: client, Informers: factory, CapacityInformers: capacities})
 	if err != nil {
 		t.Fatal(err)
 	}
-	runDuty(t, n.Run, factory)
+	runDuty(t, n.Run, factory, capacities)
+}
+
+// capacityOf is the CSIStorageCapacity object node's agent publishes.
+func capacityOf(node string) *storagev1.CSIStorageCapacity {
+	return &storagev1.CSIStorageCapacity{
+		ObjectMeta:       metav1.ObjectMeta{Name: "csisc-" + node, Namespace: "stickyvol", UID: types.UID("uid-csisc-" + node)},
+		NodeTopology:     &metav1.LabelSelector{MatchLabels: map[string]string{driver.TopologyKey: node}},
+		StorageClassName: "stickyvol",
+	}
 }
 
 func hasEvent(ctx context.Context, client *fake.Clientset, kind, name, reason string) bool {
@@ -96,12 +106,18 @@ func TestNodeLoss(t *testing.T) {
 		fixtures.ReadyNode("node-a"), notReady,
 		pending, released, kept, keptPV, keptPod, gone, gonePV, gonePod,
 		live, livePV, sick, sickPV, sickReleased,
+		capacityOf("node-a"), capacityOf("node-b"), capacityOf("node-c"),
 	}...)
 	startNodeLoss(t, client)
+	capacities := client.StorageV1().CSIStorageCapacities("stickyvol")
 
 	fixtures.Eventually(t, "the pending claim to lose its selected node", func(ctx context.Context) (bool, error) {
 		c, err := client.CoreV1().PersistentVolumeClaims("default").Get(ctx, "pending", metav1.GetOptions{})
 		return err == nil && c.Annotations[provisioner.AnnSelectedNode] == "", err
+	})
+	fixtures.Eventually(t, "node-b's published capacity to go", func(ctx context.Context) (bool, error) {
+		_, err := capacities.Get(ctx, "csisc-node-b", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
 	})
 	fixtures.Eventually(t, "the released PV of node-b to go", func(ctx context.Context) (bool, error) {
 		_, err := client.CoreV1().PersistentVolumes().Get(ctx, released.Name, metav1.GetOptions{})
@@ -140,13 +156,19 @@ func TestNodeLoss(t *testing.T) {
 	if _, err := client.CoreV1().Pods("default").Get(t.Context(), keptPod.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("pod of the kept claim: %v", err)
 	}
+	for _, node := range []string{"node-a", "node-c"} {
+		if _, err := capacities.Get(t.Context(), "csisc-"+node, metav1.GetOptions{}); err != nil {
+			t.Errorf("published capacity of %s, which is not gone: %v", node, err)
+		}
+	}
 
 	// When node-c's Node object is deleted, its volumes are handled too.
 	if err := client.CoreV1().Nodes().Delete(t.Context(), "node-c", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	fixtures.Eventually(t, "node-c's released PV to go once node-c is deleted", func(ctx context.Context) (bool, error) {
-		_, err := client.CoreV1().PersistentVolumes().Get(ctx, sickReleased.Name, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), nil
+	fixtures.Eventually(t, "node-c's released PV and published capacity to go once node-c is deleted", func(ctx context.Context) (bool, error) {
+		_, pvErr := client.CoreV1().PersistentVolumes().Get(ctx, sickReleased.Name, metav1.GetOptions{})
+		_, capacityErr := capacities.Get(ctx, "csisc-node-c", metav1.GetOptions{})
+		return apierrors.IsNotFound(pvErr) && apierrors.IsNotFound(capacityErr), nil
 	})
 }

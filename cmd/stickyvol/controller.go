@@ -112,7 +112,8 @@ func newClusterController(o *controllerOptions, kube kubernetes.Interface) (*clu
 		return nil, err
 	}
 	c.nodeLoss, err = duties.NewNodeLoss(duties.NodeLossConfig{
-		DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube, Informers: c.informers,
+		DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube,
+		Informers: c.informers, CapacityInformers: c.capacities,
 	})
 	if err != nil {
 		return nil, err
