@@ -39,7 +39,8 @@ var overlays = []string{"overlays/kind", "overlays/local"}
 var nodeFlags = []string{
 	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "socket-group",
 	"kubeconfig", "kube-api-qps", "kube-api-burst", "threadiness", "operation-timeout",
-	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "v",
+	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after",
+	"publish-capacity", "namespace", "capacity-owner", "v",
 }
 
 func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
@@ -53,12 +54,16 @@ func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
 		"Deployment/stickyvol/stickyvol-controller",
 		"Namespace/stickyvol",
 		"Role/stickyvol/stickyvol-controller",
+		"Role/stickyvol/stickyvol-node",
 		"RoleBinding/stickyvol/stickyvol-controller",
+		"RoleBinding/stickyvol/stickyvol-node",
 		"ServiceAccount/stickyvol/stickyvol-controller",
 		"ServiceAccount/stickyvol/stickyvol-node",
 		"StorageClass/stickyvol",
+		"ValidatingAdmissionPolicy/stickyvol-node-capacities",
 		"ValidatingAdmissionPolicy/stickyvol-node-claims",
 		"ValidatingAdmissionPolicy/stickyvol-node-volumes",
+		"ValidatingAdmissionPolicyBinding/stickyvol-node-capacities",
 		"ValidatingAdmissionPolicyBinding/stickyvol-node-claims",
 		"ValidatingAdmissionPolicyBinding/stickyvol-node-volumes",
 	}
@@ -121,10 +126,10 @@ func TestCSIDriver(t *testing.T) {
 	if !slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}) {
 		t.Errorf("volumeLifecycleModes %v, want [Persistent]", s.VolumeLifecycleModes)
 	}
-	// With storageCapacity on and no CSIStorageCapacity objects published,
-	// the scheduler finds no room anywhere and every pod stays Pending.
-	if s.StorageCapacity == nil || *s.StorageCapacity {
-		t.Error("storageCapacity must be false until the agent publishes CSIStorageCapacity")
+	// The agents publish CSIStorageCapacity (--publish-capacity defaults to
+	// true); the scheduler reads it only when the CSIDriver says so.
+	if s.StorageCapacity == nil || !*s.StorageCapacity {
+		t.Error("storageCapacity must be true: the agents publish CSIStorageCapacity and the scheduler should use it")
 	}
 }
 
@@ -226,6 +231,18 @@ func TestDaemonSetPod(t *testing.T) {
 
 	if flags["node-name"] != "$(NODE_NAME)" || !envFromField(c, "NODE_NAME", "spec.nodeName") {
 		t.Errorf("--node-name=%q: want $(NODE_NAME) with NODE_NAME from spec.nodeName", flags["node-name"])
+	}
+	// Its CSIStorageCapacity objects go into its own namespace, where its
+	// Role grants them and the controller reads them, owned by the owner of
+	// its own pod.
+	if flags["namespace"] != "$(POD_NAMESPACE)" || !envFromField(c, "POD_NAMESPACE", "metadata.namespace") {
+		t.Errorf("--namespace=%q: want $(POD_NAMESPACE) from metadata.namespace", flags["namespace"])
+	}
+	if flags["capacity-owner"] != "$(POD_NAME)" || !envFromField(c, "POD_NAME", "metadata.name") {
+		t.Errorf("--capacity-owner=%q: want $(POD_NAME) from metadata.name", flags["capacity-owner"])
+	}
+	if v, ok := flags["publish-capacity"]; ok && v != "true" {
+		t.Errorf("--publish-capacity=%s, but the CSIDriver has storageCapacity: true", v)
 	}
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
 		t.Error("the agent must be privileged: it bind-mounts into pods and uses Bidirectional propagation")

@@ -308,6 +308,7 @@ kubeletRoot: /var/lib/k0s/kubelet
 dataRoot: /srv/stickyvol
 capacity: 200Gi
 maxVolumes: 1000000
+publishCapacity: false
 logLevel: 5
 controller: {replicas: 3, extraArgs: [--kube-api-qps=50], priorityClassName: ""}
 storageClass:
@@ -358,7 +359,7 @@ func TestChartCustomValues(t *testing.T) {
 	for flag, want := range map[string]string{
 		"kubelet-root": "/var/lib/k0s/kubelet", "data-root": "/srv/stickyvol", "capacity": "200Gi",
 		"max-volumes": "1000000", "metrics-address": ":9900", "v": "5",
-		"kube-api-qps": "200", "threadiness": "16",
+		"kube-api-qps": "200", "threadiness": "16", "publish-capacity": "false",
 	} {
 		if flags[flag] != want {
 			t.Errorf("--%s=%q, want %q", flag, flags[flag], want)
@@ -413,6 +414,12 @@ func TestChartCustomValues(t *testing.T) {
 		if got := runsOn(t, ds, tc.node); got != tc.want {
 			t.Errorf("agent on node %s = %v, want %v", tc.node.Name, got, tc.want)
 		}
+	}
+
+	// Nothing published, so the scheduler must not look for it: it would
+	// find no room anywhere.
+	if d := get[*storagev1.CSIDriver](t, objs, driverName); d.Spec.StorageCapacity == nil || *d.Spec.StorageCapacity {
+		t.Errorf("CSIDriver storageCapacity %v with publishCapacity false, want false", show(d.Spec.StorageCapacity))
 	}
 
 	sc := get[*storagev1.StorageClass](t, objs, "local-fast")
@@ -483,6 +490,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"dataRoot: /var/lib/kubelet/", "must not lie in kubeletRoot"},
 		{"capacity: 10GB", "capacity"},
 		{"maxVolumes: -1", "maxVolumes"},
+		{"publishCapacity: \"no\"", "publishCapacity"},
 		{"storageClass: {parameters: {directoryMode: 0750}}", "directoryMode"},
 		{"storageClass: {volumeBindingMode: WaitForFirstconsumer}", "volumeBindingMode"},
 		{"metrics: {port: 0}", "port"},
