@@ -21,11 +21,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -198,7 +200,9 @@ func (p *Publisher) Collectors() []prometheus.Collector { return []prometheus.Co
 func (p *Publisher) Notify() { p.queue.Add(syncKey) }
 
 // Run starts the informers, publishes, and keeps the objects up to date
-// until ctx is done.
+// until ctx is done. It returns only then, so that its informers (and the
+// shared factory's, if it started them) are not stopped under the other
+// parts of the agent.
 func (p *Publisher) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("capacity")
 	ctx = klog.NewContext(ctx, logger)
@@ -211,10 +215,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		synced = append(synced, inf.HasSynced)
 	}
 	if !cache.WaitForNamedCacheSyncWithContext(ctx, synced...) {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return errors.New("capacity: informers did not sync")
+		return nil // ctx is done
 	}
 	logger.V(2).Info("Publishing storage capacity", "node", p.cfg.NodeName, "namespace", p.cfg.Namespace)
 	stop := context.AfterFunc(ctx, p.queue.ShutDown)
@@ -252,6 +253,28 @@ func (p *Publisher) next(ctx context.Context) bool {
 	case <-time.After(p.cfg.MinInterval):
 	}
 	return true
+}
+
+// Withdraw deletes what the agent of node published for driver in
+// namespace, for an agent that no longer publishes: nothing would keep the
+// objects true, and the placement duty goes on reading them.
+func Withdraw(ctx context.Context, client kubernetes.Interface, namespace, driver, node string) error {
+	api := client.StorageV1().CSIStorageCapacities(namespace)
+	selector := labels.SelectorFromSet(Labels(driver, node))
+	list, err := api.List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
+	if err != nil {
+		return fmt.Errorf("listing the CSIStorageCapacity objects of node %s: %w", node, err)
+	}
+	var errs []error
+	for _, o := range list.Items {
+		err := api.Delete(ctx, o.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &o.UID}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting CSIStorageCapacity %s: %w", klog.KObj(&o), err))
+			continue
+		}
+		klog.FromContext(ctx).V(2).Info("Withdrew storage capacity", "csiStorageCapacity", klog.KObj(&o), "storageClass", o.StorageClassName)
+	}
+	return errors.Join(errs...)
 }
 
 // ManagedBy is the csi.storage.k8s.io/managed-by label value of node's

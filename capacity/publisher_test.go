@@ -359,3 +359,27 @@ func TestManagedBy(t *testing.T) {
 		t.Errorf("ManagedBy of a 63-character name = %q (%d characters), want 63, stable and unique", got, len(got))
 	}
 }
+
+// An agent that no longer publishes takes its node's objects away, and
+// only those.
+func TestWithdraw(t *testing.T) {
+	object := func(name, node string) *storagev1.CSIStorageCapacity {
+		return &storagev1.CSIStorageCapacity{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, UID: types.UID("uid-" + name),
+				Labels: capacity.Labels(driver.Name, node)},
+			NodeTopology:     &metav1.LabelSelector{MatchLabels: map[string]string{driver.TopologyKey: node}},
+			StorageClassName: "stickyvol",
+		}
+	}
+	kube := fake.NewClientset(object("a-1", node), object("a-2", node), object("b-1", "node-b"))
+	if err := capacity.Withdraw(fixtures.Context(t, 2), kube, namespace, driver.Name, node); err != nil {
+		t.Fatal(err)
+	}
+	list, err := kube.StorageV1().CSIStorageCapacities(namespace).List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Name != "b-1" {
+		t.Errorf("left %v, want only node-b's object", list.Items)
+	}
+}

@@ -155,6 +155,15 @@ func (a *agent) runParts(ctx context.Context) error {
 	g.Go(func() error { return a.reconciler.Run(ctx) })
 	if a.capacity != nil {
 		g.Go(func() error { return a.capacity.Run(ctx) })
+	} else if a.opts.namespace != "" {
+		// What this node published before --publish-capacity=false would
+		// stay, untrue, for the placement duty to read.
+		g.Go(func() error {
+			if err := capacity.Withdraw(ctx, a.kube, a.opts.namespace, driver.Name, a.opts.nodeName); err != nil {
+				klog.FromContext(ctx).Error(err, "Withdrawing this node's storage capacity")
+			}
+			return nil
+		})
 	}
 	if a.registration != nil {
 		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as
