@@ -27,7 +27,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 	storagev1 "k8s.io/api/storage/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -267,12 +266,11 @@ func Withdraw(ctx context.Context, client kubernetes.Interface, namespace, drive
 	}
 	var errs []error
 	for _, o := range list.Items {
-		err := api.Delete(ctx, o.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &o.UID}})
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("deleting CSIStorageCapacity %s: %w", klog.KObj(&o), err))
-			continue
+		deleted, err := Delete(ctx, client, &o)
+		if deleted {
+			klog.FromContext(ctx).V(2).Info("Withdrew storage capacity", "csiStorageCapacity", klog.KObj(&o), "storageClass", o.StorageClassName)
 		}
-		klog.FromContext(ctx).V(2).Info("Withdrew storage capacity", "csiStorageCapacity", klog.KObj(&o), "storageClass", o.StorageClassName)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/provisioner"
@@ -211,21 +212,30 @@ func (p *Publisher) write(ctx context.Context, operation string, o *storagev1.CS
 	return nil
 }
 
-// delete deletes o, that very object, and says why.
+// delete deletes o and says why.
 func (p *Publisher) delete(ctx context.Context, o *storagev1.CSIStorageCapacity, why string) error {
+	deleted, err := Delete(ctx, p.cfg.Client, o)
+	if deleted {
+		p.writes.WithLabelValues("delete").Inc()
+		klog.FromContext(ctx).V(2).Info("Deleted storage capacity", "csiStorageCapacity", klog.KObj(o),
+			"storageClass", o.StorageClassName, "reason", why)
+	}
+	return err
+}
+
+// Delete deletes o, that very object (a UID precondition), and tells
+// whether it did: one that is gone already is no error.
+func Delete(ctx context.Context, client kubernetes.Interface, o *storagev1.CSIStorageCapacity) (bool, error) {
 	uid := o.UID
-	err := p.cfg.Client.StorageV1().CSIStorageCapacities(o.Namespace).Delete(ctx, o.Name,
+	err := client.StorageV1().CSIStorageCapacities(o.Namespace).Delete(ctx, o.Name,
 		metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-	if apierrors.IsNotFound(err) {
-		return nil
+	switch {
+	case apierrors.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("deleting CSIStorageCapacity %s: %w", klog.KObj(o), err)
 	}
-	if err != nil {
-		return fmt.Errorf("deleting CSIStorageCapacity %s: %w", klog.KObj(o), err)
-	}
-	p.writes.WithLabelValues("delete").Inc()
-	klog.FromContext(ctx).V(2).Info("Deleted storage capacity", "csiStorageCapacity", klog.KObj(o),
-		"storageClass", o.StorageClassName, "reason", why)
-	return nil
+	return true, nil
 }
 
 // ownerReferences returns the objects' owner: the controller of the pod

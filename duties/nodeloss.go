@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/stickyvol/stickyvol/capacity"
 	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
@@ -256,15 +257,12 @@ func (w *nodeLossWork) sync(ctx context.Context, node string) error {
 // agent is left to keep it true, and the scheduler would count the room of
 // a node that is not there.
 func (w *nodeLossWork) deleteCapacity(ctx context.Context, c *storagev1.CSIStorageCapacity) error {
-	uid := c.UID
-	err := w.client.StorageV1().CSIStorageCapacities(c.Namespace).Delete(ctx, c.Name,
-		metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("deleting CSIStorageCapacity %s: %w", klog.KObj(c), err)
+	deleted, err := capacity.Delete(ctx, w.client, c)
+	if deleted {
+		klog.FromContext(ctx).V(2).Info("Deleted the storage capacity of a gone node", "csiStorageCapacity", klog.KObj(c),
+			"storageClass", c.StorageClassName)
 	}
-	klog.FromContext(ctx).V(2).Info("Deleted the storage capacity of a gone node", "csiStorageCapacity", klog.KObj(c),
-		"storageClass", c.StorageClassName)
-	return nil
+	return err
 }
 
 // capacitiesByNode indexes CSIStorageCapacity objects by the node their
