@@ -46,8 +46,9 @@ func newNodeCommand(env environment) *cobra.Command {
 		Long: "Runs everything stickyvol does on one node: the CSI driver on\n" +
 			"<kubelet-root>/plugins/" + driver.Name + "/csi.sock, kubelet plugin registration, the\n" +
 			"provisioner for claims scheduled to this node, the leader-elected cluster duties,\n" +
-			"and /healthz and /metrics. Outside a cluster (tests, simulated nodes) give\n" +
-			"--kubeconfig, --node-name, --data-root, --kubelet-root and --register-with-kubelet=false.",
+			"and /healthz, /readyz, /metrics and /volumes. Outside a cluster (tests, simulated\n" +
+			"nodes) give --kubeconfig, --node-name, --data-root, --kubelet-root and\n" +
+			"--register-with-kubelet=false.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(); err != nil {
@@ -72,7 +73,7 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.IntVar(&o.burst, "kube-api-burst", 100, "Requests allowed in a burst above --kube-api-qps.")
 	f.IntVar(&o.threadiness, "threadiness", provisioner.DefaultThreadiness, "Claims provisioned (and volumes deleted) in parallel.")
 	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume or DeleteVolume call to the driver.")
-	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz and /metrics. Empty: no HTTP server.")
+	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz, /readyz, /metrics and /volumes (this node's part of stickyvol status). Empty: no HTTP server.")
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
 	f.BoolVar(&o.leaderElection, "leader-election", true, "Take part in the Lease election for cluster duties (choosing nodes for claims of Immediate-binding classes). Off: this process never does them.")
 	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", defaultNamespace, "Namespace of the Lease and of the CSIStorageCapacity objects; defaults to $POD_NAMESPACE when set.")
