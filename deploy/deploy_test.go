@@ -14,9 +14,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/internal/agentapi"
 )
 
 const (
@@ -347,4 +349,26 @@ func show[T any](p *T) any {
 		return "<unset>"
 	}
 	return *p
+}
+
+// TestDaemonSetFoundByStatus checks that `stickyvol status` finds the agents'
+// pods by the label it selects and reaches /volumes on the port it names.
+func TestDaemonSetFoundByStatus(t *testing.T) {
+	ds := get[*appsv1.DaemonSet](t, render(t, "overlays/local"), agentName)
+	selector, err := labels.Parse(agentapi.PodSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !selector.Matches(labels.Set(ds.Spec.Template.Labels)) {
+		t.Errorf("pod labels %v do not match status's selector %s", ds.Spec.Template.Labels, agentapi.PodSelector)
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	_, metricsPort, err := net.SplitHostPort(nodeArgs(t, c)["metrics-address"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == agentapi.PortName })
+	if i < 0 || strconv.Itoa(int(c.Ports[i].ContainerPort)) != metricsPort {
+		t.Errorf("ports %v: want %s on --metrics-address's port %s", c.Ports, agentapi.PortName, metricsPort)
+	}
 }

@@ -147,7 +147,12 @@ func (a *agent) runParts(ctx context.Context) error {
 	if a.opts.metricsAddress != "" {
 		g.Go(func() error { return serveHTTP(ctx, a.opts.metricsAddress, a.httpHandler()) })
 	}
-	return g.Wait()
+	err := g.Wait()
+	// The informers stop with ctx, which Wait has cancelled, but in
+	// goroutines of their own: wait for those too, so that nothing of the
+	// agent still runs when run returns.
+	a.informers.Shutdown()
+	return err
 }
 
 // waitForDriver blocks until the driver answers Probe with ready, or ctx

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
+	"github.com/stickyvol/stickyvol/internal/agentapi"
 )
 
 func freeAddress(t *testing.T) string {
@@ -59,7 +62,8 @@ func poll(t *testing.T, what string, cond func(context.Context) (bool, error)) {
 
 // The whole `stickyvol node` agent as a host process against a fake API
 // server: it registers with "kubelet", provisions a claim for its node,
-// answers /healthz and /metrics, and removes its sockets when stopped.
+// answers /healthz, /metrics and /volumes, and removes its sockets when
+// stopped.
 func TestNodeAgent(t *testing.T) {
 	root, err := os.MkdirTemp("", "svnode") // short: socket paths are limited
 	if err != nil {
@@ -73,6 +77,13 @@ func TestNodeAgent(t *testing.T) {
 		reconcilePeriod: time.Minute,
 	}
 	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	// A record that cannot be read: its volume is set aside as unavailable.
+	if err := os.MkdirAll(filepath.Join(o.dataRoot, "meta"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(o.dataRoot, "meta", "pvc-bad.json"), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	wffc := storagev1.VolumeBindingWaitForFirstConsumer
@@ -148,7 +159,7 @@ func TestNodeAgent(t *testing.T) {
 		"stickyvol_capacity_bytes 1.073741824e+09",
 		"stickyvol_allocated_bytes 2.68435456e+08",
 		"stickyvol_volumes 1",
-		"stickyvol_unavailable_volumes 0",
+		"stickyvol_unavailable_volumes 1",
 		"stickyvol_orphan_volumes 0",
 		"stickyvol_missing_volumes 0",
 		`controller_persistentvolumeclaim_provision_total{class="stickyvol",source=""} 1`,
@@ -157,6 +168,24 @@ func TestNodeAgent(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	// The reconciler has checked at start: nothing left over, nothing
+	// missing; the set-aside volume is listed with the driver's reason.
+	var doc agentapi.NodeVolumes
+	poll(t, "a checked /volumes", func(context.Context) (bool, error) {
+		code, body := get(t, base+agentapi.Path)
+		if code != http.StatusOK {
+			return false, fmt.Errorf("GET /volumes: %d %s", code, body)
+		}
+		doc = agentapi.NodeVolumes{}
+		if err := json.Unmarshal([]byte(body), &doc); err != nil {
+			return false, err
+		}
+		return !doc.Checked.IsZero(), nil
+	})
+	if doc.Node != "node-a" || len(doc.Orphans) != 0 || len(doc.Missing) != 0 || len(doc.Unavailable) != 1 ||
+		doc.Unavailable[0].VolumeID != "pvc-bad" || !strings.Contains(doc.Unavailable[0].Reason, "set aside") {
+		t.Errorf("/volumes: %+v; want node-a with only pvc-bad unavailable", doc)
 	}
 	// The cluster duties are the controller's: an agent never campaigns.
 	if leases, err := kube.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{}); err != nil || len(leases.Items) != 0 {

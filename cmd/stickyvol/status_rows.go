@@ -163,15 +163,9 @@ func claimStatus(claim *v1.PersistentVolumeClaim, pv *v1.PersistentVolume, dataR
 // and fills it in. A node that cannot be asked leaves the use unknown and a
 // warning.
 func fillUsage(ctx context.Context, rows []volumeStatus, usage usageFunc) []string {
-	nodes := map[string]bool{}
-	for i := range rows {
-		if rows[i].PV != "" && rows[i].Node != "" {
-			nodes[rows[i].Node] = true
-		}
-	}
 	var warnings []string
 	used := map[claimKey]uint64{}
-	for _, node := range slices.Sorted(maps.Keys(nodes)) {
+	for _, node := range claimNodes(rows) {
 		u, err := usage(ctx, node)
 		if err != nil {
 			warnings = append(warnings, fmt.Sprintf("no usage from node %s: %v", node, err))
