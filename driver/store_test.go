@@ -188,7 +188,7 @@ func crash(t *testing.T, s *store, step string, op func()) {
 
 func openTestStore(t *testing.T, root string) *store {
 	t.Helper()
-	s, err := openStore(klog.FromContext(testContext(t)), root, "test", 10<<20)
+	s, err := openStore(klog.FromContext(testContext(t)), storeConfig{RootPath: root, Holder: "test", Capacity: 10 << 20})
 	if err != nil {
 		t.Fatalf("openStore: %v", err)
 	}
@@ -267,7 +267,7 @@ func TestStartupChecks(t *testing.T) {
 	}
 
 	// A second agent on the same data root is refused, naming the holder.
-	if _, err := openStore(klog.FromContext(testContext(t)), root, "node node-b", 0); !errors.Is(err, errInUse) ||
+	if _, err := openStore(klog.FromContext(testContext(t)), storeConfig{RootPath: root, Holder: "node node-b"}); !errors.Is(err, errInUse) ||
 		!strings.Contains(err.Error(), "held by test, pid") {
 		t.Errorf("a second store on a data root in use: %v, want errInUse naming the holder", err)
 	}
