@@ -258,3 +258,71 @@ func TestBackendPerVolume(t *testing.T) {
 		t.Errorf("the fake backend was called for volumes that are not its own: %s", h)
 	}
 }
+
+// TestExpand checks ControllerExpandVolume: the backend gets the new size
+// before the record and the node's accounting say it, sizes never shrink,
+// and growth that does not fit is refused without touching the backend.
+func TestExpand(t *testing.T) {
+	cfg, fb, _ := fakeConfig(t)
+	cfg.Capacity = 10 << 20
+	ts := startServer(t, cfg)
+	ctx := testContext(t)
+	if _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); err != nil {
+		t.Fatal(err)
+	}
+	expand := func(required, limit int64) (*csi.ControllerExpandVolumeResponse, error) {
+		return ts.controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
+			VolumeId:      "vol",
+			CapacityRange: &csi.CapacityRange{RequiredBytes: required, LimitBytes: limit},
+		})
+	}
+	resp, err := expand(4<<20, 0)
+	if err != nil || resp.GetCapacityBytes() != 4<<20 || resp.GetNodeExpansionRequired() {
+		t.Errorf("expand to 4 MiB: %v, %v; want 4 MiB and no node step", resp, err)
+	}
+	if v := ts.Volumes()[0]; v.CapacityBytes != 4<<20 || ts.Allocated() != 4<<20 {
+		t.Errorf("after expanding: record %d bytes, allocated %d; want 4 MiB both", v.CapacityBytes, ts.Allocated())
+	}
+	// Smaller than it is: no shrinking, the size it has is the answer.
+	if resp, err := expand(2<<20, 0); err != nil || resp.GetCapacityBytes() != 4<<20 {
+		t.Errorf("expand to less than the size: %v, %v; want the volume's 4 MiB", resp, err)
+	}
+	if _, err := expand(2<<20, 3<<20); status.Code(err) != codes.OutOfRange {
+		t.Errorf("expand with a limit below the size: %v, want OutOfRange", err)
+	}
+	// 4 MiB of 10 are taken; growing by 7 more does not fit.
+	if _, err := expand(11<<20, 0); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("expand beyond the node's capacity: %v, want ResourceExhausted", err)
+	}
+	fb.failOn("expand", errors.New("qgroup limit failed"))
+	if _, err := expand(5<<20, 0); status.Code(err) != codes.Internal {
+		t.Errorf("expand the backend fails: %v, want Internal", err)
+	}
+	if v := ts.Volumes()[0]; v.CapacityBytes != 4<<20 || ts.Allocated() != 4<<20 {
+		t.Errorf("after refused expansions: record %d bytes, allocated %d; want 4 MiB both", v.CapacityBytes, ts.Allocated())
+	}
+	if got, want := fb.history(), "create vol 1048576; expand vol 4194304; expand vol 5242880"; got != want {
+		t.Errorf("backend calls: %s; want %s", got, want)
+	}
+
+	for _, tc := range []struct {
+		name string
+		req  *csi.ControllerExpandVolumeRequest
+		code codes.Code
+	}{
+		{"no volume ID", &csi.ControllerExpandVolumeRequest{CapacityRange: &csi.CapacityRange{RequiredBytes: 1}}, codes.InvalidArgument},
+		{"no capacity range", &csi.ControllerExpandVolumeRequest{VolumeId: "vol"}, codes.InvalidArgument},
+		{"only a limit", &csi.ControllerExpandVolumeRequest{VolumeId: "vol", CapacityRange: &csi.CapacityRange{LimitBytes: 8 << 20}}, codes.InvalidArgument},
+		{"negative", &csi.ControllerExpandVolumeRequest{VolumeId: "vol", CapacityRange: &csi.CapacityRange{RequiredBytes: -1}}, codes.InvalidArgument},
+		{"block", &csi.ControllerExpandVolumeRequest{VolumeId: "vol", CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20},
+			VolumeCapability: &csi.VolumeCapability{
+				AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+				AccessMode: rwo.GetAccessMode(),
+			}}, codes.InvalidArgument},
+		{"unknown volume", &csi.ControllerExpandVolumeRequest{VolumeId: "nope", CapacityRange: &csi.CapacityRange{RequiredBytes: 1}}, codes.NotFound},
+	} {
+		if _, err := ts.controller.ControllerExpandVolume(ctx, tc.req); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
+		}
+	}
+}

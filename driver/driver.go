@@ -21,6 +21,8 @@
 //     fit gets ResourceExhausted, so the provisioner can reschedule the
 //     claim to another node. Nothing stops a pod from writing more than its
 //     volume's size into the directory.
+//   - ControllerExpandVolume raises a volume's size (and reservation);
+//     sizes never shrink.
 //   - Every RPC on a volume takes that volume's lock; a second RPC on a
 //     busy volume gets Aborted and the CO retries.
 //   - Handlers return only gRPC status errors. Store errors are sentinels

@@ -366,6 +366,41 @@ func (s *store) take(n int64) error {
 	return nil
 }
 
+// expand raises a ready volume's size to size bytes; a volume that large
+// already is returned as it is, since sizes never shrink. The growth must
+// fit the free capacity. The backend raises its limit before the record
+// says the new size, so a crash between the two leaves a limit above the
+// recorded size, never below it, and a retry finishes the job.
+// Errors: errNotFound, errNoSpace.
+func (s *store) expand(id string, size int64) (Volume, error) {
+	v, err := s.get(id)
+	if err != nil || size <= v.CapacityBytes {
+		return v, err
+	}
+	grow := size - v.CapacityBytes
+	s.mu.Lock()
+	err = s.take(grow)
+	s.mu.Unlock()
+	if err != nil {
+		return Volume{}, err
+	}
+	release := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.allocated -= grow
+	}
+	if err := s.backend(v).Expand(id, size); err != nil {
+		release()
+		return Volume{}, err
+	}
+	next, err := s.update(id, func(v *Volume) { v.CapacityBytes = size })
+	if err != nil {
+		release()
+		return Volume{}, err
+	}
+	return next, nil
+}
+
 func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 	if err := s.writeRecord(v); err != nil {
 		return err
