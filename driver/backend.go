@@ -8,18 +8,22 @@ import (
 	"path"
 	"slices"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
 // Backend names: what Config.Backend accepts and what a volume's record
 // says holds its data.
 const (
-	// BackendAuto picks the backend that suits the data root. It is what
-	// an empty Config.Backend means.
+	// BackendAuto picks btrfs when the data root is on btrfs, else
+	// directory. It is what an empty Config.Backend means.
 	BackendAuto = "auto"
 	// BackendDirectory keeps a volume as a plain directory; its size is
 	// bookkeeping only.
 	BackendDirectory = "directory"
+	// BackendBtrfs keeps a volume as a btrfs subvolume whose qgroup limit
+	// is its size (btrfs.go).
+	BackendBtrfs = "btrfs"
 )
 
 // backend keeps the data of volumes. The store decides when to call it (the
@@ -65,7 +69,8 @@ type newVolume struct {
 type volumeUsage struct {
 	UsedBytes int64
 	FreeBytes int64 // statfs f_bavail of the file system
-	// Inodes says whether UsedInodes and FreeInodes are known.
+	// Inodes says whether UsedInodes and FreeInodes are known: btrfs
+	// allocates inodes as it goes and has no count of them to report.
 	Inodes     bool
 	UsedInodes int64
 	FreeInodes int64 // statfs f_ffree of the file system
@@ -113,22 +118,67 @@ func (b directoryBackend) Usage(id string) (volumeUsage, error) { return measure
 // those the loaded records name. A record whose backend cannot be served
 // here makes its volume unavailable, with the reason; the others are
 // served. extra backends (tests) are offered besides the built-in ones.
+//
+// The btrfs backend is only set up where it is used, because setting it up
+// turns quotas on for the whole file system, which costs every writer on it
+// some bookkeeping. When it is the choice and cannot be set up, that is an
+// error: falling back to directories would drop the size limits silently.
 func (s *store) openBackends(logger klog.Logger, choice string, extra []backend) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.rootPath, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", s.rootPath, err)
+	}
+	onBtrfs := st.Type == unix.BTRFS_SUPER_MAGIC
 	s.backends = map[string]backend{BackendDirectory: directoryBackend{root: s.root, rootPath: s.rootPath}}
 	for _, b := range extra {
 		s.backends[b.Name()] = b
 	}
-	if choice == "" || choice == BackendAuto {
+	switch choice {
+	case "", BackendAuto:
 		choice = BackendDirectory
+		if onBtrfs {
+			choice = BackendBtrfs
+		}
+	case BackendBtrfs:
+		if !onBtrfs {
+			return fmt.Errorf("backend %s needs a data root on btrfs, and %s is on another file system (statfs type %#x)",
+				BackendBtrfs, s.rootPath, st.Type)
+		}
+	}
+	// Why a backend the records name is not served, by name.
+	missing := map[string]string{}
+	if choice == BackendBtrfs || s.uses(BackendBtrfs) {
+		b, err := newBtrfsBackend(s.root, s.rootPath)
+		switch {
+		case err == nil:
+			s.backends[BackendBtrfs] = b
+		case choice == BackendBtrfs:
+			return fmt.Errorf("%w; to make volumes without an enforced size on this data root, choose backend %s",
+				err, BackendDirectory)
+		case !onBtrfs:
+			missing[BackendBtrfs] = "the data root is not on btrfs any more"
+		default:
+			missing[BackendBtrfs] = err.Error()
+		}
 	}
 	def, ok := s.backends[choice]
 	if !ok {
 		return unknownBackend(choice)
 	}
 	s.defaultBackend = def
-	s.dropUnserved(map[string]string{})
+	s.dropUnserved(missing)
 	logger.V(2).Info("Volume backends ready", "backend", def.Name(), "serving", slices.Sorted(maps.Keys(s.backends)))
 	return nil
+}
+
+// uses reports whether a loaded record names backend name.
+func (s *store) uses(name string) bool {
+	for _, v := range s.volumes {
+		if v.Backend == name {
+			return true
+		}
+	}
+	return false
 }
 
 // dropUnserved makes the volumes whose backend is not served unavailable.
@@ -153,7 +203,7 @@ func (s *store) backend(v Volume) backend { return s.backends[v.Backend] }
 // checkBackend checks a Config.Backend value: "", BackendAuto, a
 // built-in backend or one of extra (tests).
 func checkBackend(name string, extra []backend) error {
-	if slices.Contains([]string{"", BackendAuto, BackendDirectory}, name) ||
+	if slices.Contains([]string{"", BackendAuto, BackendDirectory, BackendBtrfs}, name) ||
 		slices.ContainsFunc(extra, func(b backend) bool { return b.Name() == name }) {
 		return nil
 	}
@@ -161,5 +211,5 @@ func checkBackend(name string, extra []backend) error {
 }
 
 func unknownBackend(name string) error {
-	return fmt.Errorf("unknown backend %q: the choices are %s and %s", name, BackendAuto, BackendDirectory)
+	return fmt.Errorf("unknown backend %q: the choices are %s, %s and %s", name, BackendAuto, BackendDirectory, BackendBtrfs)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -209,14 +210,16 @@ func TestBackendFailure(t *testing.T) {
 }
 
 // TestBackendPerVolume starts a driver whose default backend is the fake
-// on a data root that holds a record written before there were backends
-// and one naming a backend this driver does not have. The old volume is a
-// directory volume and stays one; the unknown one is unavailable and says
-// why; neither reaches the fake.
+// on a data root (not on btrfs) that holds a record written before there
+// were backends, one naming a backend this driver does not have and one
+// naming btrfs. The old volume is a directory volume and stays one; the
+// others are unavailable and say why; none reaches the fake.
 func TestBackendPerVolume(t *testing.T) {
 	cfg, fb, _ := fakeConfig(t)
+	skipOnBtrfs(t, cfg.DataRoot)
 	ctx := testContext(t)
-	for id, backendField := range map[string]string{"old": "", "future": `"backend": "image",`} {
+	records := map[string]string{"old": "", "future": `"backend": "image",`, "moved": `"backend": "btrfs",`}
+	for id, backendField := range records {
 		if err := os.MkdirAll(filepath.Join(cfg.DataRoot, volumesDir, id), 0o777); err != nil {
 			t.Fatal(err)
 		}
@@ -238,8 +241,11 @@ func TestBackendPerVolume(t *testing.T) {
 	if !strings.Contains(reason, `backend "image"`) {
 		t.Errorf("unavailable = %v, want future naming its backend", ts.Unavailable())
 	}
-	if ts.Allocated() != 2<<20 {
-		t.Errorf("allocated = %d, want both volumes' %d: the unavailable one's data is still there", ts.Allocated(), 2<<20)
+	if moved := ts.Unavailable()["moved"]; !strings.Contains(moved, "not on btrfs") {
+		t.Errorf("unavailable = %v, want moved saying the data root is not on btrfs", ts.Unavailable())
+	}
+	if ts.Allocated() != 3<<20 {
+		t.Errorf("allocated = %d, want all volumes' %d: the unavailable ones' data is still there", ts.Allocated(), 3<<20)
 	}
 	_, err := ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "future"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), reason) {
@@ -324,5 +330,44 @@ func TestExpand(t *testing.T) {
 		if _, err := ts.controller.ControllerExpandVolume(ctx, tc.req); status.Code(err) != tc.code {
 			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
 		}
+	}
+}
+
+// TestBackendChoice checks Config.Backend on a data root that is not on
+// btrfs: auto means directory, and btrfs asked for by name is an error
+// rather than directories without the limits it promises.
+func TestBackendChoice(t *testing.T) {
+	cfg := testConfig(t)
+	skipOnBtrfs(t, filepath.Dir(cfg.DataRoot))
+	cfg.Backend = BackendBtrfs
+	if d, err := New(cfg); err == nil || !strings.Contains(err.Error(), "needs a data root on btrfs") {
+		if err == nil {
+			_ = d.Close()
+		}
+		t.Errorf("New with backend btrfs on another file system: %v, want an error that says why", err)
+	}
+	cfg.Backend = BackendAuto
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Backend() != BackendDirectory {
+		t.Errorf("Backend() = %q with auto on a data root not on btrfs, want %s", d.Backend(), BackendDirectory)
+	}
+}
+
+// skipOnBtrfs skips a test that needs a data root not on btrfs.
+func skipOnBtrfs(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type == unix.BTRFS_SUPER_MAGIC {
+		t.Skipf("%s is on btrfs; this test needs another file system", dir)
 	}
 }

@@ -16,11 +16,12 @@
 //     AlreadyExists.
 //   - Only single-node access modes with the mount access type are
 //     supported; MULTI_NODE_* and block are InvalidArgument.
-//   - Capacity is accounted, not enforced: every volume reserves its size
-//     out of the node's capacity (Config.Capacity); a volume that does not
-//     fit gets ResourceExhausted, so the provisioner can reschedule the
-//     claim to another node. Nothing stops a pod from writing more than its
-//     volume's size into the directory.
+//   - Every volume reserves its size out of the node's capacity
+//     (Config.Capacity); a volume that does not fit gets ResourceExhausted,
+//     so the provisioner can reschedule the claim to another node. Whether
+//     the size is also enforced depends on the volume's backend: a btrfs
+//     subvolume's qgroup limit makes writes past it fail (EDQUOT); nothing
+//     stops a pod from writing more than its size into a directory volume.
 //   - ControllerExpandVolume raises a volume's size (and reservation);
 //     sizes never shrink.
 //   - Every RPC on a volume takes that volume's lock; a second RPC on a
@@ -63,9 +64,12 @@ type Config struct {
 	// e.g. /var/lib/stickyvol. Required; created if missing.
 	DataRoot string
 	// Backend is the backend new volumes get (see backend.go): BackendAuto
-	// (the default, also meant by ""), or BackendDirectory. Volumes keep
-	// the backend they were made with, which their record names, so
-	// changing this serves the existing volumes as before.
+	// (the default, also meant by "": btrfs when DataRoot is on btrfs,
+	// else directory), BackendDirectory or BackendBtrfs. New fails when
+	// the btrfs backend is chosen, by name or by auto, and cannot work
+	// (not btrfs, quotas cannot be turned on). Volumes keep the backend
+	// they were made with, which their record names, so changing this
+	// serves the existing volumes as before.
 	Backend string
 	// backends, set by tests, are offered besides the built-in ones.
 	backends []backend
