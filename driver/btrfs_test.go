@@ -26,16 +26,22 @@ type btrfsFS struct {
 	device string // its loop device
 }
 
-// btrfsConfig is testConfig with the data root on a new btrfs file system:
-// a sparse 256 MiB file attached to a loop device, formatted and mounted
-// under the test's directory. Everything is unmounted and detached when the
-// test ends, also when it fails half-way.
+// btrfsConfig is testConfig with the data root on a new btrfs file system
+// (mountBtrfs).
 func btrfsConfig(t *testing.T) (Config, *btrfsFS) {
+	cfg := testConfig(t)
+	fs := mountBtrfs(t, filepath.Dir(cfg.DataRoot))
+	cfg.DataRoot = filepath.Join(fs.mnt, "data")
+	return cfg, fs
+}
+
+// mountBtrfs makes a btrfs file system, a sparse 256 MiB file in dir
+// attached to a loop device, and mounts it at dir/btrfs. Everything is
+// unmounted and detached when the test ends, also when it fails half-way.
+func mountBtrfs(t *testing.T, dir string) *btrfsFS {
 	testutil.RequireRoot(t)
 	mkfs := testutil.RequireCommand(t, "mkfs.btrfs")
 	losetup := testutil.RequireCommand(t, "losetup")
-	cfg := testConfig(t)
-	dir := filepath.Dir(cfg.DataRoot)
 	img, err := os.Create(filepath.Join(dir, "btrfs.img"))
 	if err != nil {
 		t.Fatal(err)
@@ -70,8 +76,7 @@ func btrfsConfig(t *testing.T) (Config, *btrfsFS) {
 		t.Fatalf("finding %s in /sys/fs/btrfs: %v, %v", fs.device, matches, err)
 	}
 	fs.sysfs = filepath.Dir(filepath.Dir(matches[0]))
-	cfg.DataRoot = filepath.Join(fs.mnt, "data")
-	return cfg, fs
+	return fs
 }
 
 // qgroup reads a number of qgroup 0/<id> from sysfs (referenced,
@@ -319,4 +324,16 @@ func TestBtrfsKeepsDirectoryVolumes(t *testing.T) {
 			t.Errorf("volume %s after DeleteVolume: %v", id, err)
 		}
 	}
+}
+
+// TestBtrfsCrashConsistency runs the crash tests of the store on data roots
+// on btrfs, where each step of create and delete is a subvolume and qgroup
+// change.
+func TestBtrfsCrashConsistency(t *testing.T) {
+	fs := mountBtrfs(t, t.TempDir())
+	n := 0
+	testCrashConsistency(t, BackendBtrfs, func(t *testing.T) string {
+		n++
+		return filepath.Join(fs.mnt, fmt.Sprintf("data-%d", n))
+	})
 }
