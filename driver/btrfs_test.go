@@ -337,3 +337,10 @@ func TestBtrfsCrashConsistency(t *testing.T) {
 		return filepath.Join(fs.mnt, fmt.Sprintf("data-%d", n))
 	})
 }
+
+// TestBtrfsSanity runs csi-sanity with the btrfs backend: its volumes of
+// 10 GiB are qgroup limits, which need no room on the small file system.
+func TestBtrfsSanity(t *testing.T) {
+	cfg, _ := btrfsConfig(t)
+	runSanity(t, cfg)
+}
