@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path"
@@ -22,8 +23,8 @@ import (
 //   - Counts are those of the last committed transaction, so usage lags
 //     writes by up to the commit interval (30 s by default).
 //   - A pod that makes a subvolume inside its volume (any user may) writes
-//     there outside the volume's qgroup, and DeleteVolume then fails with
-//     ENOTEMPTY until that subvolume is deleted.
+//     there outside the volume's qgroup. Delete removes such subvolumes
+//     with the volume.
 //   - The kernel drops a deleted subvolume's qgroup once its cleaner has
 //     freed the subvolume (Linux 6.18 does; older kernels may leave a
 //     stale qgroup, which limits nothing). Dropping a large subvolume can
@@ -96,18 +97,21 @@ func (b *btrfsBackend) Expand(id string, size int64) error {
 	})
 }
 
-// Delete deletes the subvolume, files and all, and commits. A missing
-// subvolume is fine; a plain directory in its place is left alone.
+// Delete deletes the subvolume, files and all, and commits. btrfs refuses
+// to delete a subvolume that holds others (ENOTEMPTY), so subvolumes made
+// inside the volume go first, deepest first. A missing subvolume is fine;
+// a plain directory in its place is left alone.
 func (b *btrfsBackend) Delete(id string) error {
-	err := b.volumesCall(ioctlSnapDestroy, id)
+	err := b.withSubvolume(id, deleteNested)
 	switch {
-	case errors.Is(err, unix.ENOENT):
+	case errors.Is(err, fs.ErrNotExist):
 		return nil
-	case errors.Is(err, unix.EINVAL):
-		return fmt.Errorf("%s is not a btrfs subvolume, so not deleting it: %w", b.Path(id), err)
-	case errors.Is(err, unix.ENOTEMPTY):
-		return fmt.Errorf("deleting btrfs subvolume %s: it holds subvolumes made inside it, which must be deleted first: %w", b.Path(id), err)
+	case errors.Is(err, errNotSubvolume):
+		return fmt.Errorf("not deleting it: %w", err)
 	case err != nil:
+		return err
+	}
+	if err := b.volumesCall(ioctlSnapDestroy, id); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("deleting btrfs subvolume %s (BTRFS_IOC_SNAP_DESTROY): %w", b.Path(id), err)
 	}
 	f, err := b.root.Open(volumesDir)
@@ -178,6 +182,67 @@ func (b *btrfsBackend) withSubvolume(id string, fn func(f *os.File, qgroup uint6
 // errNotSubvolume marks a volume of the btrfs backend whose path is not
 // the top of a subvolume (a btrfs subvolume's top directory is inode 256).
 var errNotSubvolume = errors.New("not a btrfs subvolume")
+
+// deleteNested deletes the subvolumes inside subvolume parent, at any
+// depth, children before their parents (BTRFS_IOC_SNAP_DESTROY_V2 by ID).
+// f is any file on the file system.
+func deleteNested(f *os.File, parent uint64) error {
+	children, err := childSubvolumes(f, parent)
+	if err != nil {
+		return err
+	}
+	for _, c := range children {
+		if err := deleteNested(f, c); err != nil {
+			return err
+		}
+		args := btrfsVolArgsV2{Flags: btrfsSubvolSpecByID, SubvolID: c}
+		if err := btrfsIoctl(f, ioctlSnapDestroyV2, unsafe.Pointer(&args)); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("deleting btrfs subvolume %d, made inside subvolume %d (BTRFS_IOC_SNAP_DESTROY_V2): %w", c, parent, err)
+		}
+	}
+	return nil
+}
+
+// childSubvolumes lists the IDs of the subvolumes directly inside
+// subvolume parent: the offsets of its ROOT_REF items in the root tree.
+func childSubvolumes(f *os.File, parent uint64) ([]uint64, error) {
+	var children []uint64
+	next := uint64(0)
+	for {
+		args := btrfsSearchArgs{Key: btrfsSearchKey{
+			TreeID:      btrfsRootTreeObjectID,
+			MinObjectID: parent,
+			MaxObjectID: parent,
+			MinType:     btrfsRootRefKey,
+			MaxType:     btrfsRootRefKey,
+			MinOffset:   next,
+			MaxOffset:   math.MaxUint64,
+			MaxTransID:  math.MaxUint64,
+			NrItems:     math.MaxUint32,
+		}}
+		if err := btrfsIoctl(f, ioctlTreeSearch, unsafe.Pointer(&args)); err != nil {
+			return nil, fmt.Errorf("listing the subvolumes inside subvolume %d (BTRFS_IOC_TREE_SEARCH): %w", parent, err)
+		}
+		if args.Key.NrItems == 0 {
+			return children, nil
+		}
+		read := 0
+		searchResults(args.Buf[:], args.Key.NrItems, func(k btrfsKey, _ []byte) bool {
+			if k.ObjectID == parent && k.Type == btrfsRootRefKey {
+				children = append(children, k.Offset)
+			}
+			next = k.Offset + 1
+			read++
+			return true
+		})
+		switch {
+		case read == 0:
+			return nil, fmt.Errorf("listing the subvolumes inside subvolume %d: a tree search result that cannot be read", parent)
+		case next == 0: // the last result had offset MaxUint64
+			return children, nil
+		}
+	}
+}
 
 // setQgroupLimit limits what qgroup 0/<qgroup> may reference to size bytes.
 func setQgroupLimit(f *os.File, qgroup uint64, size int64) error {

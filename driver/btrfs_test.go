@@ -344,3 +344,54 @@ func TestBtrfsSanity(t *testing.T) {
 	cfg, _ := btrfsConfig(t)
 	runSanity(t, cfg)
 }
+
+// TestBtrfsDeleteNested deletes a volume in which a pod made subvolumes
+// of its own, one inside another, as any user may: btrfs will not delete
+// a subvolume that holds others, so the driver deletes them first.
+func TestBtrfsDeleteNested(t *testing.T) {
+	cfg, fs := btrfsConfig(t)
+	ts := startServer(t, cfg)
+	ctx := testContext(t)
+	if _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(ts.dir, "target")
+	if _, err := ts.node.NodePublishVolume(ctx, publishRequest("vol", target)); err != nil {
+		t.Fatal(err)
+	}
+	makeSubvolume(t, target, "outer")
+	mustMkdir(t, filepath.Join(target, "outer", "dir"))
+	makeSubvolume(t, filepath.Join(target, "outer", "dir"), "inner")
+	if _, err := writeFile(filepath.Join(target, "outer", "dir", "inner", "data"), 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "vol"}); err != nil {
+		t.Fatalf("DeleteVolume of a volume holding subvolumes: %v", err)
+	}
+	top, err := os.Open(fs.mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer top.Close()
+	if left, err := childSubvolumes(top, btrfsTopSubvolume); err != nil || len(left) != 0 {
+		t.Errorf("subvolumes left on the file system: %v, %v", left, err)
+	}
+}
+
+// makeSubvolume makes subvolume name in dir, as a pod could.
+func makeSubvolume(t *testing.T, dir, name string) {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var args btrfsVolArgs
+	copy(args.Name[:], name)
+	if err := btrfsIoctl(f, ioctlSubvolCreate, unsafe.Pointer(&args)); err != nil {
+		t.Fatalf("making subvolume %s in %s: %v", name, dir, err)
+	}
+}

@@ -56,6 +56,9 @@ var (
 	ioctlQuotaCtl = btrfsIoc(iocWrite|iocRead, 40, unsafe.Sizeof(btrfsQuotaCtlArgs{}))
 	// BTRFS_IOC_QGROUP_LIMIT: set the limits of a qgroup.
 	ioctlQgroupLimit = btrfsIoc(iocRead, 43, unsafe.Sizeof(btrfsQgroupLimitArgs{}))
+	// BTRFS_IOC_SNAP_DESTROY_V2: delete a subvolume, here by its ID
+	// (CAP_SYS_ADMIN).
+	ioctlSnapDestroyV2 = btrfsIoc(iocWrite, 63, unsafe.Sizeof(btrfsVolArgsV2{}))
 )
 
 // btrfsVolArgs is struct btrfs_ioctl_vol_args (4096 bytes): fd (unused by
@@ -63,6 +66,19 @@ var (
 type btrfsVolArgs struct {
 	Fd   int64
 	Name [4088]byte
+}
+
+// btrfsVolArgsV2 is struct btrfs_ioctl_vol_args_v2 (4096 bytes) as
+// BTRFS_IOC_SNAP_DESTROY_V2 reads it with Flags BTRFS_SUBVOL_SPEC_BY_ID:
+// fd, transid, flags, a 32-byte union unused here, then a union whose
+// first 8 bytes are the ID of the subvolume to delete.
+type btrfsVolArgsV2 struct {
+	Fd       int64
+	TransID  uint64
+	Flags    uint64
+	Unused   [4]uint64
+	SubvolID uint64
+	Rest     [4032]byte
 }
 
 // btrfsInoLookupArgs is struct btrfs_ioctl_ino_lookup_args (4096 bytes).
@@ -135,13 +151,16 @@ const (
 	btrfsSearchHeaderLen  = 28 // offset of len
 )
 
-// Constants of btrfs_tree.h.
+// Constants of btrfs.h and btrfs_tree.h.
 const (
+	btrfsRootTreeObjectID   = 1   // BTRFS_ROOT_TREE_OBJECTID: the tree of subvolumes
 	btrfsQuotaTreeObjectID  = 8   // BTRFS_QUOTA_TREE_OBJECTID: the tree of qgroup items
+	btrfsRootRefKey         = 156 // BTRFS_ROOT_REF_KEY: (parent ID, 156, child ID) in the root tree
 	btrfsQgroupInfoKey      = 242 // BTRFS_QGROUP_INFO_KEY: (0, 242, qgroup ID) holds its counts
 	btrfsFirstFreeObjectID  = 256 // BTRFS_FIRST_FREE_OBJECTID: a subvolume's top directory
 	btrfsQuotaCtlEnable     = 1   // BTRFS_QUOTA_CTL_ENABLE
 	btrfsQgroupLimitMaxRfer = 1   // BTRFS_QGROUP_LIMIT_MAX_RFER
+	btrfsSubvolSpecByID     = 16  // BTRFS_SUBVOL_SPEC_BY_ID
 )
 
 // struct btrfs_qgroup_info_item: le64 generation, rfer, rfer_cmpr, excl,
@@ -167,26 +186,45 @@ func btrfsIoctl(f *os.File, req uintptr, arg unsafe.Pointer) error {
 	return nil
 }
 
+// btrfsKey is the key of a btrfs item.
+type btrfsKey struct {
+	ObjectID uint64
+	Type     uint32
+	Offset   uint64
+}
+
+// searchResults calls fn with the key and data of each of the nrItems
+// results of a tree search in buf, until fn returns false. It stops at a
+// result that does not fit in buf.
+func searchResults(buf []byte, nrItems uint32, fn func(k btrfsKey, item []byte) bool) {
+	for range nrItems {
+		if len(buf) < btrfsSearchHeaderSize {
+			return
+		}
+		k := btrfsKey{
+			ObjectID: binary.NativeEndian.Uint64(buf[8:]),
+			Offset:   binary.NativeEndian.Uint64(buf[16:]),
+			Type:     binary.NativeEndian.Uint32(buf[24:]),
+		}
+		n := int(binary.NativeEndian.Uint32(buf[btrfsSearchHeaderLen:]))
+		item := buf[btrfsSearchHeaderSize:]
+		if n > len(item) || !fn(k, item[:n]) {
+			return
+		}
+		buf = item[n:]
+	}
+}
+
 // qgroupRfer finds the referenced bytes of qgroup id in the results of a
 // tree search: nrItems results in buf. ok is false when none is that
 // qgroup's info item.
 func qgroupRfer(buf []byte, nrItems uint32, id uint64) (rfer int64, ok bool) {
-	for range nrItems {
-		if len(buf) < btrfsSearchHeaderSize {
-			return 0, false
+	want := btrfsKey{Type: btrfsQgroupInfoKey, Offset: id}
+	searchResults(buf, nrItems, func(k btrfsKey, item []byte) bool {
+		if k == want && len(item) >= btrfsQgroupInfoRferOffset+8 {
+			rfer, ok = int64(binary.LittleEndian.Uint64(item[btrfsQgroupInfoRferOffset:])), true
 		}
-		objectID := binary.NativeEndian.Uint64(buf[8:])
-		offset := binary.NativeEndian.Uint64(buf[16:])
-		typ := binary.NativeEndian.Uint32(buf[24:])
-		n := int(binary.NativeEndian.Uint32(buf[btrfsSearchHeaderLen:]))
-		item := buf[btrfsSearchHeaderSize:]
-		if n > len(item) {
-			return 0, false
-		}
-		if objectID == 0 && typ == btrfsQgroupInfoKey && offset == id && n >= btrfsQgroupInfoRferOffset+8 {
-			return int64(binary.LittleEndian.Uint64(item[btrfsQgroupInfoRferOffset:])), true
-		}
-		buf = item[n:]
-	}
-	return 0, false
+		return !ok
+	})
+	return rfer, ok
 }
