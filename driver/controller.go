@@ -37,6 +37,7 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
@@ -194,6 +195,58 @@ func (s *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	}
 	logger.V(2).Info("Volume deleted")
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// ControllerExpandVolume raises a volume's size to required_bytes: its
+// backend's limit (a btrfs qgroup's; nothing for a directory) and what it
+// reserves of the node's capacity. Sizes never shrink: a volume that is
+// large enough already is left as it is and its size returned. Codes:
+// InvalidArgument without a positive required_bytes or with a capability
+// this driver does not support; NotFound for an unknown volume; OutOfRange
+// when the volume is already larger than limit_bytes; ResourceExhausted
+// when the growth does not fit the node's free capacity (a node-local
+// volume cannot move elsewhere to grow). The file system the pod sees is
+// the data root's own or the subvolume's, which follows the limit, so no
+// node step is needed.
+func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	r := req.GetCapacityRange()
+	if _, err := volumeSize(r); err != nil {
+		return nil, err
+	}
+	if r.GetRequiredBytes() <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "capacity_range.required_bytes must be set to the new size")
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability(c); err != nil {
+			return nil, err
+		}
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", id)
+	unlock, err := s.locks.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.store.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	if limit := r.GetLimitBytes(); limit > 0 && v.CapacityBytes > limit {
+		return nil, status.Errorf(codes.OutOfRange,
+			"volume %s has %d bytes, more than limit_bytes=%d, and volumes do not shrink", id, v.CapacityBytes, limit)
+	}
+	old := v.CapacityBytes
+	if v, err = s.store.expand(id, r.GetRequiredBytes()); err != nil {
+		return nil, statusFor(err, "expanding volume "+id)
+	}
+	if v.CapacityBytes != old {
+		logger.V(2).Info("Volume expanded", "capacityBytes", v.CapacityBytes, "previousBytes", old)
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
 }
 
 // ValidateVolumeCapabilities confirms the capabilities and parameters this
