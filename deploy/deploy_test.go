@@ -41,7 +41,7 @@ var overlays = []string{"overlays/kind", "overlays/local"}
 var nodeFlags = []string{
 	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "socket-group",
 	"kubeconfig", "kube-api-qps", "kube-api-burst", "threadiness", "operation-timeout",
-	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "v",
+	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "backend", "v",
 }
 
 func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {

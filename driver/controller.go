@@ -159,8 +159,9 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},
 		// Carried in the PV's volumeAttributes back to NodePublishVolume,
-		// which refuses a volume made on another data root.
-		VolumeContext: map[string]string{VolumeContextDataRoot: s.store.identity},
+		// which refuses a volume made on another data root; the backend is
+		// there for people to read.
+		VolumeContext: map[string]string{VolumeContextDataRoot: s.store.identity, VolumeContextBackend: v.Backend},
 	}
 }
 

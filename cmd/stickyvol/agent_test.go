@@ -211,7 +211,7 @@ func TestNodeAgent(t *testing.T) {
 func TestNodeOptionsValidate(t *testing.T) {
 	valid := func() *nodeOptions {
 		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", qps: 1, burst: 1, threadiness: 1,
-			operationTimeout: time.Second, reconcilePeriod: time.Minute}
+			operationTimeout: time.Second, reconcilePeriod: time.Minute, backend: driver.BackendAuto}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -225,6 +225,7 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"zero capacity", func(o *nodeOptions) { o.capacity = "0" }, "--capacity"},
 		{"zero qps", func(o *nodeOptions) { o.qps = 0 }, "must be positive"},
 		{"orphans deleted before they are orphans", func(o *nodeOptions) { o.deleteOrphansAfter = time.Minute }, "--delete-orphans-after"},
+		{"unknown backend", func(o *nodeOptions) { o.backend = "zfs" }, "--backend"},
 		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
 	} {
 		o := valid()

@@ -22,6 +22,7 @@ type nodeOptions struct {
 	nodeName            string
 	kubeletRoot         string
 	dataRoot            string
+	backend             string
 	capacity            string
 	maxVolumes          int64
 	socketGroup         int
@@ -59,6 +60,7 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.StringVar(&o.nodeName, "node-name", env.nodeName, "Kubernetes name of this node; defaults to $NODE_NAME.")
 	f.StringVar(&o.kubeletRoot, "kubelet-root", "/var/lib/kubelet", "kubelet's root directory; the CSI socket and the registration socket go under it.")
 	f.StringVar(&o.dataRoot, "data-root", "/var/lib/stickyvol", "Directory that holds the volumes (volumes/<id>/) and their records (meta/).")
+	f.StringVar(&o.backend, "backend", driver.BackendAuto, "What new volumes are made of: btrfs (a subvolume with a qgroup limit: the size is enforced; needs the data root on btrfs), directory (a plain directory: the size is bookkeeping), or auto (btrfs where the data root is btrfs). Existing volumes keep theirs.")
 	f.StringVar(&o.capacity, "capacity", "", "Bytes all volumes on this node may reserve, as a quantity (10Gi). Empty: the free space of the data root's file system at start, plus what existing volumes reserve.")
 	f.Int64Var(&o.maxVolumes, "max-volumes", 0, "Most volumes kubelet may put on this node (reported to the scheduler via CSINode). 0: no limit.")
 	f.IntVar(&o.socketGroup, "socket-group", -1, "Group ID that may use the CSI socket (mode 0660). -1: owner only (mode 0600).")
@@ -86,6 +88,11 @@ func (o *nodeOptions) validate() error {
 		if q, err := resource.ParseQuantity(o.capacity); err != nil || q.Sign() <= 0 {
 			errs = append(errs, fmt.Errorf("--capacity %q must be a positive quantity such as 10Gi", o.capacity))
 		}
+	}
+	switch o.backend {
+	case "", driver.BackendAuto, driver.BackendDirectory, driver.BackendBtrfs:
+	default:
+		errs = append(errs, fmt.Errorf("--backend %q must be auto, directory or btrfs", o.backend))
 	}
 	if o.qps <= 0 || o.burst <= 0 || o.threadiness <= 0 || o.operationTimeout <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps, --kube-api-burst, --threadiness and --operation-timeout must be positive"))
@@ -115,6 +122,7 @@ func (o *nodeOptions) driverConfig() driver.Config {
 		Version:           version,
 		NodeID:            o.nodeName,
 		DataRoot:          filepath.Clean(o.dataRoot),
+		Backend:           o.backend,
 		Capacity:          capacity,
 		MaxVolumesPerNode: o.maxVolumes,
 		Endpoint:          o.csiSocket(),

@@ -58,7 +58,8 @@ func statusPV(name, drv, node string) *v1.PersistentVolume {
 		Spec: v1.PersistentVolumeSpec{
 			Capacity:                      v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")},
 			PersistentVolumeReclaimPolicy: v1.PersistentVolumeReclaimDelete,
-			PersistentVolumeSource:        v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: name}},
+			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: name,
+				VolumeAttributes: map[string]string{driver.VolumeContextBackend: "btrfs"}}},
 			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
 				MatchExpressions: []v1.NodeSelectorRequirement{{Key: driver.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}}},
 		},
@@ -138,9 +139,9 @@ func TestStatusWide(t *testing.T) {
 	rows, _ := fixtureRows(t)
 	got := strings.Split(printed(t, "wide", []volumeStatus{rows[0], rows[2]}), "\n")
 	for i, want := range []string{
-		"NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED   CLASS      ACCESS MODES   RECLAIM  AGE",
-		"web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi  stickyvol  ReadWriteOnce  Delete   5m",
-		"web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -      stickyvol  ReadWriteOnce  -        5m",
+		"NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED   BACKEND  CLASS      ACCESS MODES   RECLAIM  AGE",
+		"web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi  btrfs    stickyvol  ReadWriteOnce  Delete   5m",
+		"web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -      -        stickyvol  ReadWriteOnce  -        5m",
 	} {
 		if i >= len(got) || got[i] != want {
 			t.Errorf("line %d:\n%q\nwant\n%q", i, got[i], want)
