@@ -68,6 +68,9 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err := s.checkTopology(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
+	if err := s.checkEnforcement(spec.Params); err != nil {
+		return nil, err
+	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", spec.ID)
 	unlock, err := s.locks.lock(spec.ID)
 	if err != nil {
@@ -80,6 +83,20 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}
 	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
 	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
+}
+
+// checkEnforcement refuses a volume whose class requires an enforced size
+// when new volumes here are directories. ResourceExhausted, as for a
+// topology it cannot serve: another node may be able to (CSI's meaning of
+// the code for CreateVolume, and the provisioner sends the claim back to the
+// scheduler).
+func (s *controllerServer) checkEnforcement(p volumeParams) error {
+	if !p.SizeRequired || s.store.defaultBackend.Name() != BackendDirectory {
+		return nil
+	}
+	return status.Errorf(codes.ResourceExhausted,
+		"%s: new volumes here are directories, whose size is bookkeeping (the data root is not btrfs, or --backend=directory), and the class asks %s: %s",
+		NotEnforcedMessage, ParamSizeEnforcement, SizeEnforcementRequired)
 }
 
 // createSpec validates a CreateVolumeRequest.
@@ -320,11 +337,17 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 // cannot provision, since no such volume can be made here. Parameters are
 // checked as CreateVolume checks them: an unknown one is InvalidArgument.
 func (s *controllerServer) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if _, err := parseParameters(req.GetParameters()); err != nil {
+	params, err := parseParameters(req.GetParameters())
+	if err != nil {
 		return nil, err
 	}
 	capacity, allocated := s.store.usage()
 	free := max(capacity-allocated, 0)
+	// No room at all for a class whose sizes this node cannot enforce: so
+	// published, the scheduler keeps its claims off this node.
+	if s.checkEnforcement(params) != nil {
+		free = 0
+	}
 	if t := req.GetAccessibleTopology(); t != nil && !s.inTopology([]*csi.Topology{t}) {
 		free = 0
 	}
