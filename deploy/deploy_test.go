@@ -41,7 +41,7 @@ var overlays = []string{"overlays/kind", "overlays/local"}
 var nodeFlags = []string{
 	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "socket-group",
 	"kubeconfig", "kube-api-qps", "kube-api-burst", "threadiness", "operation-timeout",
-	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "backend", "v",
+	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "backend", "expand-volumes", "v",
 }
 
 func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
@@ -95,8 +95,9 @@ func TestStorageClass(t *testing.T) {
 			if sc.ReclaimPolicy == nil || *sc.ReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
 				t.Errorf("reclaimPolicy %v, want Delete", show(sc.ReclaimPolicy))
 			}
-			if sc.AllowVolumeExpansion == nil || *sc.AllowVolumeExpansion {
-				t.Error("allowVolumeExpansion must be false until the driver can expand")
+			// The agents grow their volumes: claims may ask for more.
+			if sc.AllowVolumeExpansion == nil || !*sc.AllowVolumeExpansion {
+				t.Errorf("allowVolumeExpansion %v, want true", show(sc.AllowVolumeExpansion))
 			}
 			// The local overlay is the kind overlay plus an affinity: the
 			// local cluster runs what a kind user applies.

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/stickyvol/stickyvol/internal/testutil"
 )
 
 // fakeBackend keeps volumes as directories in a directory of its own,
@@ -330,6 +332,53 @@ func TestExpand(t *testing.T) {
 		if _, err := ts.controller.ControllerExpandVolume(ctx, tc.req); status.Code(err) != tc.code {
 			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
 		}
+	}
+}
+
+// TestExpandDirectoryOnline grows a directory volume while it is published,
+// as the resizer does while its pod runs: the size is bookkeeping, so the
+// data and the mount stay as they are, no node step is asked for,
+// NodeGetVolumeStats reports the new total, and the record keeps the size
+// across a restart of the driver.
+func TestExpandDirectoryOnline(t *testing.T) {
+	testutil.RequireRoot(t) // bind mounts
+	cfg := testConfig(t)
+	cfg.Backend = BackendDirectory
+	ts := startServer(t, cfg)
+	ctx := testContext(t)
+	if _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(ts.dir, "target")
+	if _, err := ts.node.NodePublishVolume(ctx, publishRequest("vol", target)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "data"), []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ts.controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
+		VolumeId: "vol", CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, VolumeCapability: rwo,
+	})
+	if err != nil || resp.GetCapacityBytes() != 4<<20 || resp.GetNodeExpansionRequired() {
+		t.Fatalf("ControllerExpandVolume while published: %v, %v; want 4 MiB and no node step", resp, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(target, "data")); err != nil || string(data) != "kept" || !ts.isMounted(t, "vol", target) {
+		t.Errorf("after expanding: %q, %v, mounted %v; want the data through the same mount", data, err, ts.isMounted(t, "vol", target))
+	}
+	stats, err := ts.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "vol", VolumePath: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total := stats.GetUsage()[0].GetTotal(); total != 4<<20 {
+		t.Errorf("NodeGetVolumeStats total = %d after expanding, want 4 MiB", total)
+	}
+	ts.stop()
+	ts = startServer(t, cfg)
+	if v := ts.Volumes(); len(v) != 1 || v[0].CapacityBytes != 4<<20 || ts.Allocated() != 4<<20 {
+		t.Errorf("after a restart: volumes %+v, allocated %d; want vol with 4 MiB", v, ts.Allocated())
+	}
+	if _, err := ts.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: target}); err != nil {
+		t.Fatal(err)
 	}
 }
 

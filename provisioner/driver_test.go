@@ -6,12 +6,9 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
@@ -26,7 +23,6 @@ import (
 type nodeDriver struct {
 	name     string
 	dataRoot string
-	socket   string
 	conn     *grpc.ClientConn
 	// controller counts the calls per method on its way to the driver.
 	controller csi.ControllerClient
@@ -40,51 +36,12 @@ type nodeDriver struct {
 // given capacity until the test ends.
 func startDriver(t *testing.T, node string, capacity int64) *nodeDriver {
 	t.Helper()
-	// Short socket paths: a unix socket path has at most 107 bytes, and
-	// t.TempDir names grow with the test name.
-	sockDir, err := os.MkdirTemp("", "sv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
-	nd := &nodeDriver{
-		name:     node,
-		dataRoot: filepath.Join(t.TempDir(), "data"),
-		socket:   filepath.Join(sockDir, "csi.sock"),
-		calls:    map[string]int{},
-	}
-	d, err := driver.New(driver.Config{NodeID: node, DataRoot: nd.dataRoot, Capacity: capacity,
-		Endpoint: nd.socket, SocketGroup: -1, Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(fixtures.Context(t, 2))
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("driver Run: %v", err)
-		}
-		_ = d.Close()
-	})
-
-	// A short reconnect backoff: the first attempt may come before the
-	// driver listens, and the default backoff would wait a second.
-	backoffCfg := backoff.DefaultConfig
-	backoffCfg.BaseDelay = 10 * time.Millisecond
-	nd.conn, err = grpc.NewClient("unix://"+nd.socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(nd.count), grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffCfg}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = nd.conn.Close() })
-	nd.controller = csi.NewControllerClient(nd.conn)
-	nd.node = csi.NewNodeClient(nd.conn)
-	// Wait until the driver serves, so the tests do not race its start.
-	if _, err := csi.NewIdentityClient(nd.conn).Probe(ctx, &csi.ProbeRequest{}, grpc.WaitForReady(true)); err != nil {
-		t.Fatalf("driver did not start: %v", err)
-	}
+	nd := &nodeDriver{name: node, calls: map[string]int{}}
+	conn, cfg := fixtures.ServeDriver(t, driver.Config{NodeID: node, Capacity: capacity},
+		grpc.WithChainUnaryInterceptor(nd.count))
+	nd.dataRoot, nd.conn = cfg.DataRoot, conn
+	nd.controller = csi.NewControllerClient(conn)
+	nd.node = csi.NewNodeClient(conn)
 	return nd
 }
 

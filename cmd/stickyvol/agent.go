@@ -23,6 +23,7 @@ import (
 	"github.com/stickyvol/stickyvol/driver/registration"
 	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
+	"github.com/stickyvol/stickyvol/resizer"
 )
 
 // agent is everything `stickyvol node` runs, built and ready to start.
@@ -35,6 +36,7 @@ type agent struct {
 	controller   *provisioner.Controller
 	reconciler   *provisioner.Reconciler
 	registration *registration.Server // nil without kubelet
+	resizer      *resizer.Resizer     // nil with --expand-volumes=false
 	kube         kubernetes.Interface
 }
 
@@ -92,6 +94,16 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 	if err != nil {
 		return err
 	}
+	if o.expandVolumes {
+		a.resizer, err = resizer.New(resizer.Config{
+			NodeName: o.nodeName, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
+			ControllerClient: csi.NewControllerClient(a.csiConn), Client: kube, Informers: a.informers,
+			Timeout: o.operationTimeout,
+		})
+		if err != nil {
+			return err
+		}
+	}
 	if o.registerWithKubelet {
 		a.registration, err = registration.New(registration.Config{
 			DriverName: driver.Name,
@@ -139,6 +151,9 @@ func (a *agent) runParts(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.controller.Run(ctx) })
 	g.Go(func() error { return a.reconciler.Run(ctx) })
+	if a.resizer != nil {
+		g.Go(func() error { return a.resizer.Run(ctx) })
+	}
 	if a.registration != nil {
 		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as
 		// it sees this one.

@@ -62,7 +62,7 @@ func poll(t *testing.T, what string, cond func(context.Context) (bool, error)) {
 
 // The whole `stickyvol node` agent as a host process against a fake API
 // server: it registers with "kubelet", provisions a claim for its node,
-// answers /healthz, /metrics and /volumes, and removes its sockets when
+// grows it, answers /healthz, /metrics and /volumes, and removes its sockets when
 // stopped.
 func TestNodeAgent(t *testing.T) {
 	root, err := os.MkdirTemp("", "svnode") // short: socket paths are limited
@@ -74,7 +74,7 @@ func TestNodeAgent(t *testing.T) {
 		nodeName: "node-a", kubeletRoot: filepath.Join(root, "kubelet"), dataRoot: filepath.Join(root, "data"),
 		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
 		metricsAddress: freeAddress(t), registerWithKubelet: true,
-		reconcilePeriod: time.Minute,
+		reconcilePeriod: time.Minute, expandVolumes: true,
 	}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
@@ -86,10 +86,11 @@ func TestNodeAgent(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(o.dataRoot, "meta", "pvc-bad.json"), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	wffc, allowExpansion := storagev1.VolumeBindingWaitForFirstConsumer, true
 	kube := fake.NewClientset(
 		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
-		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol"}, Provisioner: driver.Name, VolumeBindingMode: &wffc},
+		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol"}, Provisioner: driver.Name, VolumeBindingMode: &wffc,
+			AllowVolumeExpansion: &allowExpansion},
 	)
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(false)))
 	ctx, cancel := context.WithCancel(klog.NewContext(t.Context(), logger))
@@ -153,11 +154,12 @@ func TestNodeAgent(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(o.dataRoot, "volumes", "pvc-uid-1")); err != nil {
 		t.Errorf("volume directory: %v", err)
 	}
+	growClaim(t, kube, "default", "data-web-0", "pvc-uid-1")
 
 	_, metrics := get(t, base+"/metrics")
 	for _, want := range []string{
 		"stickyvol_capacity_bytes 1.073741824e+09",
-		"stickyvol_allocated_bytes 2.68435456e+08",
+		"stickyvol_allocated_bytes 5.36870912e+08", // 256Mi, grown to 512Mi
 		"stickyvol_volumes 1",
 		"stickyvol_unavailable_volumes 1",
 		"stickyvol_orphan_volumes 0",

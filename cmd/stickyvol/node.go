@@ -35,6 +35,7 @@ type nodeOptions struct {
 	registerWithKubelet bool
 	reconcilePeriod     time.Duration
 	deleteOrphansAfter  time.Duration
+	expandVolumes       bool
 }
 
 func newNodeCommand(env environment) *cobra.Command {
@@ -44,10 +45,10 @@ func newNodeCommand(env environment) *cobra.Command {
 		Short: "Run the node agent: CSI driver, provisioner, kubelet registration, metrics",
 		Long: "Runs everything stickyvol does on one node: the CSI driver on\n" +
 			"<kubelet-root>/plugins/" + driver.Name + "/csi.sock, kubelet plugin registration, the\n" +
-			"provisioner for claims scheduled to this node, and /healthz, /readyz, /metrics and\n" +
-			"/volumes. Cluster duties run in `stickyvol controller`. Outside a cluster (tests,\n" +
-			"simulated nodes) give --kubeconfig, --node-name, --data-root, --kubelet-root and\n" +
-			"--register-with-kubelet=false.",
+			"provisioner for claims scheduled to this node, the resizer of its volumes, and\n" +
+			"/healthz, /readyz, /metrics and /volumes. Cluster duties run in `stickyvol controller`.\n" +
+			"Outside a cluster (tests, simulated nodes) give --kubeconfig, --node-name, --data-root,\n" +
+			"--kubelet-root and --register-with-kubelet=false.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(); err != nil {
@@ -68,11 +69,12 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about three writes (PV, two events).")
 	f.IntVar(&o.burst, "kube-api-burst", 100, "Requests allowed in a burst above --kube-api-qps.")
 	f.IntVar(&o.threadiness, "threadiness", provisioner.DefaultThreadiness, "Claims provisioned (and volumes deleted) in parallel.")
-	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume or DeleteVolume call to the driver.")
+	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume, DeleteVolume or ControllerExpandVolume call to the driver.")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz, /readyz, /metrics and /volumes (this node's part of stickyvol status). Empty: no HTTP server.")
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
 	f.DurationVar(&o.reconcilePeriod, "reconcile-period", provisioner.DefaultReconcilePeriod, "How often this node's volumes are compared with the PVs that name it (orphans, missing volumes).")
 	f.DurationVar(&o.deleteOrphansAfter, "delete-orphans-after", 0, "Delete a volume that no PV names and no claim waits for once it has been so for this long (at least 10m). 0: never; orphans are only counted and logged.")
+	f.BoolVar(&o.expandVolumes, "expand-volumes", true, "Grow this node's volumes when their claims ask for more (classes with allowVolumeExpansion), as external-resizer would.")
 	return cmd
 }
 
