@@ -14,9 +14,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/stickyvol/stickyvol/driver"
+	"github.com/stickyvol/stickyvol/internal/agentapi"
 )
 
 const (
@@ -39,7 +41,7 @@ var overlays = []string{"overlays/kind", "overlays/local"}
 var nodeFlags = []string{
 	"node-name", "kubelet-root", "data-root", "capacity", "max-volumes", "socket-group",
 	"kubeconfig", "kube-api-qps", "kube-api-burst", "threadiness", "operation-timeout",
-	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after",
+	"metrics-address", "register-with-kubelet", "reconcile-period", "delete-orphans-after", "backend", "expand-volumes",
 	"publish-capacity", "namespace", "capacity-owner", "v",
 }
 
@@ -98,8 +100,9 @@ func TestStorageClass(t *testing.T) {
 			if sc.ReclaimPolicy == nil || *sc.ReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
 				t.Errorf("reclaimPolicy %v, want Delete", show(sc.ReclaimPolicy))
 			}
-			if sc.AllowVolumeExpansion == nil || *sc.AllowVolumeExpansion {
-				t.Error("allowVolumeExpansion must be false until the driver can expand")
+			// The agents grow their volumes: claims may ask for more.
+			if sc.AllowVolumeExpansion == nil || !*sc.AllowVolumeExpansion {
+				t.Errorf("allowVolumeExpansion %v, want true", show(sc.AllowVolumeExpansion))
 			}
 			// The local overlay is the kind overlay plus an affinity: the
 			// local cluster runs what a kind user applies.
@@ -364,4 +367,26 @@ func show[T any](p *T) any {
 		return "<unset>"
 	}
 	return *p
+}
+
+// TestDaemonSetFoundByStatus checks that `stickyvol status` finds the agents'
+// pods by the label it selects and reaches /volumes on the port it names.
+func TestDaemonSetFoundByStatus(t *testing.T) {
+	ds := get[*appsv1.DaemonSet](t, render(t, "overlays/local"), agentName)
+	selector, err := labels.Parse(agentapi.PodSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !selector.Matches(labels.Set(ds.Spec.Template.Labels)) {
+		t.Errorf("pod labels %v do not match status's selector %s", ds.Spec.Template.Labels, agentapi.PodSelector)
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	_, metricsPort, err := net.SplitHostPort(nodeArgs(t, c)["metrics-address"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == agentapi.PortName })
+	if i < 0 || strconv.Itoa(int(c.Ports[i].ContainerPort)) != metricsPort {
+		t.Errorf("ports %v: want %s on --metrics-address's port %s", c.Ports, agentapi.PortName, metricsPort)
+	}
 }

@@ -25,6 +25,7 @@ var (
 	// holds it to them).
 	agentNeeds = slices.Concat(
 		grants("", "persistentvolumeclaims", "get", "list", "watch", "update"),
+		grants("", "persistentvolumeclaims/status", "update"),
 		grants("", "persistentvolumes", "get", "list", "watch", "create", "delete", "patch"),
 		grants("storage.k8s.io", "storageclasses", "get", "list", "watch"),
 		grants("", "nodes", "get", "list", "watch"),

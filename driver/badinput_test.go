@@ -115,7 +115,7 @@ func TestBadInput(t *testing.T) {
 		{"create: block", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{block} }),
 			codes.InvalidArgument, "block access type is not supported", nil},
 		{"create: unknown parameter", create(params(map[string]string{"type": "ssd"})),
-			codes.InvalidArgument, `accepted parameters are "directoryMode" and keys under "csi.storage.k8s.io/"`, nil},
+			codes.InvalidArgument, `accepted parameters are "directoryMode", "sizeEnforcement" and keys under "csi.storage.k8s.io/"`, nil},
 		{"create: directoryMode not octal", create(params(map[string]string{ParamDirectoryMode: "0999"})),
 			codes.InvalidArgument, "not an octal permission", nil},
 		{"create: directoryMode symbolic", create(params(map[string]string{ParamDirectoryMode: "rwxr-xr-x"})),

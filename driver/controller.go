@@ -39,6 +39,7 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
@@ -69,6 +70,9 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err := s.checkTopology(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
+	if err := s.checkEnforcement(spec.Params); err != nil {
+		return nil, err
+	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", spec.ID)
 	unlock, err := s.locks.lock(spec.ID)
 	if err != nil {
@@ -82,6 +86,20 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
 	s.volumesChanged()
 	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
+}
+
+// checkEnforcement refuses a volume whose class requires an enforced size
+// when new volumes here are directories. ResourceExhausted, as for a
+// topology it cannot serve: another node may be able to (CSI's meaning of
+// the code for CreateVolume, and the provisioner sends the claim back to the
+// scheduler).
+func (s *controllerServer) checkEnforcement(p volumeParams) error {
+	if !p.SizeRequired || s.store.defaultBackend.Name() != BackendDirectory {
+		return nil
+	}
+	return status.Errorf(codes.ResourceExhausted,
+		"%s: new volumes here are directories, whose size is bookkeeping (the data root is not btrfs, or --backend=directory), and the class asks %s: %s",
+		NotEnforcedMessage, ParamSizeEnforcement, SizeEnforcementRequired)
 }
 
 // createSpec validates a CreateVolumeRequest.
@@ -161,8 +179,9 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},
 		// Carried in the PV's volumeAttributes back to NodePublishVolume,
-		// which refuses a volume made on another data root.
-		VolumeContext: map[string]string{VolumeContextDataRoot: s.store.identity},
+		// which refuses a volume made on another data root; the backend is
+		// there for people to read.
+		VolumeContext: map[string]string{VolumeContextDataRoot: s.store.identity, VolumeContextBackend: v.Backend},
 	}
 }
 
@@ -207,6 +226,59 @@ func (s *controllerServer) volumesChanged() {
 	if s.changed != nil {
 		s.changed()
 	}
+}
+
+// ControllerExpandVolume raises a volume's size to required_bytes: its
+// backend's limit (a btrfs qgroup's; nothing for a directory) and what it
+// reserves of the node's capacity. Sizes never shrink: a volume that is
+// large enough already is left as it is and its size returned. Codes:
+// InvalidArgument without a positive required_bytes or with a capability
+// this driver does not support; NotFound for an unknown volume; OutOfRange
+// when the volume is already larger than limit_bytes; ResourceExhausted
+// when the growth does not fit the node's free capacity (a node-local
+// volume cannot move elsewhere to grow). The file system the pod sees is
+// the data root's own or the subvolume's, which follows the limit, so no
+// node step is needed.
+func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	r := req.GetCapacityRange()
+	if _, err := volumeSize(r); err != nil {
+		return nil, err
+	}
+	if r.GetRequiredBytes() <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "capacity_range.required_bytes must be set to the new size")
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability(c); err != nil {
+			return nil, err
+		}
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", id)
+	unlock, err := s.locks.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := s.store.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	if limit := r.GetLimitBytes(); limit > 0 && v.CapacityBytes > limit {
+		return nil, status.Errorf(codes.OutOfRange,
+			"volume %s has %d bytes, more than limit_bytes=%d, and volumes do not shrink", id, v.CapacityBytes, limit)
+	}
+	old := v.CapacityBytes
+	if v, err = s.store.expand(id, r.GetRequiredBytes()); err != nil {
+		return nil, statusFor(err, "expanding volume "+id)
+	}
+	if v.CapacityBytes != old {
+		logger.V(2).Info("Volume expanded", "capacityBytes", v.CapacityBytes, "previousBytes", old)
+		s.volumesChanged()
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
 }
 
 // ValidateVolumeCapabilities confirms the capabilities and parameters this
@@ -279,11 +351,17 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 // cannot provision, since no such volume can be made here. Parameters are
 // checked as CreateVolume checks them: an unknown one is InvalidArgument.
 func (s *controllerServer) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if _, err := parseParameters(req.GetParameters()); err != nil {
+	params, err := parseParameters(req.GetParameters())
+	if err != nil {
 		return nil, err
 	}
 	capacity, allocated := s.store.usage()
 	free := max(capacity-allocated, 0)
+	// No room at all for a class whose sizes this node cannot enforce: so
+	// published, the scheduler keeps its claims off this node.
+	if s.checkEnforcement(params) != nil {
+		free = 0
+	}
 	if t := req.GetAccessibleTopology(); t != nil && !s.inTopology([]*csi.Topology{t}) {
 		free = 0
 	}

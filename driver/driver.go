@@ -1,11 +1,12 @@
-// Package driver is stickyvol's CSI driver: node-local volumes that are
-// directories under a data root, bind-mounted into pods.
+// Package driver is stickyvol's CSI driver: node-local volumes under a data
+// root, bind-mounted into pods.
 //
 // The driver serves the CSI Identity, Controller and Node services on one
 // unix socket, each as its own type (identity.go, controller.go, node.go);
 // server.go has the listener and the logging interceptor, validate.go the
 // pure request checks, store.go the volume records and their crash-safe
-// on-disk layout, mount.go the bind mounts.
+// on-disk layout, backend.go what holds a volume's data (the backend each
+// record names), mount.go the bind mounts.
 //
 // Behaviour, in short:
 //   - A volume's ID is its CreateVolume name, checked against a strict
@@ -15,11 +16,14 @@
 //     AlreadyExists.
 //   - Only single-node access modes with the mount access type are
 //     supported; MULTI_NODE_* and block are InvalidArgument.
-//   - Capacity is accounted, not enforced: every volume reserves its size
-//     out of the node's capacity (Config.Capacity); a volume that does not
-//     fit gets ResourceExhausted, so the provisioner can reschedule the
-//     claim to another node. Nothing stops a pod from writing more than its
-//     volume's size into the directory.
+//   - Every volume reserves its size out of the node's capacity
+//     (Config.Capacity); a volume that does not fit gets ResourceExhausted,
+//     so the provisioner can reschedule the claim to another node. Whether
+//     the size is also enforced depends on the volume's backend: a btrfs
+//     subvolume's qgroup limit makes writes past it fail (EDQUOT); nothing
+//     stops a pod from writing more than its size into a directory volume.
+//   - ControllerExpandVolume raises a volume's size (and reservation);
+//     sizes never shrink.
 //   - Every RPC on a volume takes that volume's lock; a second RPC on a
 //     busy volume gets Aborted and the CO retries.
 //   - Handlers return only gRPC status errors. Store errors are sentinels
@@ -59,6 +63,16 @@ type Config struct {
 	// DataRoot is the absolute directory holding volumes/ and meta/,
 	// e.g. /var/lib/stickyvol. Required; created if missing.
 	DataRoot string
+	// Backend is the backend new volumes get (see backend.go): BackendAuto
+	// (the default, also meant by "": btrfs when DataRoot is on btrfs,
+	// else directory), BackendDirectory or BackendBtrfs. New fails when
+	// the btrfs backend is chosen, by name or by auto, and cannot work
+	// (not btrfs, quotas cannot be turned on). Volumes keep the backend
+	// they were made with, which their record names, so changing this
+	// serves the existing volumes as before.
+	Backend string
+	// backends, set by tests, are offered besides the built-in ones.
+	backends []backend
 	// Capacity is the bytes volumes may reserve on this node. 0 means the
 	// free space of DataRoot's file system when New runs, plus what the
 	// existing volumes already reserve (they were free when those volumes
@@ -115,7 +129,13 @@ func New(cfg Config) (*Driver, error) {
 	if err := checkConfig(cfg); err != nil {
 		return nil, err
 	}
-	s, err := openStore(cfg.Logger, cfg.DataRoot, "node "+cfg.NodeID, cfg.Capacity)
+	s, err := openStore(cfg.Logger, storeConfig{
+		RootPath: cfg.DataRoot,
+		Holder:   "node " + cfg.NodeID,
+		Capacity: cfg.Capacity,
+		Backend:  cfg.Backend,
+		Backends: cfg.backends,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +169,9 @@ func checkConfig(cfg Config) error {
 	if !filepath.IsAbs(cfg.DataRoot) || filepath.Clean(cfg.DataRoot) != cfg.DataRoot || cfg.DataRoot == "/" {
 		errs = append(errs, fmt.Errorf("data root %q must be an absolute, clean path other than /", cfg.DataRoot))
 	}
+	if err := checkBackend(cfg.Backend, cfg.backends); err != nil {
+		errs = append(errs, err)
+	}
 	if cfg.Capacity < 0 {
 		errs = append(errs, fmt.Errorf("capacity %d must not be negative", cfg.Capacity))
 	}
@@ -178,6 +201,11 @@ func (d *Driver) Allocated() int64 {
 	_, a := d.store.usage()
 	return a
 }
+
+// Backend is the name of the backend that makes new volumes: what
+// Config.Backend chose, with BackendAuto resolved. Each volume's own is in
+// its record (Volume.Backend).
+func (d *Driver) Backend() string { return d.store.defaultBackend.Name() }
 
 // Volumes returns the records of the node's volumes, sorted by ID.
 func (d *Driver) Volumes() []Volume { return d.store.list() }

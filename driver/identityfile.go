@@ -18,6 +18,12 @@ const identityName = "identity"
 // volumeAttributes key) that names the data root a volume was made on.
 const VolumeContextDataRoot = "stickyvol.dev/data-root-id"
 
+// VolumeContextBackend is the volume context key (and so the PV's
+// volumeAttributes key) that names the backend holding the volume's data,
+// "directory" or "btrfs", for `kubectl get pv -o yaml` and `stickyvol
+// status -o wide` to show.
+const VolumeContextBackend = "stickyvol.dev/backend"
+
 var identityPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 // loadIdentity returns the data root's identity, making one if the data

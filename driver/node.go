@@ -130,7 +130,7 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 // admit checks a publish request against the volume's other targets and
 // records the target.
 func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
-	src := s.store.volumePath(v.ID)
+	src := s.store.publishPath(v)
 	if old, ok := v.target(want.Path); ok {
 		if old == want {
 			return nil
@@ -168,7 +168,7 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 // forgotten again and a directory it made is removed; a target where the
 // volume is mounted stays recorded whatever happens.
 func (s *nodeServer) publish(ctx context.Context, v Volume, t Target, exists bool) error {
-	src := s.store.volumePath(v.ID)
+	src := s.store.publishPath(v)
 	undo := func(err error) error {
 		if !exists {
 			_ = os.Remove(t.Path)
@@ -249,7 +249,7 @@ func pruneTargets(ctx context.Context, st *store, m Mounter, v Volume, except st
 		if t.Path == except {
 			continue
 		}
-		_, ours, err := m.Mounted(t.Path, st.volumePath(v.ID))
+		_, ours, err := m.Mounted(t.Path, st.publishPath(v))
 		if err != nil {
 			return nil, err
 		}
@@ -295,7 +295,7 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, statusFor(err, "looking up volume "+id)
 	}
 	_, recorded := v.target(target)
-	unmounted, foreign, err := s.unmountAll(target, s.store.volumePath(id))
+	unmounted, foreign, err := s.unmountAll(target, s.store.publishPath(v))
 	switch {
 	case err != nil:
 		return nil, err
@@ -336,11 +336,12 @@ func (s *nodeServer) unmountAll(target, src string) (unmounted, foreign bool, er
 		"target path %s still shows the volume after %d unmounts", target, maxStackedMounts)
 }
 
-// NodeGetVolumeStats reports a published volume's use. Bytes: total is the
-// volume's capacity; used is what a walk of the volume directory finds
-// (allocated blocks, like du; see measureDir for the cost); available is
-// the smaller of what is left of the capacity and what is free on the file
-// system, since volumes share it without quotas. Inodes: used is the number
+// NodeGetVolumeStats reports a published volume's use, as its backend
+// measures it. Bytes: total is the volume's capacity; used is what the
+// backend counts (for a directory, a walk that adds up allocated blocks,
+// like du: see measureDir for the cost); available is the smaller of what
+// is left of the capacity and what is free on the file system, which the
+// volumes share. Inodes, where the backend knows them: used is the number
 // of entries in the volume, available the file system's free inodes, total
 // their sum. A path that is not a target where the volume is mounted is
 // NotFound.
@@ -356,7 +357,7 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
-	src := s.store.volumePath(id)
+	src := s.store.publishPath(v)
 	if _, ok := v.target(p); !ok {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
 	}
@@ -365,23 +366,24 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	} else if !ours {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s any more", id, p)
 	}
-	u, err := measureDir(src)
+	u, err := s.store.backend(v).Usage(id)
 	if err != nil {
 		return nil, statusFor(err, "measuring volume")
 	}
 	klog.FromContext(ctx).V(4).Info("Volume usage", "volumeID", id, "usedBytes", u.UsedBytes, "usedInodes", u.UsedInodes)
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{
-			Unit:      csi.VolumeUsage_BYTES,
-			Total:     v.CapacityBytes,
-			Used:      u.UsedBytes,
-			Available: max(min(v.CapacityBytes-u.UsedBytes, u.FreeBytes), 0),
-		},
-		{
+	resp := &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{
+		Unit:      csi.VolumeUsage_BYTES,
+		Total:     v.CapacityBytes,
+		Used:      u.UsedBytes,
+		Available: max(min(v.CapacityBytes-u.UsedBytes, u.FreeBytes), 0),
+	}}}
+	if u.Inodes {
+		resp.Usage = append(resp.Usage, &csi.VolumeUsage{
 			Unit:      csi.VolumeUsage_INODES,
 			Total:     u.UsedInodes + u.FreeInodes,
 			Used:      u.UsedInodes,
 			Available: u.FreeInodes,
-		},
-	}}, nil
+		})
+	}
+	return resp, nil
 }

@@ -104,6 +104,9 @@ func (s *store) readRecord(id string) (*Volume, error) {
 		return nil, fmt.Errorf("record %s is not valid (id %q, state %q, capacity %d)",
 			path.Join(s.rootPath, name), v.ID, v.State, v.CapacityBytes)
 	}
+	if v.Backend == "" {
+		v.Backend = BackendDirectory
+	}
 	return v, nil
 }
 
@@ -121,11 +124,12 @@ func (s *store) recover(logger klog.Logger) error {
 	return nil
 }
 
-// checkDirs reports ready volumes without a directory and directories
-// without a record. Neither is changed.
+// checkDirs reports ready volumes without their data and directories
+// without a record (other than those of unavailable volumes, which are
+// reported as such). Neither is changed.
 func (s *store) checkDirs(logger klog.Logger) {
-	for id := range s.volumes {
-		if _, err := s.root.Stat(volumeName(id)); err != nil {
+	for id, v := range s.volumes {
+		if _, err := os.Stat(s.publishPath(*v)); err != nil {
 			logger.Error(err, "Volume directory is missing; publishing this volume will fail", "volumeID", id)
 		}
 	}
@@ -135,7 +139,9 @@ func (s *store) checkDirs(logger klog.Logger) {
 		return
 	}
 	for _, e := range entries {
-		if _, ok := s.volumes[e.Name()]; !ok {
+		_, known := s.volumes[e.Name()]
+		_, unavailable := s.unavailable[e.Name()]
+		if !known && !unavailable {
 			logger.Info("Directory without a volume record; left alone, remove it if it is not needed",
 				"path", path.Join(s.rootPath, volumesDir, e.Name()))
 		}
@@ -177,10 +183,12 @@ func (s *store) writeSynced(name string, data []byte) error {
 	return f.Close()
 }
 
-// syncDir fsyncs a directory so the entries created, renamed or removed in
-// it survive a power loss.
-func (s *store) syncDir(name string) error {
-	d, err := s.root.Open(name)
+// syncDir fsyncs a directory of the data root so the entries created,
+// renamed or removed in it survive a power loss.
+func (s *store) syncDir(name string) error { return syncDir(s.root, name) }
+
+func syncDir(root *os.Root, name string) error {
+	d, err := root.Open(name)
 	if err != nil {
 		return fmt.Errorf("opening %s for fsync: %w", name, err)
 	}

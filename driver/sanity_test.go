@@ -12,11 +12,15 @@ import (
 // TestSanity runs the CSI spec's own test suite, csi-sanity, against the
 // real driver over its unix socket, with real bind mounts. Run it with -v to
 // see Ginkgo's summary (ran, passed, skipped). Groups skip where the driver
-// does not advertise the capability (snapshots, expansion, staging,
+// does not advertise the capability (snapshots, node expansion, staging,
 // controller publish, volume health, ...).
 func TestSanity(t *testing.T) {
 	testutil.RequireRoot(t)
-	cfg := testConfig(t)
+	runSanity(t, testConfig(t))
+}
+
+// runSanity runs csi-sanity against a driver started with cfg.
+func runSanity(t *testing.T, cfg Config) {
 	cfg.Capacity = 1 << 40 // sanity makes several 10 GiB volumes at once
 	ts := startServer(t, cfg)
 

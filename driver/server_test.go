@@ -124,6 +124,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{func(c *Config) { c.DataRoot = "var/lib/stickyvol" }, "data root"},
 		{func(c *Config) { c.DataRoot = "/" }, "data root"},
 		{func(c *Config) { c.DataRoot = dir + "/x/../data" }, "data root"},
+		{func(c *Config) { c.Backend = "zfs" }, `unknown backend "zfs"`},
 		{func(c *Config) { c.Capacity = -1 }, "capacity"},
 		{func(c *Config) { c.MaxVolumesPerNode = -1 }, "max volumes"},
 		{func(c *Config) { c.SocketGroup = -2 }, "socket group"},

@@ -16,10 +16,14 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// The store keeps one record per volume and the volume's directory:
+// The store keeps one record per volume and the volume's data:
 //
 //	<data-root>/volumes/<id>/      the data, bind-mounted into pods
 //	<data-root>/meta/<id>.json     the record (Volume as JSON)
+//
+// The data is made, resized, measured and removed by the volume's backend
+// (backend.go), which the record names: a plain directory, or a btrfs
+// subvolume with a qgroup limit.
 //
 // Every record write goes to a temporary file in meta/ (name starting with
 // tmpPrefix, which no volume ID can start with), is fsynced, renamed over the
@@ -28,10 +32,11 @@ import (
 // removed at start.
 //
 // Crash safety comes from a state in the record, written before and after
-// the directory changes:
+// the backend changes the data (and makes the change durable):
 //
-//	CreateVolume: record "creating" -> mkdir + chmod + fsync volumes/ -> record "ready"
-//	DeleteVolume: record "deleting" -> remove dir + fsync volumes/ -> remove record
+//	CreateVolume: record "creating" -> backend Create -> record "ready"
+//	DeleteVolume: record "deleting" -> backend Delete -> remove record
+//	ControllerExpandVolume: backend Expand -> record with the new size
 //
 // The "ready" record is the commit point of a create and the only state a
 // CO ever sees, since CreateVolume answers after it is durable. A record that
@@ -77,6 +82,10 @@ var (
 // Volume is the record of one volume, as stored in meta/<id>.json.
 type Volume struct {
 	ID string `json:"id"`
+	// Backend names what holds the volume's data: BackendDirectory or
+	// BackendBtrfs. Records written before there were backends have none
+	// and load as BackendDirectory.
+	Backend string `json:"backend"`
 	// State is "creating", "ready" or "deleting"; only ready volumes are
 	// visible through the CSI API.
 	State         string `json:"state"`
@@ -129,13 +138,18 @@ type volumeSpec struct {
 type store struct {
 	root     *os.Root
 	rootPath string
+	// backends are those this data root serves, by name; defaultBackend
+	// makes new volumes (openBackends).
+	backends       map[string]backend
+	defaultBackend backend
 	// lock is the open lock file of the data root (lockDataRoot).
 	lock *os.File
 	// identity names the data root (loadIdentity).
 	identity string
 	// afterStep, when set (by tests), runs after each durable step of
-	// create and delete, named "create:intent", "create:mkdir",
-	// "create:commit", "delete:intent", "delete:rmdir", "delete:record".
+	// create and delete, named "create:intent", "create:mkdir" (the backend
+	// made the data), "create:commit", "delete:intent", "delete:rmdir" (the
+	// backend removed it), "delete:record".
 	afterStep func(step string)
 
 	mu        sync.Mutex
@@ -148,12 +162,26 @@ type store struct {
 	unavailable map[string]string
 }
 
-// openStore opens (creating if needed) the data root, takes its lock (see
-// lockDataRoot; holder says who takes it), reloads the records, finishes or
-// rolls back interrupted work and sets the capacity: capacity when
-// positive, else the free space of the data root's file system plus what
-// existing volumes already hold (see Config.Capacity).
-func openStore(logger klog.Logger, rootPath, holder string, capacity int64) (*store, error) {
+// storeConfig is what openStore needs.
+type storeConfig struct {
+	RootPath string
+	// Holder says who takes the data root's lock (lockDataRoot).
+	Holder string
+	// Capacity is Config.Capacity.
+	Capacity int64
+	// Backend is Config.Backend; Backends are offered besides the
+	// built-in ones (tests).
+	Backend  string
+	Backends []backend
+}
+
+// openStore opens (creating if needed) the data root, takes its lock,
+// reloads the records, sets up the backends, finishes or rolls back
+// interrupted work and sets the capacity: cfg.Capacity when positive, else
+// the free space of the data root's file system plus what existing volumes
+// already hold (see Config.Capacity).
+func openStore(logger klog.Logger, cfg storeConfig) (*store, error) {
+	rootPath := cfg.RootPath
 	if err := os.MkdirAll(rootPath, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data root: %w", err)
 	}
@@ -161,20 +189,20 @@ func openStore(logger klog.Logger, rootPath, holder string, capacity int64) (*st
 	if err != nil {
 		return nil, fmt.Errorf("opening data root: %w", err)
 	}
-	lock, err := lockDataRoot(root, rootPath, holder)
+	lock, err := lockDataRoot(root, rootPath, cfg.Holder)
 	if err != nil {
 		_ = root.Close()
 		return nil, err
 	}
 	s := &store{root: root, rootPath: rootPath, lock: lock, volumes: map[string]*Volume{}, unavailable: map[string]string{}}
-	if err := s.init(logger, capacity); err != nil {
+	if err := s.init(logger, cfg); err != nil {
 		_ = s.close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *store) init(logger klog.Logger, capacity int64) error {
+func (s *store) init(logger klog.Logger, cfg storeConfig) error {
 	for _, dir := range []string{volumesDir, metaDir} {
 		if err := s.root.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", dir, err)
@@ -188,10 +216,14 @@ func (s *store) init(logger klog.Logger, capacity int64) error {
 	if err := s.load(logger); err != nil {
 		return err
 	}
+	if err := s.openBackends(logger, cfg.Backend, cfg.Backends); err != nil {
+		return err
+	}
 	if err := s.recover(logger); err != nil {
 		return err
 	}
 	s.checkDirs(logger)
+	capacity := cfg.Capacity
 	if capacity <= 0 {
 		free, err := freeBytes(s.rootPath)
 		if err != nil {
@@ -205,8 +237,12 @@ func (s *store) init(logger klog.Logger, capacity int64) error {
 
 func volumeName(id string) string { return path.Join(volumesDir, id) }
 
-// volumePath is the absolute path of a volume's directory.
+// volumePath is the absolute path of a volume's directory, where the
+// backends keep it.
 func (s *store) volumePath(id string) string { return path.Join(s.rootPath, volumesDir, id) }
+
+// publishPath is the directory to bind-mount for a volume.
+func (s *store) publishPath(v Volume) string { return s.backend(v).Path(v.ID) }
 
 // get returns a copy of a ready volume's record.
 func (s *store) get(id string) (Volume, error) {
@@ -276,6 +312,7 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 
 	v := &Volume{
 		ID:            spec.ID,
+		Backend:       s.defaultBackend.Name(),
 		State:         stateCreating,
 		CapacityBytes: spec.Size,
 		DirectoryMode: fmt.Sprintf("%04o", spec.Params.DirectoryMode),
@@ -312,12 +349,56 @@ func compatible(v Volume, spec volumeSpec) error {
 func (s *store) reserve(v *Volume) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if free := s.capacity - s.allocated; v.CapacityBytes > free {
-		return fmt.Errorf("%w: %d bytes requested, %d of %d bytes free", errNoSpace, v.CapacityBytes, free, s.capacity)
+	if err := s.take(v.CapacityBytes); err != nil {
+		return err
 	}
 	s.volumes[v.ID] = v
-	s.allocated += v.CapacityBytes
 	return nil
+}
+
+// take allocates n bytes of the capacity if they are free. Call with s.mu
+// held.
+func (s *store) take(n int64) error {
+	if free := s.capacity - s.allocated; n > free {
+		return fmt.Errorf("%w: %d bytes requested, %d of %d bytes free", errNoSpace, n, free, s.capacity)
+	}
+	s.allocated += n
+	return nil
+}
+
+// expand raises a ready volume's size to size bytes; a volume that large
+// already is returned as it is, since sizes never shrink. The growth must
+// fit the free capacity. The backend raises its limit before the record
+// says the new size, so a crash between the two leaves a limit above the
+// recorded size, never below it, and a retry finishes the job.
+// Errors: errNotFound, errNoSpace.
+func (s *store) expand(id string, size int64) (Volume, error) {
+	v, err := s.get(id)
+	if err != nil || size <= v.CapacityBytes {
+		return v, err
+	}
+	grow := size - v.CapacityBytes
+	s.mu.Lock()
+	err = s.take(grow)
+	s.mu.Unlock()
+	if err != nil {
+		return Volume{}, err
+	}
+	release := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.allocated -= grow
+	}
+	if err := s.backend(v).Expand(id, size); err != nil {
+		release()
+		return Volume{}, err
+	}
+	next, err := s.update(id, func(v *Volume) { v.CapacityBytes = size })
+	if err != nil {
+		release()
+		return Volume{}, err
+	}
+	return next, nil
 }
 
 func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
@@ -325,15 +406,7 @@ func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 		return err
 	}
 	s.step("create:intent")
-	name := volumeName(v.ID)
-	if err := s.root.Mkdir(name, 0o700); err != nil {
-		return fmt.Errorf("creating volume directory: %w", err)
-	}
-	// Mkdir's mode is filtered by the umask; set the mode asked for.
-	if err := s.root.Chmod(name, mode); err != nil {
-		return fmt.Errorf("setting volume directory mode: %w", err)
-	}
-	if err := s.syncDir(volumesDir); err != nil {
+	if err := s.backend(*v).Create(newVolume{ID: v.ID, Size: v.CapacityBytes, Mode: mode}); err != nil {
 		return err
 	}
 	s.step("create:mkdir")
@@ -371,12 +444,15 @@ func (s *store) delete(id string) error {
 	return s.remove(id)
 }
 
-// remove deletes a volume's directory, then its record, then forgets it.
+// remove deletes a volume's data, then its record, then forgets it.
 func (s *store) remove(id string) error {
-	if err := s.root.RemoveAll(volumeName(id)); err != nil {
-		return fmt.Errorf("removing volume directory: %w", err)
+	s.mu.Lock()
+	b := s.defaultBackend
+	if v, ok := s.volumes[id]; ok {
+		b = s.backends[v.Backend]
 	}
-	if err := s.syncDir(volumesDir); err != nil {
+	s.mu.Unlock()
+	if err := b.Delete(id); err != nil {
 		return err
 	}
 	s.step("delete:rmdir")

@@ -95,6 +95,12 @@ func TestRestart(t *testing.T) {
 // restart end in a clean state: the volume fully there or fully gone, the
 // capacity accounted accordingly.
 func TestCrashConsistency(t *testing.T) {
+	testCrashConsistency(t, BackendDirectory, func(t *testing.T) string { return filepath.Join(t.TempDir(), "data") })
+}
+
+// testCrashConsistency is TestCrashConsistency on the data roots newRoot
+// returns, one per subtest, where new volumes get backend wantBackend.
+func testCrashConsistency(t *testing.T, wantBackend string, newRoot func(t *testing.T) string) {
 	spec := volumeSpec{ID: "vol", Size: 1 << 20, Params: volumeParams{DirectoryMode: 0o770}}
 	for _, tc := range []struct {
 		step string
@@ -107,7 +113,7 @@ func TestCrashConsistency(t *testing.T) {
 		{"create:commit", true},
 	} {
 		t.Run(tc.step+"/restart", func(t *testing.T) {
-			root := filepath.Join(t.TempDir(), "data")
+			root := newRoot(t)
 			s := openTestStore(t, root)
 			crash(t, s, tc.step, func() { _, _ = s.create(spec) })
 			// The process is gone, and with it its lock on the data
@@ -118,19 +124,23 @@ func TestCrashConsistency(t *testing.T) {
 		})
 		t.Run(tc.step+"/retry", func(t *testing.T) {
 			// A retry in the crashed process (no restart) finishes too.
-			root := filepath.Join(t.TempDir(), "data")
+			root := newRoot(t)
 			s := openTestStore(t, root)
 			crash(t, s, tc.step, func() { _, _ = s.create(spec) })
 			s.afterStep = nil
-			if _, err := s.create(spec); err != nil {
+			v, err := s.create(spec)
+			if err != nil {
 				t.Fatalf("retried create: %v", err)
+			}
+			if v.Backend != wantBackend {
+				t.Errorf("backend %q, want %q", v.Backend, wantBackend)
 			}
 			wantVolumes(t, s, root, true)
 		})
 	}
 	for _, step := range []string{"delete:intent", "delete:rmdir", "delete:record"} {
 		crashedDelete := func(t *testing.T) (*store, string) {
-			root := filepath.Join(t.TempDir(), "data")
+			root := newRoot(t)
 			s := openTestStore(t, root)
 			if _, err := s.create(spec); err != nil {
 				t.Fatal(err)
@@ -188,7 +198,7 @@ func crash(t *testing.T, s *store, step string, op func()) {
 
 func openTestStore(t *testing.T, root string) *store {
 	t.Helper()
-	s, err := openStore(klog.FromContext(testContext(t)), root, "test", 10<<20)
+	s, err := openStore(klog.FromContext(testContext(t)), storeConfig{RootPath: root, Holder: "test", Capacity: 10 << 20})
 	if err != nil {
 		t.Fatalf("openStore: %v", err)
 	}
@@ -267,7 +277,7 @@ func TestStartupChecks(t *testing.T) {
 	}
 
 	// A second agent on the same data root is refused, naming the holder.
-	if _, err := openStore(klog.FromContext(testContext(t)), root, "node node-b", 0); !errors.Is(err, errInUse) ||
+	if _, err := openStore(klog.FromContext(testContext(t)), storeConfig{RootPath: root, Holder: "node node-b"}); !errors.Is(err, errInUse) ||
 		!strings.Contains(err.Error(), "held by test, pid") {
 		t.Errorf("a second store on a data root in use: %v, want errInUse naming the holder", err)
 	}

@@ -19,30 +19,25 @@ func freeBytes(p string) (int64, error) {
 	return int64(st.Bavail) * st.Bsize, nil
 }
 
-// dirUsage is what a volume directory holds and what its file system has
-// left.
-type dirUsage struct {
-	UsedBytes  int64 // allocated blocks of everything in the tree, like du
-	UsedInodes int64 // files, directories and links in the tree
-	FreeBytes  int64 // statfs f_bavail of the file system
-	FreeInodes int64 // statfs f_ffree of the file system
-}
-
-// measureDir walks a volume directory. Volumes share the data root's file
-// system and have no quota, so statfs alone only knows about the whole file
-// system; the walk is what tells one volume's use from another's. It costs
+// measureDir walks a volume directory: its UsedBytes are the allocated
+// blocks of everything in the tree, like du, its UsedInodes the files,
+// directories and links in it. Directory volumes share the data root's
+// file system and have no quota, so statfs alone only knows about the
+// whole file system; the walk is what tells one volume's use from
+// another's. It costs
 // O(number of files) per call, like kubelet's own du for emptyDir; kubelet
 // asks for volume stats about once a minute per volume. The walk does not
 // follow symlinks, does not cross into other file systems, counts a
 // hard-linked inode once and skips entries that vanish or cannot be read
 // while it runs.
-func measureDir(dir string) (dirUsage, error) {
+func measureDir(dir string) (volumeUsage, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
-		return dirUsage{}, fmt.Errorf("statfs %s: %w", dir, err)
+		return volumeUsage{}, fmt.Errorf("statfs %s: %w", dir, err)
 	}
-	u := dirUsage{
+	u := volumeUsage{
 		FreeBytes:  int64(st.Bavail) * st.Bsize,
+		Inodes:     true,
 		FreeInodes: int64(st.Ffree),
 	}
 	var rootDev uint64
@@ -81,7 +76,7 @@ func measureDir(dir string) (dirUsage, error) {
 		return nil
 	})
 	if err != nil {
-		return dirUsage{}, fmt.Errorf("measuring %s: %w", dir, err)
+		return volumeUsage{}, fmt.Errorf("measuring %s: %w", dir, err)
 	}
 	return u, nil
 }

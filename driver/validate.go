@@ -42,6 +42,11 @@ const (
 	// ParamDirectoryMode is the permission of a new volume's directory,
 	// in octal ("0777", "0750", "2775" is refused).
 	ParamDirectoryMode = "directoryMode"
+	// ParamSizeEnforcement says whether a volume's size must be a limit:
+	// SizeEnforcementRequired refuses nodes whose volumes are directories
+	// (the size only bookkeeping); SizeEnforcementBestEffort, the default,
+	// takes the best the node has.
+	ParamSizeEnforcement = "sizeEnforcement"
 	// metadataPrefix starts the keys the external-provisioner convention
 	// reserves for metadata (--extra-create-metadata) and secrets; they are
 	// accepted and never interpreted as options.
@@ -50,6 +55,18 @@ const (
 	paramPVCNamespace = metadataPrefix + "pvc/namespace"
 	paramPVName       = metadataPrefix + "pv/name"
 )
+
+// Values of ParamSizeEnforcement.
+const (
+	SizeEnforcementRequired   = "required"
+	SizeEnforcementBestEffort = "bestEffort"
+)
+
+// NotEnforcedMessage starts the message of the ResourceExhausted error with
+// which CreateVolume refuses a sizeEnforcement: required volume on a node
+// that cannot enforce sizes; the provisioner recognises it to explain the
+// refusal on the claim.
+const NotEnforcedMessage = "this node cannot enforce volume sizes"
 
 // DefaultDirectoryMode is the permission of a volume directory when the
 // StorageClass does not set directoryMode: world-writable like the peer
@@ -63,9 +80,11 @@ const DefaultVolumeSize int64 = 1 << 30
 // volumeParams is the parsed form of CreateVolume parameters.
 type volumeParams struct {
 	DirectoryMode fs.FileMode
-	PVCName       string
-	PVCNamespace  string
-	PVName        string
+	// SizeRequired: sizeEnforcement is required.
+	SizeRequired bool
+	PVCName      string
+	PVCNamespace string
+	PVName       string
 }
 
 // validateVolumeID checks a volume ID or name against volumeIDPattern.
@@ -109,6 +128,16 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 				return volumeParams{}, err
 			}
 			p.DirectoryMode = mode
+		case key == ParamSizeEnforcement:
+			switch value {
+			case SizeEnforcementRequired:
+				p.SizeRequired = true
+			case SizeEnforcementBestEffort:
+			default:
+				return volumeParams{}, status.Errorf(codes.InvalidArgument,
+					"parameter %s=%q: want %q or %q (the default)", ParamSizeEnforcement, value,
+					SizeEnforcementRequired, SizeEnforcementBestEffort)
+			}
 		case key == paramPVCName:
 			p.PVCName = value
 		case key == paramPVCNamespace:
@@ -119,8 +148,8 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 			// Other metadata (secrets references, future keys): accepted.
 		default:
 			return volumeParams{}, status.Errorf(codes.InvalidArgument,
-				"unknown StorageClass parameter %q; accepted parameters are %q and keys under %q",
-				key, ParamDirectoryMode, metadataPrefix)
+				"unknown StorageClass parameter %q; accepted parameters are %q, %q and keys under %q",
+				key, ParamDirectoryMode, ParamSizeEnforcement, metadataPrefix)
 		}
 	}
 	return p, nil

@@ -37,10 +37,11 @@ type nodeDriver struct {
 func startDriver(t *testing.T, node string, capacity int64) *nodeDriver {
 	t.Helper()
 	nd := &nodeDriver{name: node, calls: map[string]int{}}
-	d := fixtures.StartDriver(t, node, capacity, grpc.WithChainUnaryInterceptor(nd.count))
-	nd.dataRoot, nd.conn = d.DataRoot, d.Conn
-	nd.controller = csi.NewControllerClient(nd.conn)
-	nd.node = csi.NewNodeClient(nd.conn)
+	conn, cfg := fixtures.ServeDriver(t, driver.Config{NodeID: node, Capacity: capacity},
+		grpc.WithChainUnaryInterceptor(nd.count))
+	nd.dataRoot, nd.conn = cfg.DataRoot, conn
+	nd.controller = csi.NewControllerClient(conn)
+	nd.node = csi.NewNodeClient(conn)
 	return nd
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -76,8 +79,34 @@ type Reconciler struct {
 	suspects map[string]time.Time
 	// reported holds the PVs whose missing volume has had its event.
 	reported sets.Set[string]
-	// lastOrphans and lastMissing are the last check's findings.
-	lastOrphans, lastMissing []string
+	// last is what the last check found.
+	last Findings
+}
+
+// Findings is what a Reconciler's last check found.
+type Findings struct {
+	// Checked is when the last check finished; zero before the first.
+	Checked time.Time
+	// Orphans are the volumes no PV names and no claim waits for, past the
+	// grace period, by volume ID.
+	Orphans []Orphan
+	// Missing are the PVs of this node whose volume the driver does not
+	// have, by PV name.
+	Missing []MissingVolume
+}
+
+// Orphan is a volume that no PV names and no claim waits for.
+type Orphan struct {
+	VolumeID string
+	// Since is when the volume was first seen without PV or claim.
+	Since time.Time
+}
+
+// MissingVolume is a PV of this node whose volume the driver does not have.
+type MissingVolume struct {
+	PV, VolumeID string
+	// Claim is the PV's claim; empty when the PV names none.
+	Claim types.NamespacedName
 }
 
 // NewReconciler checks cfg and takes the listers it needs.
@@ -117,12 +146,14 @@ func (r *Reconciler) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{r.orphans, r.missing, r.deleted}
 }
 
-// Findings returns the volume IDs of the orphans and the names of the PVs
-// whose volume is missing, as the last check found them.
-func (r *Reconciler) Findings() (orphans, missing []string) {
+// Findings returns what the last check found, as a copy the caller may
+// keep: it is safe to call while Run checks.
+func (r *Reconciler) Findings() Findings {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.lastOrphans, r.lastMissing
+	f := r.last
+	f.Orphans, f.Missing = slices.Clone(f.Orphans), slices.Clone(f.Missing)
+	return f
 }
 
 // Run checks at start and every Period until ctx is done.
@@ -174,7 +205,7 @@ func (r *Reconciler) Check(ctx context.Context, recorder record.EventRecorder, n
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var orphans []string
+	var orphans []Orphan
 	for id := range volumes {
 		if named.Has(id) || waitedFor.Has(id) {
 			delete(r.suspects, id)
@@ -196,19 +227,24 @@ func (r *Reconciler) Check(ctx context.Context, recorder record.EventRecorder, n
 		} else {
 			logger.Info("Volume without PV or claim", "volumeID", id, "since", since.UTC().Format(time.RFC3339))
 		}
-		orphans = append(orphans, id)
+		orphans = append(orphans, Orphan{VolumeID: id, Since: since})
 	}
+	slices.SortFunc(orphans, func(a, b Orphan) int { return strings.Compare(a.VolumeID, b.VolumeID) })
 	for id := range r.suspects {
 		if !volumes.Has(id) {
 			delete(r.suspects, id)
 		}
 	}
-	var missing []string
+	var missing []MissingVolume
 	for _, pv := range ours {
 		if volumes.Has(pv.Spec.CSI.VolumeHandle) || pv.DeletionTimestamp != nil || now.Sub(pv.CreationTimestamp.Time) < r.cfg.Grace {
 			continue
 		}
-		missing = append(missing, pv.Name)
+		m := MissingVolume{PV: pv.Name, VolumeID: pv.Spec.CSI.VolumeHandle}
+		if ref := pv.Spec.ClaimRef; ref != nil {
+			m.Claim = types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}
+		}
+		missing = append(missing, m)
 		if !r.reported.Has(pv.Name) {
 			r.reported.Insert(pv.Name)
 			logger.Info("PV without its volume on this node", "pv", pv.Name, "volumeID", pv.Spec.CSI.VolumeHandle)
@@ -218,7 +254,8 @@ func (r *Reconciler) Check(ctx context.Context, recorder record.EventRecorder, n
 					"claim (and the PV, if its reclaim policy is Retain)", r.cfg.NodeName, pv.Spec.CSI.VolumeHandle)
 		}
 	}
-	r.lastOrphans, r.lastMissing = orphans, missing
+	slices.SortFunc(missing, func(a, b MissingVolume) int { return strings.Compare(a.PV, b.PV) })
+	r.last = Findings{Checked: now, Orphans: orphans, Missing: missing}
 	r.orphans.Set(float64(len(orphans)))
 	r.missing.Set(float64(len(missing)))
 	return nil

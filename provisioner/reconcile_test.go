@@ -35,7 +35,9 @@ func TestReconcile(t *testing.T) {
 	}
 	waiting := fixtures.Claim("waiting", "node-a", "1Gi", v1.ReadWriteOnce)
 	waiting.UID = types.UID("uid-waiting")
-	client := fake.NewClientset(fixtures.PVOn("pvc-kept", "node-a"), fixtures.PVOn("pvc-wiped", "node-a"), fixtures.PVOn("pvc-elsewhere", "node-b"), waiting)
+	wiped := fixtures.PVOn("pvc-wiped", "node-a")
+	wiped.Spec.ClaimRef = &v1.ObjectReference{Namespace: "web", Name: "data-web-1"}
+	client := fake.NewClientset(fixtures.PVOn("pvc-kept", "node-a"), wiped, fixtures.PVOn("pvc-elsewhere", "node-b"), waiting)
 	factory := informers.NewSharedInformerFactory(client, 0)
 	const grace = 10 * time.Minute
 	r, err := provisioner.NewReconciler(provisioner.ReconcilerConfig{NodeName: "node-a", DriverName: driver.Name,
@@ -49,20 +51,26 @@ func TestReconcile(t *testing.T) {
 	factory.WaitForCacheSync(ctx.Done())
 	recorder := record.NewFakeRecorder(10)
 
+	if f := r.Findings(); !f.Checked.IsZero() || f.Orphans != nil || f.Missing != nil {
+		t.Errorf("findings before the first check: %+v", f)
+	}
 	start := time.Now()
-	check := func(at time.Duration, wantOrphans, wantMissing []string) {
+	wipedMissing := []provisioner.MissingVolume{{PV: "pvc-wiped", VolumeID: "pvc-wiped",
+		Claim: types.NamespacedName{Namespace: "web", Name: "data-web-1"}}}
+	check := func(at time.Duration, wantOrphans []provisioner.Orphan) {
 		t.Helper()
 		if err := r.Check(ctx, recorder, start.Add(at)); err != nil {
 			t.Fatal(err)
 		}
-		orphans, missing := r.Findings()
-		if !slices.Equal(orphans, wantOrphans) || !slices.Equal(missing, wantMissing) {
-			t.Errorf("after %s: orphans %v, missing %v; want %v, %v", at, orphans, missing, wantOrphans, wantMissing)
+		f := r.Findings()
+		if !f.Checked.Equal(start.Add(at)) || !slices.Equal(f.Orphans, wantOrphans) || !slices.Equal(f.Missing, wipedMissing) {
+			t.Errorf("after %s: %+v; want checked then, orphans %+v, missing %+v", at, f, wantOrphans, wipedMissing)
 		}
 	}
 	// First sight: a suspect, not yet an orphan.
-	check(0, nil, []string{"pvc-wiped"})
-	check(grace, []string{"pvc-leaked"}, []string{"pvc-wiped"})
+	check(0, nil)
+	// An orphan since it was first seen so.
+	check(grace, []provisioner.Orphan{{VolumeID: "pvc-leaked", Since: start}})
 	if got := len(recorder.Events); got != 1 {
 		t.Errorf("%d events, want one VolumeMissing for pvc-wiped however often it is checked", got)
 	} else if e := <-recorder.Events; !strings.HasPrefix(e, "Warning VolumeMissing The stickyvol driver on node node-a has no volume pvc-wiped") {
@@ -72,7 +80,7 @@ func TestReconcile(t *testing.T) {
 		t.Errorf("the orphan was deleted before --delete-orphans-after: %v", dirs)
 	}
 	// After DeleteOrphansAfter the orphan goes; the others stay.
-	check(2*grace, nil, []string{"pvc-wiped"})
+	check(2*grace, nil)
 	if dirs := nd.volumeDirs(t); !slices.Equal(dirs, []string{"pvc-kept", "pvc-uid-waiting"}) {
 		t.Errorf("volume directories %v, want the orphan gone and the others kept", dirs)
 	}

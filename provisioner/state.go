@@ -2,10 +2,13 @@ package provisioner
 
 import (
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+
+	"github.com/stickyvol/stickyvol/driver"
 )
 
 // provisioningState tells the library what a failed CreateVolume means for
@@ -51,6 +54,11 @@ func provisioningState(err error) controller.ProvisioningState {
 func (p *Provisioner) explainCreateError(err error) error {
 	switch status.Code(err) {
 	case codes.ResourceExhausted:
+		if strings.Contains(status.Convert(err).Message(), driver.NotEnforcedMessage) {
+			return fmt.Errorf("node %q can only account volume sizes, not enforce them, and the class asks %s: %s, "+
+				"so the claim goes back to the scheduler to pick another node (one whose data root is btrfs): %w",
+				p.nodeName, driver.ParamSizeEnforcement, driver.SizeEnforcementRequired, err)
+		}
 		return fmt.Errorf("node %q has no room for this volume, so the claim goes back to the scheduler "+
 			"to pick another node (to make room on that node, delete claims no longer needed or raise "+
 			"the --capacity of stickyvol there): %w", p.nodeName, err)

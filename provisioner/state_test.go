@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+
+	"github.com/stickyvol/stickyvol/driver"
 )
 
 func TestProvisioningState(t *testing.T) {
@@ -44,19 +46,20 @@ func TestProvisioningState(t *testing.T) {
 func TestExplainCreateErrorKeepsCode(t *testing.T) {
 	p := &Provisioner{nodeName: "n1"}
 	for _, tc := range []struct {
-		code codes.Code
-		hint string
+		code       codes.Code
+		says, hint string
 	}{
-		{codes.ResourceExhausted, "--capacity"},
-		{codes.InvalidArgument, "fix the StorageClass"},
-		{codes.Unavailable, "retrying"},
-		{codes.Internal, "stickyvol logs"},
+		{codes.ResourceExhausted, "driver says no", "--capacity"},
+		{codes.ResourceExhausted, driver.NotEnforcedMessage + ": driver says no", "data root is btrfs"},
+		{codes.InvalidArgument, "driver says no", "fix the StorageClass"},
+		{codes.Unavailable, "driver says no", "retrying"},
+		{codes.Internal, "driver says no", "stickyvol logs"},
 	} {
-		err := p.explainCreateError(status.Error(tc.code, "driver says no"))
+		err := p.explainCreateError(status.Error(tc.code, tc.says))
 		if status.Code(err) != tc.code {
 			t.Errorf("%s: code after wrapping is %s", tc.code, status.Code(err))
 		}
-		if msg := err.Error(); !strings.Contains(msg, tc.hint) || !strings.Contains(msg, "driver says no") || !strings.Contains(msg, `"n1"`) {
+		if msg := err.Error(); !strings.Contains(msg, tc.hint) || !strings.Contains(msg, tc.says) || !strings.Contains(msg, `"n1"`) {
 			t.Errorf("%s: message %q lacks the hint %q, the driver's words or the node", tc.code, msg, tc.hint)
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/stickyvol/stickyvol/driver/registration"
 	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
+	"github.com/stickyvol/stickyvol/resizer"
 )
 
 // agent is everything `stickyvol node` runs, built and ready to start.
@@ -37,6 +38,7 @@ type agent struct {
 	reconciler   *provisioner.Reconciler
 	registration *registration.Server // nil without kubelet
 	capacity     *capacity.Publisher  // nil with --publish-capacity=false
+	resizer      *resizer.Resizer     // nil with --expand-volumes=false
 	kube         kubernetes.Interface
 }
 
@@ -106,6 +108,16 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 			return err
 		}
 	}
+	if o.expandVolumes {
+		a.resizer, err = resizer.New(resizer.Config{
+			NodeName: o.nodeName, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
+			ControllerClient: csi.NewControllerClient(a.csiConn), Client: kube, Informers: a.informers,
+			Timeout: o.operationTimeout,
+		})
+		if err != nil {
+			return err
+		}
+	}
 	if o.registerWithKubelet {
 		a.registration, err = registration.New(registration.Config{
 			DriverName: driver.Name,
@@ -165,6 +177,9 @@ func (a *agent) runParts(ctx context.Context) error {
 			return nil
 		})
 	}
+	if a.resizer != nil {
+		g.Go(func() error { return a.resizer.Run(ctx) })
+	}
 	if a.registration != nil {
 		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as
 		// it sees this one.
@@ -173,7 +188,12 @@ func (a *agent) runParts(ctx context.Context) error {
 	if a.opts.metricsAddress != "" {
 		g.Go(func() error { return serveHTTP(ctx, a.opts.metricsAddress, a.httpHandler()) })
 	}
-	return g.Wait()
+	err := g.Wait()
+	// The informers stop with ctx, which Wait has cancelled, but in
+	// goroutines of their own: wait for those too, so that nothing of the
+	// agent still runs when run returns.
+	a.informers.Shutdown()
+	return err
 }
 
 // volumesChanged is the driver's Config.VolumesChanged: a volume was made

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
+	"github.com/stickyvol/stickyvol/internal/agentapi"
 )
 
 func freeAddress(t *testing.T) string {
@@ -61,7 +64,8 @@ func poll(t *testing.T, what string, cond func(context.Context) (bool, error)) {
 
 // The whole `stickyvol node` agent as a host process against a fake API
 // server: it registers with "kubelet", provisions a claim for its node,
-// answers /healthz and /metrics, and removes its sockets when stopped.
+// grows it, answers /healthz, /metrics and /volumes, and removes its sockets when
+// stopped.
 func TestNodeAgent(t *testing.T) {
 	root, err := os.MkdirTemp("", "svnode") // short: socket paths are limited
 	if err != nil {
@@ -73,16 +77,25 @@ func TestNodeAgent(t *testing.T) {
 		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
 		metricsAddress: freeAddress(t), registerWithKubelet: true,
 		reconcilePeriod: time.Minute, publishCapacity: true, namespace: "stickyvol", capacityOwner: "stickyvol-node-x1",
+		expandVolumes: true,
 	}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
-	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	// A record that cannot be read: its volume is set aside as unavailable.
+	if err := os.MkdirAll(filepath.Join(o.dataRoot, "meta"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(o.dataRoot, "meta", "pvc-bad.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wffc, allowExpansion := storagev1.VolumeBindingWaitForFirstConsumer, true
 	yes := true
 	daemonSet := metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "stickyvol-node", UID: "uid-ds", Controller: &yes}
 	kube := fake.NewClientset(
 		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
-		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol"}, Provisioner: driver.Name, VolumeBindingMode: &wffc},
+		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol"}, Provisioner: driver.Name, VolumeBindingMode: &wffc,
+			AllowVolumeExpansion: &allowExpansion},
 		&v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: o.capacityOwner, Namespace: o.namespace, OwnerReferences: []metav1.OwnerReference{daemonSet}}},
 	)
 	// The fake API server does not make up names for generateName.
@@ -173,23 +186,44 @@ func TestNodeAgent(t *testing.T) {
 	// The driver tells the publisher of the new volume: what is left is
 	// published within seconds, not at the next resync.
 	waitForCapacity("768Mi")
+	growClaim(t, kube, "default", "data-web-0", "pvc-uid-1")
+	// And of the grown one (after the publisher's least interval).
+	waitForCapacity("512Mi")
 
 	_, metrics := get(t, base+"/metrics")
 	for _, want := range []string{
 		"stickyvol_capacity_bytes 1.073741824e+09",
-		"stickyvol_allocated_bytes 2.68435456e+08",
+		"stickyvol_allocated_bytes 5.36870912e+08", // 256Mi, grown to 512Mi
 		"stickyvol_volumes 1",
-		"stickyvol_unavailable_volumes 0",
+		"stickyvol_unavailable_volumes 1",
 		"stickyvol_orphan_volumes 0",
 		"stickyvol_missing_volumes 0",
 		`stickyvol_storage_capacity_writes_total{operation="create"} 1`,
-		`stickyvol_storage_capacity_writes_total{operation="update"} 1`,
+		`stickyvol_storage_capacity_writes_total{operation="update"} 2`,
 		`controller_persistentvolumeclaim_provision_total{class="stickyvol",source=""} 1`,
 		"go_goroutines",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	// The reconciler has checked at start: nothing left over, nothing
+	// missing; the set-aside volume is listed with the driver's reason.
+	var doc agentapi.NodeVolumes
+	poll(t, "a checked /volumes", func(context.Context) (bool, error) {
+		code, body := get(t, base+agentapi.Path)
+		if code != http.StatusOK {
+			return false, fmt.Errorf("GET /volumes: %d %s", code, body)
+		}
+		doc = agentapi.NodeVolumes{}
+		if err := json.Unmarshal([]byte(body), &doc); err != nil {
+			return false, err
+		}
+		return !doc.Checked.IsZero(), nil
+	})
+	if doc.Node != "node-a" || len(doc.Orphans) != 0 || len(doc.Missing) != 0 || len(doc.Unavailable) != 1 ||
+		doc.Unavailable[0].VolumeID != "pvc-bad" || !strings.Contains(doc.Unavailable[0].Reason, "set aside") {
+		t.Errorf("/volumes: %+v; want node-a with only pvc-bad unavailable", doc)
 	}
 	// The cluster duties are the controller's: an agent never campaigns.
 	if leases, err := kube.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{}); err != nil || len(leases.Items) != 0 {
@@ -215,7 +249,7 @@ func TestNodeAgent(t *testing.T) {
 func TestNodeOptionsValidate(t *testing.T) {
 	valid := func() *nodeOptions {
 		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", qps: 1, burst: 1, threadiness: 1,
-			operationTimeout: time.Second, reconcilePeriod: time.Minute}
+			operationTimeout: time.Second, reconcilePeriod: time.Minute, backend: driver.BackendAuto}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -229,6 +263,7 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"zero capacity", func(o *nodeOptions) { o.capacity = "0" }, "--capacity"},
 		{"zero qps", func(o *nodeOptions) { o.qps = 0 }, "must be positive"},
 		{"orphans deleted before they are orphans", func(o *nodeOptions) { o.deleteOrphansAfter = time.Minute }, "--delete-orphans-after"},
+		{"unknown backend", func(o *nodeOptions) { o.backend = "zfs" }, "--backend"},
 		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
 		{"capacity published nowhere", func(o *nodeOptions) { o.publishCapacity, o.namespace = true, "" }, "--namespace"},
 		{"capacity not published", func(o *nodeOptions) { o.publishCapacity, o.namespace = false, "" }, ""},

@@ -22,6 +22,7 @@ type nodeOptions struct {
 	nodeName            string
 	kubeletRoot         string
 	dataRoot            string
+	backend             string
 	capacity            string
 	maxVolumes          int64
 	socketGroup         int
@@ -37,6 +38,7 @@ type nodeOptions struct {
 	publishCapacity     bool
 	namespace           string
 	capacityOwner       string
+	expandVolumes       bool
 }
 
 func newNodeCommand(env environment) *cobra.Command {
@@ -46,10 +48,10 @@ func newNodeCommand(env environment) *cobra.Command {
 		Short: "Run the node agent: CSI driver, provisioner, kubelet registration, metrics",
 		Long: "Runs everything stickyvol does on one node: the CSI driver on\n" +
 			"<kubelet-root>/plugins/" + driver.Name + "/csi.sock, kubelet plugin registration, the\n" +
-			"provisioner for claims scheduled to this node, this node's CSIStorageCapacity objects,\n" +
-			"and /healthz, /readyz and /metrics.\n" +
-			"Cluster duties run in `stickyvol controller`. Outside a cluster (tests, simulated nodes) give\n" +
-			"--kubeconfig, --node-name, --data-root, --kubelet-root and --register-with-kubelet=false.",
+			"provisioner for claims scheduled to this node, the resizer of its volumes, this node's\n" +
+			"CSIStorageCapacity objects, and /healthz, /readyz, /metrics and /volumes. Cluster duties\n" +
+			"run in `stickyvol controller`. Outside a cluster (tests, simulated nodes) give --kubeconfig,\n" +
+			"--node-name, --data-root, --kubelet-root and --register-with-kubelet=false.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(); err != nil {
@@ -62,6 +64,7 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.StringVar(&o.nodeName, "node-name", env.nodeName, "Kubernetes name of this node; defaults to $NODE_NAME.")
 	f.StringVar(&o.kubeletRoot, "kubelet-root", "/var/lib/kubelet", "kubelet's root directory; the CSI socket and the registration socket go under it.")
 	f.StringVar(&o.dataRoot, "data-root", "/var/lib/stickyvol", "Directory that holds the volumes (volumes/<id>/) and their records (meta/).")
+	f.StringVar(&o.backend, "backend", driver.BackendAuto, "What new volumes are made of: btrfs (a subvolume with a qgroup limit: the size is enforced; needs the data root on btrfs), directory (a plain directory: the size is bookkeeping), or auto (btrfs where the data root is btrfs). Existing volumes keep theirs.")
 	f.StringVar(&o.capacity, "capacity", "", "Bytes all volumes on this node may reserve, as a quantity (10Gi). Empty: the free space of the data root's file system at start, plus what existing volumes reserve.")
 	f.Int64Var(&o.maxVolumes, "max-volumes", 0, "Most volumes kubelet may put on this node (reported to the scheduler via CSINode). 0: no limit.")
 	f.IntVar(&o.socketGroup, "socket-group", -1, "Group ID that may use the CSI socket (mode 0660). -1: owner only (mode 0600).")
@@ -69,14 +72,15 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about three writes (PV, two events).")
 	f.IntVar(&o.burst, "kube-api-burst", 100, "Requests allowed in a burst above --kube-api-qps.")
 	f.IntVar(&o.threadiness, "threadiness", provisioner.DefaultThreadiness, "Claims provisioned (and volumes deleted) in parallel.")
-	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume or DeleteVolume call to the driver.")
-	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz and /metrics. Empty: no HTTP server.")
+	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume, DeleteVolume or ControllerExpandVolume call to the driver.")
+	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz, /readyz, /metrics and /volumes (this node's part of stickyvol status). Empty: no HTTP server.")
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
 	f.DurationVar(&o.reconcilePeriod, "reconcile-period", provisioner.DefaultReconcilePeriod, "How often this node's volumes are compared with the PVs that name it (orphans, missing volumes).")
 	f.DurationVar(&o.deleteOrphansAfter, "delete-orphans-after", 0, "Delete a volume that no PV names and no claim waits for once it has been so for this long (at least 10m). 0: never; orphans are only counted and logged.")
 	f.BoolVar(&o.publishCapacity, "publish-capacity", true, "Publish this node's free capacity per StorageClass as CSIStorageCapacity objects, for the scheduler. Off: what this node published is deleted at start; off only together with storageCapacity: false in the CSIDriver, or no pod with a stickyvol claim is scheduled.")
 	f.StringVar(&o.namespace, "namespace", env.namespaceOr("stickyvol"), "Namespace of the CSIStorageCapacity objects: the driver's, where the scheduler and the controller read them; defaults to $POD_NAMESPACE when set.")
 	f.StringVar(&o.capacityOwner, "capacity-owner", env.podName, "The agent's own pod, in --namespace; its controller (the DaemonSet) owns the CSIStorageCapacity objects, so they go with the install. Defaults to $POD_NAME. Empty: no owner (an agent outside a pod); the objects stay until deleted by hand or with their Node.")
+	f.BoolVar(&o.expandVolumes, "expand-volumes", true, "Grow this node's volumes when their claims ask for more (classes with allowVolumeExpansion), as external-resizer would.")
 	return cmd
 }
 
@@ -92,6 +96,11 @@ func (o *nodeOptions) validate() error {
 		if q, err := resource.ParseQuantity(o.capacity); err != nil || q.Sign() <= 0 {
 			errs = append(errs, fmt.Errorf("--capacity %q must be a positive quantity such as 10Gi", o.capacity))
 		}
+	}
+	switch o.backend {
+	case "", driver.BackendAuto, driver.BackendDirectory, driver.BackendBtrfs:
+	default:
+		errs = append(errs, fmt.Errorf("--backend %q must be auto, directory or btrfs", o.backend))
 	}
 	if o.qps <= 0 || o.burst <= 0 || o.threadiness <= 0 || o.operationTimeout <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps, --kube-api-burst, --threadiness and --operation-timeout must be positive"))
@@ -124,6 +133,7 @@ func (o *nodeOptions) driverConfig() driver.Config {
 		Version:           version,
 		NodeID:            o.nodeName,
 		DataRoot:          filepath.Clean(o.dataRoot),
+		Backend:           o.backend,
 		Capacity:          capacity,
 		MaxVolumesPerNode: o.maxVolumes,
 		Endpoint:          o.csiSocket(),

@@ -2,21 +2,29 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/internal/agentapi"
+	"github.com/stickyvol/stickyvol/provisioner"
 )
 
-// httpHandler serves /healthz, /readyz and /metrics on a mux of its own, with a
-// registry of its own: nothing registered globally by a library leaks in.
+// httpHandler serves /healthz, /readyz, /metrics and /volumes on a mux of its
+// own, with a registry of its own: nothing registered globally by a library
+// leaks in.
 func (a *agent) httpHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -63,7 +71,40 @@ func (a *agent) httpHandler() http.Handler {
 	mux.Handle("GET /healthz", healthzHandler(live))
 	mux.Handle("GET /readyz", healthzHandler(ready))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET "+agentapi.Path, volumesHandler(a.opts.nodeName, a.reconciler.Findings, a.driver.Unavailable))
 	return mux
+}
+
+// volumesHandler serves what only this node knows about its volumes (the
+// reconciler's orphans and missing volumes, the driver's unavailable ones)
+// as an agentapi.NodeVolumes document, for `stickyvol status`.
+func volumesHandler(node string, findings func() provisioner.Findings, unavailable func() map[string]string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewEncoder(w).Encode(nodeVolumes(node, findings(), unavailable())); err != nil {
+			klog.FromContext(r.Context()).V(2).Info("Writing the volumes document failed", "err", err)
+		}
+	})
+}
+
+// nodeVolumes builds the document; its lists are empty rather than absent,
+// sorted by volume ID or PV name.
+func nodeVolumes(node string, f provisioner.Findings, unavailable map[string]string) agentapi.NodeVolumes {
+	doc := agentapi.NodeVolumes{
+		APIVersion: agentapi.APIVersion, Kind: agentapi.Kind, Node: node, Checked: metav1.NewTime(f.Checked),
+		Orphans: []agentapi.Orphan{}, Missing: []agentapi.Missing{}, Unavailable: []agentapi.Unavailable{},
+	}
+	for _, o := range f.Orphans {
+		doc.Orphans = append(doc.Orphans, agentapi.Orphan{VolumeID: o.VolumeID, Since: metav1.NewTime(o.Since)})
+	}
+	for _, m := range f.Missing {
+		doc.Missing = append(doc.Missing, agentapi.Missing{PV: m.PV, VolumeID: m.VolumeID,
+			ClaimNamespace: m.Claim.Namespace, Claim: m.Claim.Name})
+	}
+	for _, id := range slices.Sorted(maps.Keys(unavailable)) {
+		doc.Unavailable = append(doc.Unavailable, agentapi.Unavailable{VolumeID: id, Reason: unavailable[id]})
+	}
+	return doc
 }
 
 type healthCheck struct {
@@ -121,7 +162,7 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(lis) }()
-	logger.Info("Serving /healthz and /metrics", "address", lis.Addr().String())
+	logger.Info("Serving /healthz, /readyz, /metrics and /volumes", "address", lis.Addr().String())
 	select {
 	case err := <-done:
 		return fmt.Errorf("serving %s: %w", addr, err)

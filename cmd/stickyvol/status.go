@@ -18,14 +18,16 @@ import (
 
 // statusOptions are the flags of `stickyvol status`.
 type statusOptions struct {
-	kubeconfig    string
-	context       string
-	namespace     string
-	dataRoot      string
-	noUsage       bool
-	output        string
-	watch         bool
-	usageInterval time.Duration
+	kubeconfig     string
+	context        string
+	namespace      string
+	dataRoot       string
+	noUsage        bool
+	output         string
+	watch          bool
+	usageInterval  time.Duration
+	agents         bool
+	agentNamespace string
 }
 
 // outputFormats are the values of status -o; "" is the plain table.
@@ -39,6 +41,11 @@ func newStatusCommand() *cobra.Command {
 		Long: "Lists the claims of stickyvol StorageClasses and stickyvol PVs from the API server.\n" +
 			"USED comes from kubelet's volume statistics (nodes/proxy stats/summary) and is\n" +
 			"known only for volumes a running pod mounts; '-' otherwise.\n\n" +
+			"After the claims it lists what only the nodes' agents know, on every node: orphan\n" +
+			"volumes (no PV or claim), PVs whose volume is missing, volumes whose record is set\n" +
+			"aside; a clean node gets no line. It asks each agent through the API server's pod\n" +
+			"proxy (list pods and get pods/proxy in --agent-namespace); an agent it cannot ask\n" +
+			"gets a warning.\n\n" +
 			"The API server is found as kubectl finds it: --kubeconfig, else $KUBECONFIG, else\n" +
 			"~/.kube/config, else the pod's service account when run inside a cluster.",
 		Example: "  stickyvol status\n" +
@@ -72,6 +79,8 @@ func newStatusCommand() *cobra.Command {
 	f.StringVarP(&o.output, "output", "o", "", "Output format: wide (adds class, access modes, reclaim policy, age), json or yaml.")
 	f.BoolVarP(&o.watch, "watch", "w", false, "After the list, print each claim again whenever it, its PV or its use changes.")
 	f.DurationVar(&o.usageInterval, "usage-interval", 30*time.Second, "With --watch: how often to ask kubelets for used bytes.")
+	f.BoolVar(&o.agents, "agents", true, "Ask each node's agent for its orphan, missing and unavailable volumes and list them after the claims. With --watch, with the first list only: agents compare every --reconcile-period (5m by default), so run status again for new findings.")
+	f.StringVar(&o.agentNamespace, "agent-namespace", "stickyvol", "Namespace of the agents' pods (the DaemonSet stickyvol-node).")
 	return cmd
 }
 
@@ -107,10 +116,24 @@ func showStatus(cmd *cobra.Command, kube kubernetes.Interface, o *statusOptions)
 	if !o.noUsage {
 		warnings = fillUsage(ctx, rows, kubeletUsage(kube))
 	}
-	for _, w := range warnings {
+	nodes, agentWarnings := askAgents(ctx, kube, o, rows)
+	for _, w := range append(warnings, agentWarnings...) {
 		fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 	}
-	return newStatusPrinter(cmd.OutOrStdout(), o.output, time.Now()).print(rows, true)
+	return newStatusPrinter(cmd.OutOrStdout(), o.output, time.Now()).print(rows, nodes, true)
+}
+
+// askAgents asks the agents for their findings unless --agents=false, and
+// says which could not be asked.
+func askAgents(ctx context.Context, kube kubernetes.Interface, o *statusOptions, rows []volumeStatus) ([]nodeFindings, []string) {
+	if !o.agents {
+		return nil, nil
+	}
+	nodes, err := agentFindings(ctx, kube, o.agentNamespace, claimNodes(rows), agentTimeout)
+	if err != nil {
+		return nil, []string{"no orphan, missing or unavailable volumes listed: " + err.Error()}
+	}
+	return nodes, findingsWarnings(nodes)
 }
 
 // listStatusObjects reads what status shows: classes, PVs and claims.

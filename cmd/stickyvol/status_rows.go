@@ -46,6 +46,10 @@ type volumeStatus struct {
 	Node string `json:"node,omitempty"`
 	// Path is the volume's directory on its node.
 	Path string `json:"path,omitempty"`
+	// Backend holds the volume's data: "btrfs" (size enforced) or
+	// "directory" (size is bookkeeping); empty for volumes made before the
+	// driver recorded it on the PV.
+	Backend string `json:"backend,omitempty"`
 	// Capacity is the PV's; Requested is the claim's request.
 	Capacity      string `json:"capacity,omitempty"`
 	Requested     string `json:"requested,omitempty"`
@@ -153,6 +157,7 @@ func claimStatus(claim *v1.PersistentVolumeClaim, pv *v1.PersistentVolume, dataR
 	}
 	// The driver keeps volume <id> in <data-root>/volumes/<id>.
 	s.Path = filepath.Join(dataRoot, "volumes", pv.Spec.CSI.VolumeHandle)
+	s.Backend = pv.Spec.CSI.VolumeAttributes[driver.VolumeContextBackend]
 	if q, ok := pv.Spec.Capacity[v1.ResourceStorage]; ok {
 		s.Capacity = q.String()
 	}
@@ -163,15 +168,9 @@ func claimStatus(claim *v1.PersistentVolumeClaim, pv *v1.PersistentVolume, dataR
 // and fills it in. A node that cannot be asked leaves the use unknown and a
 // warning.
 func fillUsage(ctx context.Context, rows []volumeStatus, usage usageFunc) []string {
-	nodes := map[string]bool{}
-	for i := range rows {
-		if rows[i].PV != "" && rows[i].Node != "" {
-			nodes[rows[i].Node] = true
-		}
-	}
 	var warnings []string
 	used := map[claimKey]uint64{}
-	for _, node := range slices.Sorted(maps.Keys(nodes)) {
+	for _, node := range claimNodes(rows) {
 		u, err := usage(ctx, node)
 		if err != nil {
 			warnings = append(warnings, fmt.Sprintf("no usage from node %s: %v", node, err))

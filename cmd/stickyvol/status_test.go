@@ -23,6 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	logsapi "k8s.io/component-base/logs/api/v1"
@@ -56,7 +58,8 @@ func statusPV(name, drv, node string) *v1.PersistentVolume {
 		Spec: v1.PersistentVolumeSpec{
 			Capacity:                      v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")},
 			PersistentVolumeReclaimPolicy: v1.PersistentVolumeReclaimDelete,
-			PersistentVolumeSource:        v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: name}},
+			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: name,
+				VolumeAttributes: map[string]string{driver.VolumeContextBackend: "btrfs"}}},
 			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
 				MatchExpressions: []v1.NodeSelectorRequirement{{Key: driver.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}}},
 		},
@@ -107,7 +110,7 @@ func fixtureRows(t *testing.T) ([]volumeStatus, []string) {
 func printed(t *testing.T, format string, rows []volumeStatus) string {
 	t.Helper()
 	var out bytes.Buffer
-	if err := newStatusPrinter(&out, format, statusNow).print(rows, true); err != nil {
+	if err := newStatusPrinter(&out, format, statusNow).print(rows, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	return out.String()
@@ -136,9 +139,9 @@ func TestStatusWide(t *testing.T) {
 	rows, _ := fixtureRows(t)
 	got := strings.Split(printed(t, "wide", []volumeStatus{rows[0], rows[2]}), "\n")
 	for i, want := range []string{
-		"NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED   CLASS      ACCESS MODES   RECLAIM  AGE",
-		"web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi  stickyvol  ReadWriteOnce  Delete   5m",
-		"web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -      stickyvol  ReadWriteOnce  -        5m",
+		"NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED   BACKEND  CLASS      ACCESS MODES   RECLAIM  AGE",
+		"web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi  btrfs    stickyvol  ReadWriteOnce  Delete   5m",
+		"web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -      -        stickyvol  ReadWriteOnce  -        5m",
 	} {
 		if i >= len(got) || got[i] != want {
 			t.Errorf("line %d:\n%q\nwant\n%q", i, got[i], want)
@@ -182,14 +185,9 @@ func TestStatusJSONAndYAML(t *testing.T) {
 // `eval "$(make -s cluster-env)"`: no --kubeconfig, only $KUBECONFIG.
 func TestStatusReadsKUBECONFIG(t *testing.T) {
 	api := fakeAPIServer(t, statusFixture())
-	dir := t.TempDir()
-	t.Setenv("HOME", dir) // no ~/.kube/config to fall back on
-	t.Setenv("KUBERNETES_SERVICE_HOST", "")
-	path := filepath.Join(dir, "config")
-	writeKubeconfig(t, path, api.URL)
-	t.Setenv("KUBECONFIG", path)
+	dir := useKubeconfig(t, api.URL)
 
-	out, err := runCommand(t, "stickyvol", "status", "--no-usage", "-n", "web")
+	out, err := runCommand(t, "stickyvol", "status", "--no-usage", "--agents=false", "-n", "web")
 	if err != nil {
 		t.Fatalf("status with only $KUBECONFIG: %v\n%s", err, out)
 	}
@@ -220,17 +218,26 @@ func TestStatusAsKubectlPlugin(t *testing.T) {
 	}
 }
 
+// TestStatusWatch: the whole list with the agents' findings, then only the
+// claims that change; the agents are asked once.
 func TestStatusWatch(t *testing.T) {
-	kube := fake.NewClientset(statusFixture()...)
+	kube := fake.NewClientset(append(statusFixture(), agentPod("stickyvol-node-a", "node-a", v1.PodRunning, true))...)
+	asked := make(chan string, 10)
+	kube.PrependProxyReactor("pods", func(action clienttesting.Action) (bool, rest.ResponseWrapper, error) {
+		p := action.(clienttesting.ProxyGetAction)
+		asked <- p.GetScheme() + ":" + p.GetName() + ":" + p.GetPort() + p.GetPath()
+		return true, agentResponse{nodeAAgent(time.Now())}, nil
+	})
 	out := &syncBuffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- watchStatus(ctx, kube, &statusOptions{namespace: "web", dataRoot: "/d", noUsage: true}, out, io.Discard)
+		done <- watchStatus(ctx, kube, &statusOptions{namespace: "web", dataRoot: "/d", noUsage: true,
+			agents: true, agentNamespace: "stickyvol"}, out, io.Discard)
 	}()
-	waitFor(t, out, "data-web-10")
-	if n := strings.Count(out.String(), "\n"); n != 6 {
-		t.Errorf("first list has %d lines, want header and 5 claims:\n%s", n, out)
+	waitFor(t, out, "node-a pvc-bad unavailable its record was corrupt")
+	if n := strings.Count(out.String(), "\n"); n != 11 {
+		t.Errorf("first list has %d lines, want header and 5 claims, a blank line, header and 3 findings:\n%s", n, out)
 	}
 
 	// The PV controller binds data-web-3 to the PV made for it.
@@ -256,6 +263,12 @@ func TestStatusWatch(t *testing.T) {
 	}
 	if got := strings.Count(out.String(), "data-web-0"); got != 1 {
 		t.Errorf("unchanged data-web-0 printed %d times:\n%s", got, out)
+	}
+	if got := <-asked; got != "http:stickyvol-node-a:9808/volumes" {
+		t.Errorf("asked the agent at %s", got)
+	}
+	if len(asked) != 0 || strings.Count(out.String(), "PROBLEM") != 1 {
+		t.Errorf("the agents were asked again, or their findings printed again:\n%s", out)
 	}
 }
 
@@ -283,9 +296,30 @@ func runCommand(t *testing.T, name string, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// useKubeconfig points $KUBECONFIG, and only it, at server, as a user
+// would after `eval "$(make -s cluster-env)"`, and returns the directory
+// of the kubeconfig.
+func useKubeconfig(t *testing.T, server string) string {
+	t.Helper()
+	dir := t.TempDir()
+	t.Setenv("HOME", dir) // no ~/.kube/config to fall back on
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	path := filepath.Join(dir, "config")
+	writeKubeconfig(t, path, server)
+	t.Setenv("KUBECONFIG", path)
+	return dir
+}
+
 // fakeAPIServer answers the three lists status makes, in JSON, from objs.
 func fakeAPIServer(t *testing.T, objs []runtime.Object) *httptest.Server {
 	t.Helper()
+	srv := httptest.NewServer(fakeAPI(objs))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// fakeAPI is fakeAPIServer's handler, for a test to add to.
+func fakeAPI(objs []runtime.Object) *http.ServeMux {
 	var classes storagev1.StorageClassList
 	var pvs v1.PersistentVolumeList
 	claims := map[string]*v1.PersistentVolumeClaimList{"": {}}
@@ -322,9 +356,7 @@ func fakeAPIServer(t *testing.T, objs []runtime.Object) *httptest.Server {
 			serve("/api/v1/namespaces/"+ns+"/persistentvolumeclaims", list)
 		}
 	}
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return srv
+	return mux
 }
 
 func writeKubeconfig(t *testing.T, path, server string) {

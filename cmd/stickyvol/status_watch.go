@@ -89,7 +89,15 @@ func watchStatus(ctx context.Context, kube kubernetes.Interface, o *statusOption
 		if err != nil {
 			return err
 		}
-		if err := w.show(ctx, statusRows(objs, o.dataRoot), usage, refresh, first); err != nil {
+		rows := statusRows(objs, o.dataRoot)
+		// The agents' findings come with the first list only (see --agents).
+		var nodes []nodeFindings
+		if first {
+			var warnings []string
+			nodes, warnings = askAgents(ctx, kube, o, rows)
+			w.warn(warnings)
+		}
+		if err := w.show(ctx, rows, nodes, usage, refresh, first); err != nil {
 			return err
 		}
 		refresh = false
@@ -120,17 +128,22 @@ type statusWatcher struct {
 	warned map[string]bool
 }
 
-// show prints the rows that differ from what was shown (all of them the
-// first time), and claims that are gone as Deleted. With refresh it first
-// asks the kubelets for the use of every volume.
-func (w *statusWatcher) show(ctx context.Context, rows []volumeStatus, usage usageFunc, refresh, first bool) error {
-	if refresh {
-		for _, warning := range fillUsage(ctx, rows, usage) {
-			if !w.warned[warning] {
-				w.warned[warning] = true
-				fmt.Fprintln(w.errOut, "warning:", warning)
-			}
+// warn prints each warning it has not printed before.
+func (w *statusWatcher) warn(warnings []string) {
+	for _, warning := range warnings {
+		if !w.warned[warning] {
+			w.warned[warning] = true
+			fmt.Fprintln(w.errOut, "warning:", warning)
 		}
+	}
+}
+
+// show prints the rows that differ from what was shown (all of them the
+// first time, with nodes after them), and claims that are gone as Deleted.
+// With refresh it first asks the kubelets for the use of every volume.
+func (w *statusWatcher) show(ctx context.Context, rows []volumeStatus, nodes []nodeFindings, usage usageFunc, refresh, first bool) error {
+	if refresh {
+		w.warn(fillUsage(ctx, rows, usage))
 		w.used = map[claimKey]uint64{}
 		for i := range rows {
 			if rows[i].UsedBytes != nil {
@@ -162,5 +175,5 @@ func (w *statusWatcher) show(ctx context.Context, rows []volumeStatus, usage usa
 		return nil
 	}
 	w.printer.now = time.Now()
-	return w.printer.print(changed, first)
+	return w.printer.print(changed, nodes, first)
 }

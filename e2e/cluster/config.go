@@ -62,6 +62,10 @@ type Config struct {
 	// Images are OCI tarballs imported into every node; when nil, Up
 	// calls EnsureBaseImages.
 	Images []string
+	// PlainDataRoots keeps each node's /var/lib/stickyvol a plain
+	// directory of the host's file system; by default it is a btrfs file
+	// system of its own (see makeDataRoots), so volume sizes are enforced.
+	PlainDataRoots bool
 	// Retain keeps what Up started when it fails, for debugging; by
 	// default a failed Up tears the cluster down (logs are kept).
 	Retain bool

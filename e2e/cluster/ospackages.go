@@ -19,8 +19,9 @@ import (
 // osPackages are the Debian packages the nodes need: containerd (1.6 in
 // Debian 12) and runc run the pods, the CNI plugins give them a network,
 // busybox-static is the busybox image's only binary, iptables is what
-// kube-proxy programs, iproute2 makes the bridges.
-var osPackages = []string{"containerd", "runc", "containernetworking-plugins", "busybox-static", "iptables", "iproute2"}
+// kube-proxy programs, iproute2 makes the bridges, btrfs-progs formats the
+// nodes' data roots.
+var osPackages = []string{"containerd", "runc", "containernetworking-plugins", "busybox-static", "iptables", "iproute2", "btrfs-progs"}
 
 // cniPlugins are the CNI plugins a node's network config uses.
 var cniPlugins = []string{"bridge", "host-local", "loopback", "portmap"}

@@ -25,7 +25,10 @@ type state struct {
 	Ports     ports     `json:"ports"`
 	Nodes     []node    `json:"nodes"`
 	FakeNodes int       `json:"fakeNodes,omitempty"`
-	CgroupV2  bool      `json:"cgroupV2"`
+	// PlainDataRoots: the nodes' data roots are host directories, not
+	// btrfs images.
+	PlainDataRoots bool `json:"plainDataRoots,omitempty"`
+	CgroupV2       bool `json:"cgroupV2"`
 
 	// Procs maps a component name ("etcd", "node-1/kubelet") to the process
 	// running it.

@@ -59,13 +59,14 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 		return err
 	}
 	st := &state{
-		Dir:       c.dir,
-		StartedAt: time.Now(),
-		Binaries:  *cfg.Binaries,
-		Images:    cfg.Images,
-		FakeNodes: cfg.FakeNodes,
-		CgroupV2:  v2,
-		Procs:     map[string]proc{},
+		Dir:            c.dir,
+		StartedAt:      time.Now(),
+		Binaries:       *cfg.Binaries,
+		Images:         cfg.Images,
+		FakeNodes:      cfg.FakeNodes,
+		PlainDataRoots: cfg.PlainDataRoots,
+		CgroupV2:       v2,
+		Procs:          map[string]proc{},
 		Ports: ports{
 			EtcdClient: p[0], EtcdPeer: p[1], APIServer: p[2], ControllerMgr: p[3], Scheduler: p[4],
 			ProxyHealthz: p[5], ProxyMetrics: p[6], DNSReady: p[7], KwokServer: p[8],
@@ -112,7 +113,7 @@ func (c *Cluster) writePKI() error {
 
 // prepareHost makes the host changes, each recorded before it is made: the
 // sysctls routing between bridges needs, the API/DNS bridge, one bridge per
-// node, the FORWARD rule, the nodes' mount points and cgroups.
+// node, the FORWARD rule, the nodes' mount points, data roots and cgroups.
 func (c *Cluster) prepareHost(ctx context.Context) error {
 	for k, v := range map[string]string{"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"} {
 		if _, ok := c.st.Sysctls[k]; !ok {
@@ -135,6 +136,11 @@ func (c *Cluster) prepareHost(ctx context.Context) error {
 	}
 	if err := c.ensureHostDirs(); err != nil {
 		return err
+	}
+	if !c.st.PlainDataRoots {
+		if err := c.makeDataRoots(ctx); err != nil {
+			return err
+		}
 	}
 	for _, n := range c.st.Nodes {
 		if err := c.createCgroupRoot(n.CgroupRoot); err != nil {

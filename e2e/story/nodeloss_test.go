@@ -4,6 +4,9 @@ package story
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +68,18 @@ func TestNodeLoss(t *testing.T) {
 		t.Fatalf("pods on %s and %s, want both on %s", kept.node, gone.node, lost)
 	}
 	sum := e.writeBlob(ctx, kept.pod)
+
+	// What the lost node's disk holds: the volumes whose PVs the node-loss
+	// duty may delete while the node is gone (this scenario's Recreate one,
+	// and any Released volume of an earlier scenario still on its way out).
+	onDisk, err := os.ReadDir(filepath.Join(e.node(lost).DataDir, "volumes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wentWithTheNode []string
+	for _, d := range onDisk {
+		wentWithTheNode = append(wentWithTheNode, d.Name())
+	}
 
 	e.step("%s powers off and its Node object is deleted", lost)
 	if err := e.Cluster.StopNode(lost); err != nil {
@@ -131,10 +146,14 @@ func TestNodeLoss(t *testing.T) {
 	}
 	e.checkBlob(ctx, kept.pod, sum, "after its node was deleted and came back")
 
-	// The disk came back with the volume whose PV Recreate deleted: the
-	// node's agent counts it as an orphan once its grace has passed
-	// (stickyvol_orphan_volumes) and deletes it only with
-	// --delete-orphans-after. Anything else found is a fault.
-	report := e.audit(ctx, e.realRoots(), "after the node came back", gone.handle)
+	// The disk came back with the volumes whose PVs went while it was away
+	// (Recreate's, and Released ones deleted as lost): its agent counts
+	// them as orphans once their grace has passed (stickyvol_orphan_volumes)
+	// and deletes them only with --delete-orphans-after. Anything else
+	// found is a fault.
+	if !slices.Contains(wentWithTheNode, gone.handle) {
+		t.Errorf("volume %s was not on %s's disk before the loss", gone.handle, lost)
+	}
+	report := e.audit(ctx, e.realRoots(), "after the node came back", wentWithTheNode...)
 	e.record(chaosRow{claims: 2, faults: 1, orphans: len(report.Orphans), duplicates: len(report.Duplicates)})
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,8 +27,9 @@ type statusItem struct {
 // TestKubectlPlugin runs the agent's binary as `kubectl stickyvol`, found by
 // kubectl on PATH, with KUBECONFIG from the environment only (as after
 // `eval "$(make -s cluster-env)"`): status lists each claim with the PV,
-// node and directory the pod really uses, and --watch prints a claim that
-// appears while it runs.
+// node and directory the pod really uses, reaches the agents of those nodes
+// through the pod proxy, and --watch prints a claim that appears while it
+// runs.
 func TestKubectlPlugin(t *testing.T) {
 	ctx, e := start(t, 3*time.Minute)
 	pods := e.createStatefulSet(ctx, statefulSet("listed", 2, spread))
@@ -43,7 +45,11 @@ func TestKubectlPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var list struct{ Items []statusItem }
+	var list struct {
+		Items []statusItem
+		// Nodes are the agents' findings (cmd/stickyvol/status_agents.go).
+		Nodes []struct{ Node, Error string }
+	}
 	if err := json.Unmarshal(out, &list); err != nil {
 		t.Fatalf("status -o json: %v\n%s", err, out)
 	}
@@ -56,6 +62,14 @@ func TestKubectlPlugin(t *testing.T) {
 			Path: path.Join("/var/lib/stickyvol/volumes", b.handle)}
 		if list.Items[i] != want {
 			t.Errorf("status says %+v\nthe cluster says %+v", list.Items[i], want)
+		}
+		// The agent of the claim's node answered through the API
+		// server's pod proxy.
+		asked := slices.ContainsFunc(list.Nodes, func(n struct{ Node, Error string }) bool {
+			return n.Node == b.node && n.Error == ""
+		})
+		if !asked {
+			t.Errorf("status did not get node %s's volumes from its agent: %+v", b.node, list.Nodes)
 		}
 	}
 

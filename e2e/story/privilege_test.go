@@ -55,6 +55,9 @@ func TestLeastPrivilege(t *testing.T) {
 	e.refused("select its own claim to another node", err, "may only update claims selected to its own node")
 	_, err = claims.Patch(ctx, own.claim, types.MergePatchType, label, metav1.PatchOptions{})
 	e.refused("patch a claim", err, "cannot patch resource")
+	// The resizer writes a claim's status: the same rule holds there.
+	err = e.updateClaimStatus(ctx, claims, other.claim)
+	e.refused("update the status of a claim selected to another node", err, "may only update claims selected to its own node")
 
 	e.step("what only the controller does: refused by RBAC")
 	err = claims.Delete(ctx, own.claim, metav1.DeleteOptions{})
@@ -71,6 +74,9 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	if err := e.updateClaim(ctx, claims, own.claim, touch); err != nil {
 		t.Errorf("update a claim selected to its own node: %v", err)
+	}
+	if err := e.updateClaimStatus(ctx, claims, own.claim); err != nil {
+		t.Errorf("update the status of a claim selected to its own node: %v", err)
 	}
 	created, err := pvs.Create(ctx, e.pvOn(own.node), metav1.CreateOptions{})
 	if err != nil {
@@ -159,6 +165,17 @@ func (e *env) updateClaim(ctx context.Context, claims typedcorev1.PersistentVolu
 	}
 	change(claim)
 	_, err = claims.Update(ctx, claim, metav1.UpdateOptions{})
+	return err
+}
+
+// updateClaimStatus writes the claim's status back as the agent read it.
+func (e *env) updateClaimStatus(ctx context.Context, claims typedcorev1.PersistentVolumeClaimInterface, name string) error {
+	e.t.Helper()
+	claim, err := claims.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatalf("the agent reads claim %s: %v", name, err)
+	}
+	_, err = claims.UpdateStatus(ctx, claim, metav1.UpdateOptions{})
 	return err
 }
 

@@ -3,6 +3,7 @@ package testutil
 
 import (
 	"os"
+	"os/exec"
 	"strconv"
 	"testing"
 )
@@ -16,9 +17,25 @@ func RequireRoot(tb testing.TB) {
 	if os.Geteuid() == 0 {
 		return
 	}
-	msg := "this test needs root (real bind mounts, chown); run it as root, e.g. sudo -E go test"
+	stop(tb, "this test needs root (real bind mounts, chown); run it as root, e.g. sudo -E go test")
+}
+
+// RequireCommand returns the path of the program name (mkfs.btrfs,
+// losetup) and stops the test, as RequireRoot does, when it is not on PATH.
+func RequireCommand(tb testing.TB, name string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		stop(tb, "this test needs "+name+", which is not on PATH; hack/install-deps.sh installs it")
+	}
+	return p
+}
+
+// stop skips the test with msg, or fails it in CI.
+func stop(tb testing.TB, msg string) {
+	tb.Helper()
 	if InCI() {
-		tb.Fatalf("%s: CI=true, so not running as root is a failure, not a skip", msg)
+		tb.Fatalf("%s: CI=true, so this is a failure, not a skip", msg)
 	}
 	tb.Skip(msg)
 }

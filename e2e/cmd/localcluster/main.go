@@ -67,6 +67,7 @@ func run(ctx context.Context, command string, args []string, stdout, stderr io.W
 	if command == "up" {
 		fs.IntVar(&cfg.Nodes, "nodes", 2, "number of real nodes (1-50)")
 		fs.IntVar(&cfg.FakeNodes, "fake-nodes", 0, "number of kwok fake nodes (tainted kwok.x-k8s.io/node=fake:NoSchedule)")
+		fs.BoolVar(&cfg.PlainDataRoots, "plain-data-roots", false, "make each node's /var/lib/stickyvol a plain host directory instead of a btrfs file system of its own (sizes then are bookkeeping only)")
 		fs.BoolVar(&cfg.Retain, "retain", false, "keep what was started when up fails, for debugging")
 	}
 	logging := logsapi.NewLoggingConfiguration()
