@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
+	"github.com/stickyvol/stickyvol/capacity"
 	"github.com/stickyvol/stickyvol/e2e/cluster"
 )
 
@@ -133,8 +134,8 @@ func (f *Framework) HelmUninstall(ctx context.Context, helm string) ([]string, e
 }
 
 // leftBehind lists what of stickyvol is still there after an uninstall: an
-// object of the release, the CSIDriver, the driver on a node's CSINode, an
-// agent or controller pod.
+// object of the release, the CSIDriver, the driver on a node's CSINode, a
+// CSIStorageCapacity of the driver, an agent or controller pod.
 func (f *Framework) leftBehind(ctx context.Context) ([]string, error) {
 	var left []string
 	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + HelmRelease}
@@ -162,6 +163,15 @@ func (f *Framework) leftBehind(ctx context.Context) ([]string, error) {
 	}
 	if _, err := f.Client.StorageV1().CSIDrivers().Get(ctx, DriverName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		left = append(left, fmt.Sprintf("CSIDriver %s (%v)", DriverName, err))
+	}
+	// The agents' published capacity goes with the DaemonSet that owns it.
+	capacities, err := f.Client.StorageV1().CSIStorageCapacities(Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: capacity.LabelDriverName + "=" + DriverName})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range capacities.Items {
+		left = append(left, "CSIStorageCapacity "+klogName(c.Namespace, c.Name))
 	}
 	csiNodes, err := f.Client.StorageV1().CSINodes().List(ctx, metav1.ListOptions{})
 	if err != nil {

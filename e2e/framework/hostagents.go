@@ -14,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/stickyvol/stickyvol/capacity"
 )
 
 // HostAgents runs `stickyvol node` as host processes for kwok's fake nodes,
@@ -131,12 +133,17 @@ func (h *HostAgents) LogTail(node string, lines int) string {
 	return strings.Join(all[max(0, len(all)-lines):], "\n")
 }
 
-// Stop kills every agent and takes the driver off the fake nodes' CSINodes,
-// so that nothing places a claim on a node no agent serves.
+// Stop kills every agent, takes the driver off the fake nodes' CSINodes and
+// deletes the CSIStorageCapacity objects the agents published (outside a
+// pod they have no owner to go with), so that nothing places a claim on a
+// node no agent serves.
 func (h *HostAgents) Stop(ctx context.Context) error {
 	var errs []error
 	for node := range h.Roots {
 		if err := h.Kill(node); err != nil {
+			errs = append(errs, err)
+		}
+		if err := capacity.Withdraw(ctx, h.f.Client, Namespace, DriverName, node); err != nil {
 			errs = append(errs, err)
 		}
 		err := h.f.Client.StorageV1().CSINodes().Delete(ctx, node, metav1.DeleteOptions{})

@@ -10,23 +10,26 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/stickyvol/stickyvol/capacity"
 	"github.com/stickyvol/stickyvol/e2e/framework"
 )
 
-// TestCapacity: every node's agent runs with --capacity=nodeCapacity. One
-// node is filled up to a sliver; a claim that does not fit there but fits
-// the other node ends up there, also when the scheduler first picks the
-// full node: that node's agent refuses it (ResourceExhausted), the claim goes
-// back to the scheduler, which picks again. A claim bigger than any node's
-// capacity stays Pending, and its events say that the node has no room.
-//
-// The scheduler does not know the nodes' room (stickyvol publishes no
-// CSIStorageCapacity yet), so to make its first pick the full node, the
-// other node is cordoned until the full node has refused the claim once.
+// TestCapacity: every node's agent runs with --capacity=nodeCapacity and
+// publishes its free room as CSIStorageCapacity objects, one per node and
+// class, owned by the DaemonSet. One node is filled up to a sliver: its
+// object says so within seconds, and a claim that does not fit there but
+// fits the other node goes straight to the other node, which the scheduler
+// picks because it knows the room: no node refuses it first. A claim bigger
+// than any node's capacity stays Pending, and the scheduler says why on its
+// pod. (A node that still gets a claim it has no room for, because the
+// published room was seconds old, sends it back: the provisioner's unit
+// tests cover that path.)
 func TestCapacity(t *testing.T) {
 	ctx, e := start(t, 3*time.Minute)
 	e.step("room on each node, once earlier scenarios' volumes are gone")
@@ -38,6 +41,9 @@ func TestCapacity(t *testing.T) {
 	t.Logf("room: %v", free)
 	if free[full] <= sliver || free[other] < big {
 		t.Fatalf("not enough room to start with: %v", free)
+	}
+	for node, room := range free {
+		e.waitPublished(ctx, node, room)
 	}
 
 	e.step("fill %s up to %s", full, quantity(sliver))
@@ -56,26 +62,35 @@ func TestCapacity(t *testing.T) {
 		e.deleteClaimAndPod(ctx, filler)
 		e.waitVolume(ctx, filler.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
 	})
+	e.waitPublished(ctx, full, sliver)
 
-	e.step("claim %s with %s cordoned: %s refuses it", quantity(big), other, full)
-	e.setCordoned(ctx, other, true)
-	t.Cleanup(func() { e.setCordoned(ctx, other, false) })
+	e.step("a claim of %s: the scheduler sends it to %s, where it fits", quantity(big), other)
 	e.createClaim(ctx, claim("big", quantity(big), v1.ReadWriteOnce))
 	e.createPod(ctx, "big", "big")
-	e.waitNoRoom(ctx, "big", full)
-
-	e.step("uncordon %s: the claim goes there", other)
-	e.setCordoned(ctx, other, false)
 	b := e.bindingOf(ctx, e.podReady(ctx, "big"))
 	if b.node != other {
 		t.Fatalf("%s, want node %s", b, other)
+	}
+	events, err := e.Client.CoreV1().Events(e.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=big"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range events.Items {
+		if ev.Reason == "ProvisioningFailed" {
+			t.Errorf("claim big was refused on its way: %s", ev.Message)
+		}
 	}
 	t.Logf("%s", b)
 
 	e.step("a claim bigger than any node (%s)", quantity(2*capacityBytes()))
 	e.createClaim(ctx, claim("huge", quantity(2*capacityBytes()), v1.ReadWriteOnce))
 	e.createPod(ctx, "huge", "huge")
-	ev := e.waitNoRoom(ctx, "huge", "")
+	ev, err := e.WaitForEvent(ctx, e.ns, "Pod", "huge", func(ev *v1.Event) bool {
+		return ev.Reason == "FailedScheduling" && strings.Contains(ev.Message, "did not have enough free storage")
+	})
+	if err != nil {
+		t.Fatalf("no FailedScheduling event saying no node has room for claim huge: %v", err)
+	}
 	c, err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Get(ctx, "huge", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -83,35 +98,43 @@ func TestCapacity(t *testing.T) {
 	if c.Status.Phase != v1.ClaimPending || c.Spec.VolumeName != "" {
 		t.Errorf("claim huge is %s with volume %q, want Pending without one", c.Status.Phase, c.Spec.VolumeName)
 	}
-	pod, err := e.Client.CoreV1().Pods(e.ns).Get(ctx, "huge", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pod.Status.Phase != v1.PodPending {
-		t.Errorf("pod huge is %s, want Pending", pod.Status.Phase)
-	}
-	t.Logf("claim huge stays Pending: %s", ev.Message)
+	t.Logf("pod huge stays Pending: %s", ev.Message)
 }
 
-// waitNoRoom waits for the Warning event that says a node (node, or any when
-// empty) has no room for the claim, and returns it.
-func (e *env) waitNoRoom(ctx context.Context, claimName, node string) *v1.Event {
+// waitPublished waits until the node's CSIStorageCapacity object for the
+// class stickyvol says room bytes are free (and no more for one volume),
+// and checks that the agents' DaemonSet owns it.
+func (e *env) waitPublished(ctx context.Context, node string, room int64) {
 	e.t.Helper()
-	// The refusal comes seconds after the scheduler picks the node.
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	want := "has no room for this volume"
-	if node != "" {
-		want = fmt.Sprintf("node %q has no room for this volume", node)
-	}
-	ev, err := e.WaitForEvent(ctx, e.ns, "PersistentVolumeClaim", claimName, func(ev *v1.Event) bool {
-		return ev.Type == v1.EventTypeWarning && ev.Reason == "ProvisioningFailed" && strings.Contains(ev.Message, want)
+	began := time.Now()
+	want := resource.NewQuantity(room, resource.BinarySI)
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := e.Client.StorageV1().CSIStorageCapacities(framework.Namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: capacity.LabelManagedBy + "=" + capacity.ManagedBy(node)})
+		if err != nil {
+			return false, err
+		}
+		var mine []storagev1.CSIStorageCapacity
+		for _, c := range list.Items {
+			if c.StorageClassName == framework.StorageClass {
+				mine = append(mine, c)
+			}
+		}
+		if len(mine) != 1 {
+			last = fmt.Sprintf("%d objects", len(mine))
+			return false, nil
+		}
+		c := mine[0]
+		last = fmt.Sprintf("capacity %v, maximum %v", c.Capacity, c.MaximumVolumeSize)
+		owned := len(c.OwnerReferences) == 1 && c.OwnerReferences[0].Kind == "DaemonSet" && c.OwnerReferences[0].Name == framework.DaemonSetName
+		return owned && c.NodeTopology.MatchLabels[framework.TopologyKey] == node &&
+			c.Capacity.Cmp(*want) == 0 && c.MaximumVolumeSize.Cmp(*want) == 0, nil
 	})
 	if err != nil {
-		e.t.Fatalf("waiting for %q on claim %s: %v", want, claimName, err)
+		e.t.Fatalf("waiting for %s's published room to be %s (last: %s): %v", node, want, last, err)
 	}
-	e.t.Logf("claim %s: %s %s: %s", claimName, ev.Type, ev.Reason, ev.Message)
-	return ev
+	e.step("%s publishes %s free (after %s)", node, want, time.Since(began).Round(100*time.Millisecond))
 }
 
 // freeRoom returns how many bytes each node's agent can still hand out:
