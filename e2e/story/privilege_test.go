@@ -11,6 +11,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -59,6 +60,10 @@ func TestLeastPrivilege(t *testing.T) {
 	err = e.updateClaimStatus(ctx, claims, other.claim)
 	e.refused("update the status of a claim selected to another node", err, "may only update claims selected to its own node")
 
+	capacities := agent.StorageV1().CSIStorageCapacities(framework.Namespace)
+	_, err = capacities.Create(ctx, capacityOn(other.node), metav1.CreateOptions{})
+	e.refused("publish room for another node", err, "may only write CSIStorageCapacity objects of its own node")
+
 	e.step("what only the controller does: refused by RBAC")
 	err = claims.Delete(ctx, own.claim, metav1.DeleteOptions{})
 	e.refused("delete a claim", err, "cannot delete resource")
@@ -77,6 +82,11 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	if err := e.updateClaimStatus(ctx, claims, own.claim); err != nil {
 		t.Errorf("update the status of a claim selected to its own node: %v", err)
+	}
+	if c, err := capacities.Create(ctx, capacityOn(own.node), metav1.CreateOptions{}); err != nil {
+		t.Errorf("publish room for its own node: %v", err)
+	} else if err := capacities.Delete(ctx, c.Name, metav1.DeleteOptions{}); err != nil {
+		t.Errorf("delete what it published for its own node: %v", err)
 	}
 	created, err := pvs.Create(ctx, e.pvOn(own.node), metav1.CreateOptions{})
 	if err != nil {
@@ -152,6 +162,18 @@ func (e *env) pvOn(node string) *v1.PersistentVolume {
 				MatchExpressions: []v1.NodeSelectorRequirement{{Key: framework.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}},
 			}}}},
 		},
+	}
+}
+
+// capacityOn is a CSIStorageCapacity object for node and a class no claim
+// uses, as an agent publishes them.
+func capacityOn(node string) *storagev1.CSIStorageCapacity {
+	room := resource.MustParse("1Gi")
+	return &storagev1.CSIStorageCapacity{
+		ObjectMeta:       metav1.ObjectMeta{GenerateName: "e2e-privilege-"},
+		NodeTopology:     &metav1.LabelSelector{MatchLabels: map[string]string{framework.TopologyKey: node}},
+		StorageClassName: "e2e-no-claim",
+		Capacity:         &room,
 	}
 }
 
