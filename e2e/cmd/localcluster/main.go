@@ -33,10 +33,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	logsapi "k8s.io/component-base/logs/api/v1"
-	"k8s.io/klog/v2"
-
 	"github.com/stickyvol/stickyvol/e2e/cluster"
+	"github.com/stickyvol/stickyvol/e2e/framework"
 )
 
 const usage = `usage: localcluster up|down|status|env|prepare [flags]
@@ -72,23 +70,15 @@ func run(ctx context.Context, command string, args []string, stdout, stderr io.W
 		fs.BoolVar(&cfg.PlainDataRoots, "plain-data-roots", false, "make each node's /var/lib/stickyvol a plain host directory instead of a btrfs file system of its own (sizes then are bookkeeping only)")
 		fs.BoolVar(&cfg.Retain, "retain", false, "keep what was started when up fails, for debugging")
 	}
-	logging := logsapi.NewLoggingConfiguration()
-	logsapi.AddGoFlags(logging, fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %v\n%s", fs.Args(), usage)
+	ctx, err := framework.ParseFlags(ctx, fs, args)
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, usage)
 	}
 	if command == "up" {
 		if err := upNodes(&cfg); err != nil {
 			return err
 		}
 	}
-	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
-		return err
-	}
-	ctx = klog.NewContext(ctx, klog.Background())
 	dir := cluster.ClusterDir(cfg.CacheDir)
 
 	switch command {
