@@ -65,17 +65,21 @@ func ParseStat(data []byte) (Stat, error) {
 }
 
 // ReadStat reads /proc/<pid>/stat.
-func ReadStat(pid int) (Stat, error) {
-	path := fmt.Sprintf("/proc/%d/stat", pid)
+func ReadStat(pid int) (Stat, error) { return read(pid, "stat", ParseStat) }
+
+// read parses the file /proc/<pid>/<name>.
+func read[T any](pid int, name string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
+	path := fmt.Sprintf("/proc/%d/%s", pid, name)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return Stat{}, err
+		return zero, err
 	}
-	s, err := ParseStat(data)
+	v, err := parse(data)
 	if err != nil {
-		return Stat{}, fmt.Errorf("%s: %w", path, err)
+		return zero, fmt.Errorf("%s: %w", path, err)
 	}
-	return s, nil
+	return v, nil
 }
 
 // Status is what this package reads of /proc/<pid>/status, in bytes.
@@ -129,18 +133,7 @@ func ParseStatus(data []byte) (Status, error) {
 }
 
 // ReadStatus reads /proc/<pid>/status.
-func ReadStatus(pid int) (Status, error) {
-	path := fmt.Sprintf("/proc/%d/status", pid)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Status{}, err
-	}
-	s, err := ParseStatus(data)
-	if err != nil {
-		return Status{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return s, nil
-}
+func ReadStatus(pid int) (Status, error) { return read(pid, "status", ParseStatus) }
 
 // ResetPeakRSS sets the process's peak RSS (VmHWM) back to its RSS now, so
 // that a later ReadStatus reports the peak of what came after (proc(5),
