@@ -13,7 +13,7 @@ TOOLS       := $(CACHE)/tools
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GO_BUILD    := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 
-.PHONY: all build plugin test unit sanity lint fmt golangci-lint bench fuzz clean deploy-check cache image
+.PHONY: all build plugin test unit sanity lint fmt golangci-lint bench bench-driver fuzz clean deploy-check cache image
 .PHONY: localcluster cluster-up cluster-down cluster-env e2e demo conformance chaos
 
 all: build
@@ -49,13 +49,15 @@ cache:
 # FAKE_NODES kwok nodes. `eval "$$(make -s cluster-env)"` points a shell at it.
 NODES      ?= 2
 FAKE_NODES ?= 0
+# Pods each kwok node has room for (kwok's own default is 110).
+FAKE_NODE_PODS ?= 110
 LOCALCLUSTER := $(BIN)/localcluster
 
 localcluster:
 	@$(GO_BUILD) -o $(LOCALCLUSTER) ./e2e/cmd/localcluster
 
 cluster-up: localcluster
-	$(LOCALCLUSTER) up --cache-dir $(CACHE) --nodes $(NODES) --fake-nodes $(FAKE_NODES)
+	$(LOCALCLUSTER) up --cache-dir $(CACHE) --nodes $(NODES) --fake-nodes $(FAKE_NODES) --fake-node-pods $(FAKE_NODE_PODS)
 
 cluster-down: localcluster
 	$(LOCALCLUSTER) down --cache-dir $(CACHE)
@@ -155,12 +157,38 @@ $(GOLANGCI_LINT):
 deploy-check:
 	go test -count=1 ./deploy/
 
+# The cluster benchmark (e2e/bench, README "Benchmark"), as root: a local
+# cluster of kwok nodes only, a Parallel StatefulSet provisioned by stickyvol's
+# agents (one host process per fake node) and by an instant provisioner, the
+# agents' memory with 10,000 objects of other nodes; then, with the cluster
+# down, the driver benchmark; then the table again with the driver's figure,
+# ending in the summary line. Results: $(CACHE)/bench/latest/. The trap tears
+# the cluster down however the run ends. BENCH_FLAGS passes flags
+# (--claims 200,1000 --runs 5 --fake-nodes 20 --skip-memory); BENCH_ATTACH=1
+# uses a running cluster (make cluster-up NODES=0 FAKE_NODES=5
+# FAKE_NODE_PODS=200) and leaves it up.
+BENCH_FLAGS  ?=
+BENCH_ATTACH ?=
+BENCH        := $(BIN)/bench
+
+bench: cache localcluster
+	$(GO_BUILD) -o $(BENCH) ./e2e/cmd/bench
+	if [ -n "$(BENCH_ATTACH)" ]; then \
+		$(BENCH) --cache-dir $(CACHE) --attach $(BENCH_FLAGS); \
+	else \
+		trap '$(LOCALCLUSTER) down --cache-dir $(CACHE)' EXIT; trap 'exit 130' INT TERM; \
+		$(BENCH) --cache-dir $(CACHE) $(BENCH_FLAGS); \
+	fi
+	$(MAKE) --no-print-directory bench-driver
+	$(BENCH) report --results $(CACHE)/bench/latest --driver-bench $(CACHE)/bench.txt
+
 # Driver benchmarks over the real socket and data root (root: bind mounts),
-# 6 runs each; benchstat prints the median and its spread.
+# 6 runs each; benchstat prints the median and its spread. `make bench` reads
+# CreateVolume+DeleteVolume pairs/s from $(CACHE)/bench.txt.
 BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 BENCHSTAT := $(TOOLS)/benchstat-$(BENCHSTAT_VERSION)
 
-bench: $(BENCHSTAT)
+bench-driver: $(BENCHSTAT)
 	mkdir -p $(CACHE)
 	go test -run '^$$' -bench . -benchmem -count 6 ./driver/ | tee $(CACHE)/bench.txt
 	$(BENCHSTAT) $(CACHE)/bench.txt

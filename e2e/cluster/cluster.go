@@ -288,9 +288,11 @@ func (c *Cluster) startAll(ctx context.Context) error {
 			return err
 		}
 		c.step("kube-apiserver ready at %s", c.apiServerURL())
-		for _, start := range []func(context.Context) error{
-			c.startControllerManager, c.startScheduler, c.startKubeProxy, c.startCoreDNS,
-		} {
+		starts := []func(context.Context) error{c.startControllerManager, c.startScheduler}
+		if c.hasKubeProxy() {
+			starts = append(starts, c.startKubeProxy)
+		}
+		for _, start := range append(starts, c.startCoreDNS) {
 			if err := start(gctx); err != nil {
 				return err
 			}

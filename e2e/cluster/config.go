@@ -17,6 +17,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -41,19 +42,31 @@ const (
 	apiLink    = namePrefix + "api"
 
 	maxNodes = 50
+
+	// defaultFakeNodePods is the pods capacity kwok gives a node of its
+	// own; FakeNodePods raises it for scenarios with more pods per node.
+	defaultFakeNodePods = 110
 )
+
+// NoRealNodes, as Config.Nodes, asks for a cluster of kwok nodes only: the
+// zero value of Nodes stands for the default of two real nodes.
+const NoRealNodes = -1
 
 // Config describes the cluster Up brings up.
 type Config struct {
 	// CacheDir holds built binaries, images and the cluster directory
 	// (CacheDir/cluster). Default: DefaultCacheDir().
 	CacheDir string
-	// Nodes is the number of real nodes (1..50). Default: 2.
+	// Nodes is the number of real nodes (1..50), or NoRealNodes for none
+	// (then FakeNodes must be positive). Default: 2.
 	Nodes int
 	// FakeNodes is the number of kwok nodes. They carry the taint
 	// kwok.x-k8s.io/node=fake:NoSchedule so that only pods that ask for
 	// them land there.
 	FakeNodes int
+	// FakeNodePods is how many pods each kwok node has room for (its pods
+	// capacity and allocatable). Default: 110, as kwok's own nodes.
+	FakeNodePods int
 	// Out receives progress lines. Default: io.Discard.
 	Out io.Writer
 	// Binaries, when set, are used as they are; otherwise Up calls
@@ -85,19 +98,38 @@ func (cfg *Config) setDefaults() error {
 		return err
 	}
 	cfg.CacheDir = abs
-	if cfg.Nodes == 0 {
-		cfg.Nodes = 2
-	}
-	if cfg.Nodes < 1 || cfg.Nodes > maxNodes {
-		return fmt.Errorf("nodes must be between 1 and %d, not %d", maxNodes, cfg.Nodes)
-	}
-	if cfg.FakeNodes < 0 {
-		return fmt.Errorf("fake nodes must not be negative, not %d", cfg.FakeNodes)
-	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 2
+	}
+	if cfg.FakeNodePods == 0 {
+		cfg.FakeNodePods = defaultFakeNodePods
+	}
+	return cfg.validate()
+}
+
+func (cfg *Config) validate() error {
+	switch {
+	case cfg.Nodes == NoRealNodes && cfg.FakeNodes < 1:
+		return errors.New("a cluster without real nodes needs fake nodes")
+	case cfg.Nodes != NoRealNodes && (cfg.Nodes < 1 || cfg.Nodes > maxNodes):
+		return fmt.Errorf("nodes must be between 1 and %d, not %d", maxNodes, cfg.Nodes)
+	case cfg.FakeNodes < 0:
+		return fmt.Errorf("fake nodes must not be negative, not %d", cfg.FakeNodes)
+	case cfg.FakeNodePods < 1:
+		return fmt.Errorf("pods per fake node must be positive, not %d", cfg.FakeNodePods)
+	}
 	return nil
+}
+
+// realNodes is the number of real nodes once defaults are set.
+func (cfg *Config) realNodes() int {
+	if cfg.Nodes == NoRealNodes {
+		return 0
+	}
+	return cfg.Nodes
 }
 
 // nodeName is the name of real node i (1-based).

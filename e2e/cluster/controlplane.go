@@ -73,10 +73,18 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 	return err
 }
 
-// startControllerManager starts kube-controller-manager. Its client QPS is
-// raised from 20/30 to 100/200: at the default, the PV controller binds only
-// a few claims per second, which would make benchmarks measure the
-// controller-manager's rate limiter rather than the provisioner.
+// The client rate limits of kube-controller-manager, raised from 20/30: at
+// the default, the PV controller binds only a few claims per second, which
+// would make benchmarks measure the controller-manager's rate limiter rather
+// than the provisioner. Each controller has a client of its own
+// (--use-service-account-credentials), so each gets these limits.
+const (
+	ControllerManagerQPS   = 100
+	ControllerManagerBurst = 200
+)
+
+// startControllerManager starts kube-controller-manager with the client
+// rate limits above.
 func (c *Cluster) startControllerManager(ctx context.Context) error {
 	p := c.pki()
 	kc := c.kubeconfigPath("controller-manager")
@@ -92,8 +100,8 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 		"--root-ca-file=" + p.caFile(),
 		"--cluster-signing-cert-file=" + p.caFile(),
 		"--cluster-signing-key-file=" + p.keyFile("ca"),
-		"--kube-api-qps=100",
-		"--kube-api-burst=200",
+		"--kube-api-qps=" + strconv.Itoa(ControllerManagerQPS),
+		"--kube-api-burst=" + strconv.Itoa(ControllerManagerBurst),
 		"--profiling=false",
 	}})
 	return err
@@ -112,6 +120,12 @@ func (c *Cluster) startScheduler(ctx context.Context) error {
 	}})
 	return err
 }
+
+// hasKubeProxy says whether the cluster runs kube-proxy: only with real
+// nodes. kwok's pods run nothing and so take no Service traffic, and
+// kube-proxy would wait half a minute at start for a Node of its own.
+// CoreDNS, a host process that reads the API, needs no node either.
+func (c *Cluster) hasKubeProxy() bool { return len(c.st.Nodes) > 0 }
 
 // startKubeProxy starts the cluster's one kube-proxy, a host process that
 // serves Services for every node: all node bridges route through the host.

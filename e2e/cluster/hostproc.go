@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -41,6 +42,16 @@ func (c *Cluster) ProcessPID(name string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.st.Procs[name].PID
+}
+
+// LogTail is the end of the log of the process recorded under name (its
+// last lines), or what kept it from being read: for a failure message.
+func (c *Cluster) LogTail(name string, lines int) string {
+	l, err := tail(c.logPath(name), lines)
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(l, "\n")
 }
 
 // RestartControlPlane stops kube-apiserver and etcd (SIGTERM, then SIGKILL

@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/internal/procfs"
 )
 
 // markerEnv is set in the environment of every process the cluster starts,
@@ -178,31 +180,9 @@ func (c *Cluster) exited(name string) error {
 	}
 }
 
-// statFields returns the fields of /proc/<pid>/stat after the command name,
-// which may itself hold spaces and parentheses.
-func statFields(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	// Fields from 3 (state) on; starttime is field 22.
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	return f, nil
-}
-
 func startTime(pid int) (uint64, error) {
-	f, err := statFields(pid)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseUint(f[19], 10, 64)
+	st, err := procfs.ReadStat(pid)
+	return st.StartTime, err
 }
 
 // alive reports whether p still runs: same PID, same start time, not a
@@ -211,12 +191,8 @@ func (p proc) alive() bool {
 	if p.PID <= 0 {
 		return false
 	}
-	f, err := statFields(p.PID)
-	if err != nil {
-		return false
-	}
-	st, err := strconv.ParseUint(f[19], 10, 64)
-	return err == nil && st == p.StartTime && f[0] != "Z"
+	st, err := procfs.ReadStat(p.PID)
+	return err == nil && st.StartTime == p.StartTime && st.State != "Z"
 }
 
 // signal sends sig to p's process group when p leads one (every process

@@ -66,9 +66,11 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	waits := map[string]func(context.Context) (bool, error){
 		"kube-controller-manager": healthz(insecure, "https://"+hostPort("127.0.0.1", c.st.Ports.ControllerMgr)+"/healthz"),
 		"kube-scheduler":          healthz(insecure, "https://"+hostPort("127.0.0.1", c.st.Ports.Scheduler)+"/healthz"),
-		"kube-proxy":              healthz(plain, "http://"+hostPort("127.0.0.1", c.st.Ports.ProxyHealthz)+"/healthz"),
 		"coredns":                 healthz(plain, "http://"+hostPort("127.0.0.1", c.st.Ports.DNSReady)+"/ready"),
 		"nodes and API objects":   c.clusterReady(cs),
+	}
+	if c.hasKubeProxy() {
+		waits["kube-proxy"] = healthz(plain, "http://"+hostPort("127.0.0.1", c.st.Ports.ProxyHealthz)+"/healthz")
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for component, cond := range waits {
@@ -141,7 +143,7 @@ func (c *Cluster) createFakeNodes(ctx context.Context) error {
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("32"),
 		corev1.ResourceMemory: resource.MustParse("256Gi"),
-		corev1.ResourcePods:   resource.MustParse("110"),
+		corev1.ResourcePods:   *resource.NewQuantity(int64(c.st.FakeNodePods), resource.DecimalSI),
 	}
 	for i := 1; i <= c.st.FakeNodes; i++ {
 		name := fakeNodeName(i)

@@ -25,6 +25,8 @@ type state struct {
 	Ports     ports     `json:"ports"`
 	Nodes     []node    `json:"nodes"`
 	FakeNodes int       `json:"fakeNodes,omitempty"`
+	// FakeNodePods is the pods capacity of each kwok node.
+	FakeNodePods int `json:"fakeNodePods,omitempty"`
 	// PlainDataRoots: the nodes' data roots are host directories, not
 	// btrfs images.
 	PlainDataRoots bool `json:"plainDataRoots,omitempty"`

@@ -54,7 +54,8 @@ func (c *Cluster) up(ctx context.Context, cfg Config) error {
 // initState chooses ports and node layouts and writes the first state file,
 // with the host's sysctls and KUBE-* chains as they are before any change.
 func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
-	p, err := freePorts(9 + 2*cfg.Nodes)
+	nodes := cfg.realNodes()
+	p, err := freePorts(9 + 2*nodes)
 	if err != nil {
 		return err
 	}
@@ -64,6 +65,7 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 		Binaries:       *cfg.Binaries,
 		Images:         cfg.Images,
 		FakeNodes:      cfg.FakeNodes,
+		FakeNodePods:   cfg.FakeNodePods,
 		PlainDataRoots: cfg.PlainDataRoots,
 		CgroupV2:       v2,
 		Procs:          map[string]proc{},
@@ -74,7 +76,7 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 		Sysctls:    readSysctls(savedSysctls),
 		KubeChains: kubeChains(ctx),
 	}
-	for i := 1; i <= cfg.Nodes; i++ {
+	for i := 1; i <= nodes; i++ {
 		st.Nodes = append(st.Nodes, node{
 			Name:        nodeName(i),
 			Index:       i,
@@ -87,7 +89,7 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 	}
 	c.st = st
 	// A unix socket path must fit in sun_path (108 bytes with its NUL).
-	if sock := c.containerdSocket(nodeName(cfg.Nodes)) + ".ttrpc"; len(sock) >= 108 {
+	if sock := c.containerdSocket(nodeName(nodes)) + ".ttrpc"; nodes > 0 && len(sock) >= 108 {
 		return fmt.Errorf("socket path %s is too long for a unix socket: use a shorter --cache-dir", sock)
 	}
 	return st.write()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	storagev1 "k8s.io/api/storage/v1"
@@ -33,12 +32,12 @@ type HostAgents struct {
 }
 
 // StartHostAgents starts an agent for every kwok node of the cluster. binary
-// is the stickyvol binary BuildImages built (cacheDir/bin/stickyvol); args
+// is the stickyvol binary BuildImages or BuildAgent built (AgentBinary); args
 // are appended to each agent's flags (e.g. --capacity=10Gi). It does for
 // each node what kubelet would on registering the driver: the node gets the
 // driver's topology label and a CSINode that lists the driver.
 func (f *Framework) StartHostAgents(ctx context.Context, binary string, args ...string) (*HostAgents, error) {
-	nodes, err := f.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: "type=kwok"})
+	nodes, err := f.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: FakeNodeLabel + "=kwok"})
 	if err != nil {
 		return nil, err
 	}
@@ -125,12 +124,7 @@ func (h *HostAgents) Running(node string) (int, bool) {
 
 // LogTail is the end of node's agent log, for a failure message.
 func (h *HostAgents) LogTail(node string, lines int) string {
-	data, err := os.ReadFile(filepath.Join(h.f.Cluster.Dir(), "logs", strings.ReplaceAll(processName(node), "/", "-")+".log"))
-	if err != nil {
-		return err.Error()
-	}
-	all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(all[max(0, len(all)-lines):], "\n")
+	return h.f.Cluster.LogTail(processName(node), lines)
 }
 
 // Stop kills every agent, takes the driver off the fake nodes' CSINodes and

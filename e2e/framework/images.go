@@ -64,7 +64,7 @@ const SourceURL = "https://github.com/stickyvol/stickyvol"
 // binaries are cacheDir/bin/linux-<arch>/stickyvol.
 func BuildImages(ctx context.Context, repoDir, cacheDir string) (Images, error) {
 	binDir, imgDir := filepath.Join(cacheDir, "bin"), filepath.Join(cacheDir, "images")
-	version := sourceVersion(ctx, repoDir)
+	version := SourceVersion(ctx, repoDir)
 	for _, cmd := range []string{"stickyvol", "stickyvol-demo"} {
 		if err := goBuild(ctx, repoDir, cmd, filepath.Join(binDir, cmd), version, runtime.GOARCH); err != nil {
 			return Images{}, err
@@ -131,6 +131,17 @@ func (f *Framework) LoadImages(ctx context.Context, im Images) error {
 	return nil
 }
 
+// AgentBinary is where BuildImages and BuildAgent put the host's stickyvol
+// binary: cacheDir/bin/stickyvol.
+func AgentBinary(cacheDir string) string { return filepath.Join(cacheDir, "bin", "stickyvol") }
+
+// BuildAgent builds the host's stickyvol binary alone, as BuildImages does,
+// for callers that run it as host processes and need no image.
+func BuildAgent(ctx context.Context, repoDir, cacheDir string) (string, error) {
+	bin := AgentBinary(cacheDir)
+	return bin, goBuild(ctx, repoDir, "stickyvol", bin, SourceVersion(ctx, repoDir), runtime.GOARCH)
+}
+
 // goBuild builds ./cmd/<cmd> as `make build` does, for linux/<arch>.
 func goBuild(ctx context.Context, repoDir, cmd, out, version, arch string) error {
 	build := exec.CommandContext(ctx, "go", "build", "-trimpath",
@@ -143,8 +154,8 @@ func goBuild(ctx context.Context, repoDir, cmd, out, version, arch string) error
 	return nil
 }
 
-// sourceVersion is what `make` stamps into binaries: git describe, or "dev".
-func sourceVersion(ctx context.Context, repoDir string) string {
+// SourceVersion is what `make` stamps into binaries: git describe, or "dev".
+func SourceVersion(ctx context.Context, repoDir string) string {
 	cmd := exec.CommandContext(ctx, "git", "describe", "--tags", "--always", "--dirty")
 	cmd.Dir = repoDir
 	out, err := cmd.Output()

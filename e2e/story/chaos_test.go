@@ -17,7 +17,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stickyvol/stickyvol/e2e/framework"
@@ -71,7 +70,7 @@ func TestChaosAgentKilled(t *testing.T) {
 
 	e.step("a StatefulSet of %d claims on %d fake nodes; %d agent kills meanwhile", n.claims, len(agents.Roots), n.kills)
 	killed := e.killAgents(ctx, agents, n.kills)
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, statefulSet("chaos", int32(n.claims), onFakeNodes), metav1.CreateOptions{}); err != nil {
+	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, statefulSet("chaos", int32(n.claims), framework.OnFakeNodes), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	e.waitClaimsBound(ctx, n.claims)
@@ -106,7 +105,7 @@ func TestChaosControlPlaneRestart(t *testing.T) {
 
 	claims := max(n.claims/2, 20)
 	e.step("a StatefulSet of %d claims on the fake nodes; kube-apiserver and etcd restarted %d times meanwhile", claims, n.restarts)
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, statefulSet("outage", int32(claims), onFakeNodes), metav1.CreateOptions{}); err != nil {
+	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, statefulSet("outage", int32(claims), framework.OnFakeNodes), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range n.restarts {
@@ -181,7 +180,7 @@ func TestChaosDataRootMishaps(t *testing.T) {
 	node := slices.Min(agents.Nodes())
 	root := agents.Roots[node]
 	pinned := func(sts *appsv1.StatefulSet) {
-		onFakeNodes(sts)
+		framework.OnFakeNodes(sts)
 		sts.Spec.Template.Spec.NodeSelector = map[string]string{hostnameLabel: node}
 	}
 	e.createStatefulSet(ctx, statefulSet("pinned", 2, pinned))
@@ -253,15 +252,6 @@ func TestChaosDataRootMishaps(t *testing.T) {
 	e.record(chaosRow{claims: 3, faults: 2, orphans: len(report.Orphans), duplicates: len(report.Duplicates)})
 }
 
-// onFakeNodes puts the StatefulSet's pods on kwok's fake nodes (kwok marks
-// them Running; no container runs) with 1Mi claims.
-func onFakeNodes(sts *appsv1.StatefulSet) {
-	spec := &sts.Spec.Template.Spec
-	spec.NodeSelector = map[string]string{"type": "kwok"}
-	spec.Tolerations = []v1.Toleration{{Key: "kwok.x-k8s.io/node", Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoSchedule}}
-	sts.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("1Mi")
-}
-
 // hostAgents starts an agent for each fake node and stops them when the
 // scenario ends (after its claims are gone: a Released PV needs its agent),
 // taking the driver off the fake nodes' CSINodes so that no other scenario
@@ -281,7 +271,7 @@ func (e *env) hostAgents(ctx context.Context) *framework.HostAgents {
 	return agents
 }
 
-func (e *env) agentBinary() string { return filepath.Join(suite.cacheDir, "bin", "stickyvol") }
+func (e *env) agentBinary() string { return framework.AgentBinary(suite.cacheDir) }
 
 // realRoots maps each real node to its data root on the host.
 func (e *env) realRoots() map[string]string {

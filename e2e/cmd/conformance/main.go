@@ -23,9 +23,6 @@ import (
 	"syscall"
 	"time"
 
-	logsapi "k8s.io/component-base/logs/api/v1"
-	"k8s.io/klog/v2"
-
 	"github.com/stickyvol/stickyvol/e2e/cluster"
 	"github.com/stickyvol/stickyvol/e2e/conformance"
 	"github.com/stickyvol/stickyvol/e2e/framework"
@@ -61,18 +58,10 @@ func run(ctx context.Context, args []string, out io.Writer) (bool, error) {
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Hour, "bound on the e2e run")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "list the selected e2e specs by suite and stop (no cluster)")
 	fs.BoolVar(&prepare, "prepare", false, "build the programs and the images and stop (no cluster)")
-	logging := logsapi.NewLoggingConfiguration()
-	logsapi.AddGoFlags(logging, fs)
-	if err := fs.Parse(args); err != nil {
+	ctx, err := framework.ParseFlags(ctx, fs, args)
+	if err != nil {
 		return false, err
 	}
-	if fs.NArg() > 0 {
-		return false, fmt.Errorf("unexpected arguments %v", fs.Args())
-	}
-	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
-		return false, err
-	}
-	ctx = klog.NewContext(ctx, klog.Background())
 	repo, err := framework.RepoDir(".")
 	if err != nil {
 		return false, err

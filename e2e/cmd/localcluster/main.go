@@ -3,6 +3,7 @@
 // registry needed. It needs root.
 //
 //	localcluster up [--nodes N] [--fake-nodes N] [--retain]   start (after clearing any earlier cluster)
+//	                                                          (--nodes 0 --fake-nodes N: kwok nodes only)
 //	localcluster down                                         stop and undo every host change
 //	localcluster status                                       list the cluster's processes and nodes
 //	localcluster env                                          print the two export lines again
@@ -32,10 +33,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	logsapi "k8s.io/component-base/logs/api/v1"
-	"k8s.io/klog/v2"
-
 	"github.com/stickyvol/stickyvol/e2e/cluster"
+	"github.com/stickyvol/stickyvol/e2e/framework"
 )
 
 const usage = `usage: localcluster up|down|status|env|prepare [flags]
@@ -65,26 +64,21 @@ func run(ctx context.Context, command string, args []string, stdout, stderr io.W
 	cfg := cluster.Config{Out: stderr}
 	fs.StringVar(&cfg.CacheDir, "cache-dir", cluster.DefaultCacheDir(), "`directory` for binaries, images and the cluster (cluster/ below it)")
 	if command == "up" {
-		fs.IntVar(&cfg.Nodes, "nodes", 2, "number of real nodes (1-50)")
+		fs.IntVar(&cfg.Nodes, "nodes", 2, "number of real nodes (0-50; 0 needs --fake-nodes)")
 		fs.IntVar(&cfg.FakeNodes, "fake-nodes", 0, "number of kwok fake nodes (tainted kwok.x-k8s.io/node=fake:NoSchedule)")
+		fs.IntVar(&cfg.FakeNodePods, "fake-node-pods", 110, "pods each kwok node has room for")
 		fs.BoolVar(&cfg.PlainDataRoots, "plain-data-roots", false, "make each node's /var/lib/stickyvol a plain host directory instead of a btrfs file system of its own (sizes then are bookkeeping only)")
 		fs.BoolVar(&cfg.Retain, "retain", false, "keep what was started when up fails, for debugging")
 	}
-	logging := logsapi.NewLoggingConfiguration()
-	logsapi.AddGoFlags(logging, fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+	ctx, err := framework.ParseFlags(ctx, fs, args)
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, usage)
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %v\n%s", fs.Args(), usage)
+	if command == "up" {
+		if err := upNodes(&cfg); err != nil {
+			return err
+		}
 	}
-	if command == "up" && cfg.Nodes < 1 {
-		return fmt.Errorf("--nodes must be at least 1, not %d", cfg.Nodes)
-	}
-	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
-		return err
-	}
-	ctx = klog.NewContext(ctx, klog.Background())
 	dir := cluster.ClusterDir(cfg.CacheDir)
 
 	switch command {
@@ -123,6 +117,20 @@ func run(ctx context.Context, command string, args []string, stdout, stderr io.W
 	default:
 		return fmt.Errorf("unknown command %q\n%s", command, usage)
 	}
+}
+
+// upNodes turns --nodes into cluster.Config.Nodes, where 0 means the
+// default and NoRealNodes means none.
+func upNodes(cfg *cluster.Config) error {
+	switch {
+	case cfg.Nodes < 0:
+		return fmt.Errorf("--nodes must not be negative, not %d", cfg.Nodes)
+	case cfg.Nodes == 0 && cfg.FakeNodes < 1:
+		return errors.New("--nodes 0 needs --fake-nodes: a cluster needs some node")
+	case cfg.Nodes == 0:
+		cfg.Nodes = cluster.NoRealNodes
+	}
+	return nil
 }
 
 // printEnv prints the two lines that point a shell at the cluster.
