@@ -26,7 +26,7 @@ const listTokenPrefix = "after:"
 type controllerServer struct {
 	csi.UnimplementedControllerServer
 	nodeID  string
-	store   *store
+	pools   *pools
 	locks   *volumeLocks
 	mounter Mounter
 	// changed is Config.VolumesChanged, or nil.
@@ -55,7 +55,9 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 // capability, capacity range or parameter; ResourceExhausted when the
 // accessibility requirements exclude this node or the size does not fit
 // the node's free capacity; AlreadyExists for the same name with an
-// incompatible size or directoryMode.
+// incompatible size or directoryMode, or an ID that another pool holds.
+// The volume goes to the pool its class names (ParamPool); a node without
+// that pool answers ResourceExhausted, as for a node without room.
 //
 // OutOfRange is not used for "larger than this node": CSI reserves it for
 // capacity ranges the plugin never supports, which stops the provisioner
@@ -70,7 +72,11 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err := s.checkTopology(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
-	if err := s.checkEnforcement(spec.Params); err != nil {
+	st, err := s.pool(spec.Params)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkEnforcement(st, spec.Params); err != nil {
 		return nil, err
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", spec.ID)
@@ -79,27 +85,42 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.store.create(spec)
+	if other := s.pools.holding(spec.ID); other != nil && other != st {
+		return nil, status.Errorf(codes.AlreadyExists,
+			"volume %s exists in pool %s, and the request asks for %s=%s", spec.ID, other.pool, ParamPool, st.pool)
+	}
+	v, err := st.create(spec)
 	if err != nil {
 		return nil, statusFor(err, "creating volume "+spec.ID)
 	}
-	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
+	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pool", v.Pool, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
 	s.volumesChanged()
 	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
 }
 
+// pool returns the store of the pool the parameters name. A node without
+// that pool is ResourceExhausted, as for a topology it cannot serve:
+// another node may have the pool (CSI's meaning of the code for
+// CreateVolume, and the provisioner sends the claim back to the scheduler).
+func (s *controllerServer) pool(p volumeParams) (*store, error) {
+	st, ok := s.pools.named(p.pool())
+	if !ok {
+		return nil, status.Errorf(codes.ResourceExhausted, "%s %s: the class asks %s=%s, and this node serves pools %s (stickyvol node --pool)",
+			NoPoolMessage, p.pool(), ParamPool, p.pool(), strings.Join(s.pools.names, ", "))
+	}
+	return st, nil
+}
+
 // checkEnforcement refuses a volume whose class requires an enforced size
-// when new volumes here are directories. ResourceExhausted, as for a
-// topology it cannot serve: another node may be able to (CSI's meaning of
-// the code for CreateVolume, and the provisioner sends the claim back to the
-// scheduler).
-func (s *controllerServer) checkEnforcement(p volumeParams) error {
-	if !p.SizeRequired || s.store.defaultBackend.Name() != BackendDirectory {
+// when new volumes in its pool st are directories. ResourceExhausted, for
+// the reason pool gives.
+func checkEnforcement(st *store, p volumeParams) error {
+	if !p.SizeRequired || st.defaultBackend.Name() != BackendDirectory {
 		return nil
 	}
 	return status.Errorf(codes.ResourceExhausted,
-		"%s: new volumes here are directories, whose size is bookkeeping (the data root is not btrfs, or --backend=directory), and the class asks %s: %s",
-		NotEnforcedMessage, ParamSizeEnforcement, SizeEnforcementRequired)
+		"%s: new volumes in pool %s are directories, whose size is bookkeeping (its data root is not btrfs, or --backend=directory), and the class asks %s: %s",
+		NotEnforcedMessage, st.pool, ParamSizeEnforcement, SizeEnforcementRequired)
 }
 
 // createSpec validates a CreateVolumeRequest.
@@ -174,14 +195,22 @@ func topologyString(list []*csi.Topology) string {
 }
 
 func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
+	identity := ""
+	if st, ok := s.pools.named(v.Pool); ok {
+		identity = st.identity
+	}
 	return &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},
 		// Carried in the PV's volumeAttributes back to NodePublishVolume,
-		// which refuses a volume made on another data root; the backend is
-		// there for people to read.
-		VolumeContext: map[string]string{VolumeContextDataRoot: s.store.identity, VolumeContextBackend: v.Backend},
+		// which refuses a volume made on another data root or in a pool
+		// this node lacks; the backend is there for people to read.
+		VolumeContext: map[string]string{
+			VolumeContextDataRoot: identity,
+			VolumeContextPool:     v.Pool,
+			VolumeContextBackend:  v.Backend,
+		},
 	}
 }
 
@@ -201,8 +230,9 @@ func (s *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, err
 	}
 	defer unlock()
-	if v, err := s.store.get(id); err == nil {
-		live, err := pruneTargets(klog.NewContext(ctx, logger), s.store, s.mounter, v, "")
+	st := s.pools.of(id)
+	if v, err := st.get(id); err == nil {
+		live, err := pruneTargets(klog.NewContext(ctx, logger), st, s.mounter, v, "")
 		if err != nil {
 			return nil, statusFor(err, "checking where volume "+id+" is published")
 		}
@@ -211,7 +241,7 @@ func (s *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 				"volume %s is still published at %s; unpublish it first", id, live[0].Path)
 		}
 	}
-	if err := s.store.delete(id); err != nil {
+	if err := st.delete(id); err != nil {
 		return nil, statusFor(err, "deleting volume "+id)
 	}
 	logger.V(2).Info("Volume deleted")
@@ -262,7 +292,8 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.store.get(id)
+	st := s.pools.of(id)
+	v, err := st.get(id)
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
@@ -271,7 +302,7 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 			"volume %s has %d bytes, more than limit_bytes=%d, and volumes do not shrink", id, v.CapacityBytes, limit)
 	}
 	old := v.CapacityBytes
-	if v, err = s.store.expand(id, r.GetRequiredBytes()); err != nil {
+	if v, err = st.expand(id, r.GetRequiredBytes()); err != nil {
 		return nil, statusFor(err, "expanding volume "+id)
 	}
 	if v.CapacityBytes != old {
@@ -292,7 +323,7 @@ func (s *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
 	}
-	v, err := s.store.get(id)
+	v, err := s.pools.of(id).get(id)
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
@@ -318,7 +349,7 @@ func (s *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	}}, nil
 }
 
-// ListVolumes pages through the ready volumes in ID order.
+// ListVolumes pages through the ready volumes of all pools in ID order.
 func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d must not be negative", req.GetMaxEntries())
@@ -332,7 +363,7 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 		}
 	}
 	resp := &csi.ListVolumesResponse{}
-	for _, v := range s.store.list() {
+	for _, v := range s.pools.list() {
 		if v.ID <= after {
 			continue
 		}
@@ -345,21 +376,28 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 	return resp, nil
 }
 
-// GetCapacity reports the capacity still free on this node, and also the
-// largest volume that fits (all of it: a volume is one directory). It is 0
-// for a topology segment of another node and for capabilities this driver
-// cannot provision, since no such volume can be made here. Parameters are
-// checked as CreateVolume checks them: an unknown one is InvalidArgument.
+// GetCapacity reports the capacity still free in the pool the parameters
+// name (ParamPool, else the default pool), and also the largest volume that
+// fits (all of it: a volume is one directory). It is 0 for a pool this node
+// does not have, for a topology segment of another node and for
+// capabilities this driver cannot provision, since no such volume can be
+// made here. Parameters are checked as CreateVolume checks them: an unknown
+// one is InvalidArgument.
 func (s *controllerServer) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	params, err := parseParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
-	capacity, allocated := s.store.usage()
+	st, err := s.pool(params)
+	if err != nil {
+		// So published, the scheduler keeps the class's claims off this
+		// node.
+		return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
+	}
+	capacity, allocated := st.usage()
 	free := max(capacity-allocated, 0)
-	// No room at all for a class whose sizes this node cannot enforce: so
-	// published, the scheduler keeps its claims off this node.
-	if s.checkEnforcement(params) != nil {
+	// No room at all for a class whose sizes this pool cannot enforce.
+	if checkEnforcement(st, params) != nil {
 		free = 0
 	}
 	if t := req.GetAccessibleTopology(); t != nil && !s.inTopology([]*csi.Topology{t}) {

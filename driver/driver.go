@@ -79,6 +79,10 @@ type Config struct {
 	// were made). That figure moves as other users of the file system
 	// write; set Capacity for a fixed one.
 	Capacity int64
+	// Pools are data roots besides DataRoot, which is the pool named
+	// DefaultPool (pools.go); Backend applies to a pool without its own,
+	// Capacity to DataRoot only.
+	Pools []Pool
 	// MaxVolumesPerNode is reported by NodeGetInfo; 0 means not reported
 	// (unlimited).
 	MaxVolumesPerNode int64
@@ -101,10 +105,10 @@ type Config struct {
 	VolumesChanged func()
 }
 
-// Driver is a CSI driver instance on one data root.
+// Driver is a CSI driver instance on its data roots (pools).
 type Driver struct {
 	cfg        Config
-	store      *store
+	pools      *pools
 	identity   *identityServer
 	controller *controllerServer
 	node       *nodeServer
@@ -129,32 +133,20 @@ func New(cfg Config) (*Driver, error) {
 	if err := checkConfig(cfg); err != nil {
 		return nil, err
 	}
-	s, err := openStore(cfg.Logger, storeConfig{
-		RootPath: cfg.DataRoot,
-		Holder:   "node " + cfg.NodeID,
-		Capacity: cfg.Capacity,
-		Backend:  cfg.Backend,
-		Backends: cfg.backends,
-	})
+	p, err := openPools(cfg)
 	if err != nil {
 		return nil, err
-	}
-	realRoot, err := filepath.EvalSymlinks(cfg.DataRoot)
-	if err != nil {
-		_ = s.close()
-		return nil, fmt.Errorf("resolving data root: %w", err)
 	}
 	locks := &volumeLocks{held: map[string]bool{}}
 	return &Driver{
 		cfg:        cfg,
-		store:      s,
-		identity:   &identityServer{name: cfg.Name, version: cfg.Version, store: s},
-		controller: &controllerServer{nodeID: cfg.NodeID, store: s, locks: locks, mounter: cfg.Mounter, changed: cfg.VolumesChanged},
+		pools:      p,
+		identity:   &identityServer{name: cfg.Name, version: cfg.Version, pools: p},
+		controller: &controllerServer{nodeID: cfg.NodeID, pools: p, locks: locks, mounter: cfg.Mounter, changed: cfg.VolumesChanged},
 		node: &nodeServer{
 			nodeID:     cfg.NodeID,
 			maxVolumes: cfg.MaxVolumesPerNode,
-			store:      s,
-			realRoot:   realRoot,
+			pools:      p,
 			locks:      locks,
 			mounter:    cfg.Mounter,
 		},
@@ -170,6 +162,9 @@ func checkConfig(cfg Config) error {
 		errs = append(errs, fmt.Errorf("data root %q must be an absolute, clean path other than /", cfg.DataRoot))
 	}
 	if err := checkBackend(cfg.Backend, cfg.backends); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ValidatePools(cfg.DataRoot, cfg.Pools); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.Capacity < 0 {
@@ -189,34 +184,56 @@ func checkConfig(cfg Config) error {
 	return errors.Join(errs...)
 }
 
-// Capacity is the bytes volumes may reserve on this node in total.
+// Capacity is the bytes volumes may reserve on this node in total, in all
+// pools.
 func (d *Driver) Capacity() int64 {
-	c, _ := d.store.usage()
-	return c
+	var total int64
+	for _, s := range d.pools.all() {
+		c, _ := s.usage()
+		total += c
+	}
+	return total
 }
 
-// Allocated is the bytes the volumes on this node reserve (including
-// volumes being created or deleted).
+// Allocated is the bytes the volumes on this node reserve, in all pools
+// (including volumes being created or deleted).
 func (d *Driver) Allocated() int64 {
-	_, a := d.store.usage()
-	return a
+	var total int64
+	for _, s := range d.pools.all() {
+		_, a := s.usage()
+		total += a
+	}
+	return total
 }
 
-// Backend is the name of the backend that makes new volumes: what
-// Config.Backend chose, with BackendAuto resolved. Each volume's own is in
-// its record (Volume.Backend).
-func (d *Driver) Backend() string { return d.store.defaultBackend.Name() }
+// Backend is the name of the backend that makes new volumes in the default
+// pool: what Config.Backend chose, with BackendAuto resolved. Each volume's
+// own is in its record (Volume.Backend).
+func (d *Driver) Backend() string { return d.pools.byName[DefaultPool].defaultBackend.Name() }
 
-// Volumes returns the records of the node's volumes, sorted by ID.
-func (d *Driver) Volumes() []Volume { return d.store.list() }
+// Volumes returns the records of the node's volumes in all pools, sorted by
+// ID.
+func (d *Driver) Volumes() []Volume { return d.pools.list() }
 
 // Unavailable returns the volumes this driver does not serve because their
-// record was corrupt, by volume ID, with what to do about it. Every RPC on
-// them fails with FailedPrecondition and that text; their data is kept.
-func (d *Driver) Unavailable() map[string]string { return d.store.unavailableVolumes() }
+// record was corrupt, by volume ID, with what to do about it; the reason
+// names the pool for volumes outside the default one. Every RPC on them
+// fails with FailedPrecondition and that text; their data is kept.
+func (d *Driver) Unavailable() map[string]string {
+	all := map[string]string{}
+	for _, s := range d.pools.all() {
+		for id, reason := range s.unavailableVolumes() {
+			if s.pool != DefaultPool {
+				reason = "in pool " + s.pool + ": " + reason
+			}
+			all[id] = reason
+		}
+	}
+	return all
+}
 
-// Close releases the data root. Call it after Run or Serve returned.
-func (d *Driver) Close() error { return d.store.close() }
+// Close releases the data roots. Call it after Run or Serve returned.
+func (d *Driver) Close() error { return d.pools.close() }
 
 // volumeLocks serializes the RPCs on one volume. A caller that finds the
 // volume busy does not wait: it answers Aborted, which tells the CO that an

@@ -14,7 +14,7 @@ type identityServer struct {
 	csi.UnimplementedIdentityServer
 	name    string
 	version string
-	store   *store
+	pools   *pools
 }
 
 func (s *identityServer) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
@@ -40,9 +40,9 @@ func (s *identityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCa
 	}}, nil
 }
 
-// Probe is ready while the data root can be read.
+// Probe is ready while every data root can be read.
 func (s *identityServer) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	if err := s.store.check(); err != nil {
+	if err := s.pools.check(); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "data root is not usable: %v", err)
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil

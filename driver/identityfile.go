@@ -24,6 +24,12 @@ const VolumeContextDataRoot = "stickyvol.dev/data-root-id"
 // status -o wide` to show.
 const VolumeContextBackend = "stickyvol.dev/backend"
 
+// VolumeContextPool is the volume context key (and so the PV's
+// volumeAttributes key) that names the pool holding the volume (pools.go).
+// NodePublishVolume checks the identity in VolumeContextDataRoot against
+// that pool's data root.
+const VolumeContextPool = "stickyvol.dev/pool"
+
 var identityPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 // loadIdentity returns the data root's identity, making one if the data

@@ -25,12 +25,26 @@ type nodeServer struct {
 	csi.UnimplementedNodeServer
 	nodeID     string
 	maxVolumes int64
-	store      *store
-	// realRoot is the data root with symlinks resolved, to refuse targets
-	// that reach into it through a symlinked parent.
-	realRoot string
-	locks    *volumeLocks
-	mounter  Mounter
+	pools      *pools
+	locks      *volumeLocks
+	mounter    Mounter
+}
+
+// checkTargetPath validates a target path (validateTargetPath) against the
+// data root of every pool; real checks against the roots with symlinks
+// resolved, to refuse targets that reach into one through a symlinked
+// parent.
+func (s *nodeServer) checkTargetPath(target string, real bool) error {
+	for _, st := range s.pools.all() {
+		root := st.rootPath
+		if real {
+			root = st.realRoot
+		}
+		if err := validateTargetPath(target, root); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
@@ -79,7 +93,7 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err := validateVolumeID(id, "volume ID"); err != nil {
 		return nil, err
 	}
-	if err := validateTargetPath(target, s.store.rootPath); err != nil {
+	if err := s.checkTargetPath(target, false); err != nil {
 		return nil, err
 	}
 	if err := checkCapability(req.GetVolumeCapability()); err != nil {
@@ -92,13 +106,11 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, err
 	}
 	defer unlock()
-	if made := req.GetVolumeContext()[VolumeContextDataRoot]; made != "" && made != s.store.identity {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"volume %s was made on data root %s, but this node's data root %s is %s: the disk or the data root was "+
-				"replaced or wiped, and this volume's data is not here. If it is gone for good, delete the claim",
-			id, made, s.store.rootPath, s.store.identity)
+	st, err := s.madeHere(id, req.GetVolumeContext())
+	if err != nil {
+		return nil, err
 	}
-	v, err := s.store.get(id)
+	v, err := st.get(id)
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
@@ -117,20 +129,45 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err != nil {
 		return nil, err
 	}
-	if err := s.admit(ctx, v, want); err != nil {
+	if err := s.admit(ctx, st, v, want); err != nil {
 		return nil, err
 	}
-	if err := s.publish(ctx, v, want, exists); err != nil {
+	if err := s.publish(ctx, st, v, want, exists); err != nil {
 		return nil, err
 	}
 	logger.V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode, "mountOptions", want.MountOptions)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
+// madeHere returns the store of the pool that the volume context says
+// holds volume id (the one holding id when the context names none, as for
+// volumes made before there were pools), after checking that the pool's
+// data root is the one the volume was made on. Both refusals are
+// FailedPrecondition: the volume's data is not on this node as it is now.
+func (s *nodeServer) madeHere(id string, volumeContext map[string]string) (*store, error) {
+	st := s.pools.of(id)
+	if name := volumeContext[VolumeContextPool]; name != "" {
+		var ok bool
+		if st, ok = s.pools.named(name); !ok {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s was made in pool %s, which this node does not serve any more (its pools are %s): "+
+					"give stickyvol node --pool %s=<its data root> again",
+				id, name, strings.Join(s.pools.names, ", "), name)
+		}
+	}
+	if made := volumeContext[VolumeContextDataRoot]; made != "" && made != st.identity {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s was made on data root %s, but this node's data root %s (pool %s) is %s: the disk or the data root was "+
+				"replaced or wiped, and this volume's data is not here. If it is gone for good, delete the claim",
+			id, made, st.rootPath, st.pool, st.identity)
+	}
+	return st, nil
+}
+
 // admit checks a publish request against the volume's other targets and
 // records the target.
-func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
-	src := s.store.publishPath(v)
+func (s *nodeServer) admit(ctx context.Context, st *store, v Volume, want Target) error {
+	src := st.publishPath(v)
 	if old, ok := v.target(want.Path); ok {
 		if old == want {
 			return nil
@@ -145,7 +182,7 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 				v.ID, want.Path, old.ReadOnly, old.AccessMode, old.MountOptions)
 		}
 	}
-	live, err := pruneTargets(ctx, s.store, s.mounter, v, want.Path)
+	live, err := pruneTargets(ctx, st, s.mounter, v, want.Path)
 	if err != nil {
 		return statusFor(err, "checking where the volume is published")
 	}
@@ -157,7 +194,7 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 				v.ID, t.Path)
 		}
 	}
-	if err := s.store.setTarget(v.ID, want); err != nil {
+	if err := st.setTarget(v.ID, want); err != nil {
 		return statusFor(err, "recording target path")
 	}
 	return nil
@@ -167,13 +204,13 @@ func (s *nodeServer) admit(ctx context.Context, v Volume, want Target) error {
 // volume there, unless it already is. When it cannot mount, the target is
 // forgotten again and a directory it made is removed; a target where the
 // volume is mounted stays recorded whatever happens.
-func (s *nodeServer) publish(ctx context.Context, v Volume, t Target, exists bool) error {
-	src := s.store.publishPath(v)
+func (s *nodeServer) publish(ctx context.Context, st *store, v Volume, t Target, exists bool) error {
+	src := st.publishPath(v)
 	undo := func(err error) error {
 		if !exists {
 			_ = os.Remove(t.Path)
 		}
-		if derr := s.store.dropTarget(v.ID, t.Path); derr != nil {
+		if derr := st.dropTarget(v.ID, t.Path); derr != nil {
 			klog.FromContext(ctx).Error(derr, "Cannot forget the target of a failed publish")
 		}
 		return err
@@ -212,7 +249,7 @@ func (s *nodeServer) publish(ctx context.Context, v Volume, t Target, exists boo
 }
 
 // checkTarget checks, without changing anything, that the target's parent
-// exists and, with symlinks resolved, is outside the data root, and that
+// exists and, with symlinks resolved, is outside the data roots, and that
 // the target is missing or a directory.
 func (s *nodeServer) checkTarget(target string) (exists bool, err error) {
 	parent, err := filepath.EvalSymlinks(filepath.Dir(target))
@@ -223,7 +260,7 @@ func (s *nodeServer) checkTarget(target string) (exists bool, err error) {
 	if err != nil {
 		return false, status.Errorf(codes.Internal, "resolving target path: %v", err)
 	}
-	if err := validateTargetPath(filepath.Join(parent, filepath.Base(target)), s.realRoot); err != nil {
+	if err := s.checkTargetPath(filepath.Join(parent, filepath.Base(target)), true); err != nil {
 		return false, err
 	}
 	fi, err := os.Lstat(target)
@@ -277,7 +314,7 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := validateVolumeID(id, "volume ID"); err != nil {
 		return nil, err
 	}
-	if err := validateTargetPath(target, s.store.rootPath); err != nil {
+	if err := s.checkTargetPath(target, false); err != nil {
 		return nil, err
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", id, "targetPath", target)
@@ -286,16 +323,17 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, err
 	}
 	defer unlock()
-	v, err := s.store.get(id)
+	st := s.pools.of(id)
+	v, err := st.get(id)
 	if err != nil {
-		if mountPoint, _, merr := s.mounter.Mounted(target, s.store.volumePath(id)); errors.Is(err, errNotFound) && merr == nil && !mountPoint {
+		if mountPoint, _, merr := s.mounter.Mounted(target, st.volumePath(id)); errors.Is(err, errNotFound) && merr == nil && !mountPoint {
 			logger.V(4).Info("Unknown volume and no mount at the target; nothing to do")
 			return &csi.NodeUnpublishVolumeResponse{}, nil
 		}
 		return nil, statusFor(err, "looking up volume "+id)
 	}
 	_, recorded := v.target(target)
-	unmounted, foreign, err := s.unmountAll(target, s.store.publishPath(v))
+	unmounted, foreign, err := s.unmountAll(target, st.publishPath(v))
 	switch {
 	case err != nil:
 		return nil, err
@@ -309,7 +347,7 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "removing target path after unmount: %v", err)
 	}
-	if err := s.store.dropTarget(id, target); err != nil {
+	if err := st.dropTarget(id, target); err != nil {
 		return nil, statusFor(err, "forgetting target path")
 	}
 	logger.V(2).Info("Volume unpublished")
@@ -353,11 +391,12 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	if p == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	v, err := s.store.get(id)
+	st := s.pools.of(id)
+	v, err := st.get(id)
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
-	src := s.store.publishPath(v)
+	src := st.publishPath(v)
 	if _, ok := v.target(p); !ok {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
 	}
@@ -366,7 +405,7 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	} else if !ours {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s any more", id, p)
 	}
-	u, err := s.store.backend(v).Usage(id)
+	u, err := st.backend(v).Usage(id)
 	if err != nil {
 		return nil, statusFor(err, "measuring volume")
 	}

@@ -107,6 +107,7 @@ func (s *store) readRecord(id string) (*Volume, error) {
 	if v.Backend == "" {
 		v.Backend = BackendDirectory
 	}
+	v.Pool = s.pool
 	return v, nil
 }
 

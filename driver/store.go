@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -86,6 +87,11 @@ type Volume struct {
 	// BackendBtrfs. Records written before there were backends have none
 	// and load as BackendDirectory.
 	Backend string `json:"backend"`
+	// Pool names the pool whose data root holds the volume (pools.go).
+	// The record's place decides: a record is loaded with the name of the
+	// pool it is found in, so a data root can be renamed. Records written
+	// before there were pools have none.
+	Pool string `json:"pool,omitempty"`
 	// State is "creating", "ready" or "deleting"; only ready volumes are
 	// visible through the CSI API.
 	State         string `json:"state"`
@@ -136,8 +142,12 @@ type volumeSpec struct {
 }
 
 type store struct {
+	// pool is the name of the pool this store is (pools.go).
+	pool     string
 	root     *os.Root
 	rootPath string
+	// realRoot is rootPath with symlinks resolved.
+	realRoot string
 	// backends are those this data root serves, by name; defaultBackend
 	// makes new volumes (openBackends).
 	backends       map[string]backend
@@ -164,6 +174,8 @@ type store struct {
 
 // storeConfig is what openStore needs.
 type storeConfig struct {
+	// Pool is the pool's name; "" means DefaultPool.
+	Pool     string
 	RootPath string
 	// Holder says who takes the data root's lock (lockDataRoot).
 	Holder string
@@ -194,7 +206,11 @@ func openStore(logger klog.Logger, cfg storeConfig) (*store, error) {
 		_ = root.Close()
 		return nil, err
 	}
-	s := &store{root: root, rootPath: rootPath, lock: lock, volumes: map[string]*Volume{}, unavailable: map[string]string{}}
+	pool := cfg.Pool
+	if pool == "" {
+		pool = DefaultPool
+	}
+	s := &store{pool: pool, root: root, rootPath: rootPath, lock: lock, volumes: map[string]*Volume{}, unavailable: map[string]string{}}
 	if err := s.init(logger, cfg); err != nil {
 		_ = s.close()
 		return nil, err
@@ -203,6 +219,11 @@ func openStore(logger klog.Logger, cfg storeConfig) (*store, error) {
 }
 
 func (s *store) init(logger klog.Logger, cfg storeConfig) error {
+	realRoot, err := filepath.EvalSymlinks(s.rootPath)
+	if err != nil {
+		return fmt.Errorf("resolving data root: %w", err)
+	}
+	s.realRoot = realRoot
 	for _, dir := range []string{volumesDir, metaDir} {
 		if err := s.root.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", dir, err)
@@ -313,6 +334,7 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 	v := &Volume{
 		ID:            spec.ID,
 		Backend:       s.defaultBackend.Name(),
+		Pool:          s.pool,
 		State:         stateCreating,
 		CapacityBytes: spec.Size,
 		DirectoryMode: fmt.Sprintf("%04o", spec.Params.DirectoryMode),
@@ -337,6 +359,10 @@ func compatible(v Volume, spec volumeSpec) error {
 	if !fitsRange(v.CapacityBytes, spec.Range) {
 		return fmt.Errorf("%w: it has %d bytes, the request asks for required_bytes=%d, limit_bytes=%d",
 			errIncompatible, v.CapacityBytes, spec.Range.GetRequiredBytes(), spec.Range.GetLimitBytes())
+	}
+	if pool := spec.Params.pool(); pool != v.Pool {
+		return fmt.Errorf("%w: it is in pool %s, the request asks for %s=%s",
+			errIncompatible, v.Pool, ParamPool, pool)
 	}
 	if mode := fmt.Sprintf("%04o", spec.Params.DirectoryMode); mode != v.DirectoryMode {
 		return fmt.Errorf("%w: it has %s=%s, the request asks for %s",
@@ -542,6 +568,16 @@ func (s *store) available(id string) error {
 		return fmt.Errorf("%w: %s", errUnavailable, reason)
 	}
 	return nil
+}
+
+// has reports whether the store has a record of volume id, in any state,
+// or has set its record aside.
+func (s *store) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, known := s.volumes[id]
+	_, unavailable := s.unavailable[id]
+	return known || unavailable
 }
 
 // unavailableVolumes returns a copy of the unavailable volumes' reasons.

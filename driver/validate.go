@@ -47,6 +47,11 @@ const (
 	// (the size only bookkeeping); SizeEnforcementBestEffort, the default,
 	// takes the best the node has.
 	ParamSizeEnforcement = "sizeEnforcement"
+	// ParamPool names the pool (pools.go) whose data root holds the
+	// volume; without it, DefaultPool. A node without the pool has no room
+	// for the class: CreateVolume answers ResourceExhausted (NoPoolMessage)
+	// and GetCapacity 0.
+	ParamPool = "pool"
 	// metadataPrefix starts the keys the external-provisioner convention
 	// reserves for metadata (--extra-create-metadata) and secrets; they are
 	// accepted and never interpreted as options.
@@ -68,6 +73,11 @@ const (
 // refusal on the claim.
 const NotEnforcedMessage = "this node cannot enforce volume sizes"
 
+// NoPoolMessage starts the message of the ResourceExhausted error with which
+// CreateVolume refuses a volume whose class names a pool this node does not
+// have; the provisioner recognises it to explain the refusal on the claim.
+const NoPoolMessage = "this node has no pool"
+
 // DefaultDirectoryMode is the permission of a volume directory when the
 // StorageClass does not set directoryMode: world-writable like the peer
 // hostpath drivers, so a pod running as any user can write without fsGroup.
@@ -82,9 +92,19 @@ type volumeParams struct {
 	DirectoryMode fs.FileMode
 	// SizeRequired: sizeEnforcement is required.
 	SizeRequired bool
+	// Pool is the pool parameter; "" means DefaultPool (see pool).
+	Pool         string
 	PVCName      string
 	PVCNamespace string
 	PVName       string
+}
+
+// pool is the name of the pool the parameters ask for.
+func (p volumeParams) pool() string {
+	if p.Pool == "" {
+		return DefaultPool
+	}
+	return p.Pool
 }
 
 // validateVolumeID checks a volume ID or name against volumeIDPattern.
@@ -138,6 +158,11 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 					"parameter %s=%q: want %q or %q (the default)", ParamSizeEnforcement, value,
 					SizeEnforcementRequired, SizeEnforcementBestEffort)
 			}
+		case key == ParamPool:
+			if err := ValidatePoolName(value); err != nil {
+				return volumeParams{}, status.Errorf(codes.InvalidArgument, "parameter %s: %v", ParamPool, err)
+			}
+			p.Pool = value
 		case key == paramPVCName:
 			p.PVCName = value
 		case key == paramPVCNamespace:
@@ -148,8 +173,8 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 			// Other metadata (secrets references, future keys): accepted.
 		default:
 			return volumeParams{}, status.Errorf(codes.InvalidArgument,
-				"unknown StorageClass parameter %q; accepted parameters are %q, %q and keys under %q",
-				key, ParamDirectoryMode, ParamSizeEnforcement, metadataPrefix)
+				"unknown StorageClass parameter %q; accepted parameters are %q, %q, %q and keys under %q",
+				key, ParamDirectoryMode, ParamSizeEnforcement, ParamPool, metadataPrefix)
 		}
 	}
 	return p, nil
@@ -266,7 +291,7 @@ func validateTargetPath(target, dataRoot string) error {
 			target, filepath.Clean(target))
 	case target == "/":
 		return status.Error(codes.InvalidArgument, "target path must not be /")
-	case target == dataRoot || strings.HasPrefix(target, dataRoot+"/") || strings.HasPrefix(dataRoot, target+"/"):
+	case PathsOverlap(target, dataRoot):
 		return status.Errorf(codes.InvalidArgument,
 			"target path %q must not be inside the data root %s or contain it", target, dataRoot)
 	}
