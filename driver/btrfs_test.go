@@ -340,13 +340,11 @@ func TestBtrfsCrashConsistency(t *testing.T) {
 
 // TestBtrfsSanity runs csi-sanity with the btrfs backend: its volumes of
 // 10 GiB are qgroup limits, which need no room on the small file system.
-// Ginkgo, under csi-sanity, runs one suite per process and TestSanity
-// takes it, so this test runs again in a child process of the test binary
-// that runs only this test. The checks that skip or fail it run here, in
-// the parent, so that CI=true cannot pass by a skip in the child.
+// It runs in a child process (runInSanityChild); the checks that skip or
+// fail it run here, in the parent, so that CI=true cannot pass by a skip in
+// the child.
 func TestBtrfsSanity(t *testing.T) {
-	const child = "STICKYVOL_BTRFS_SANITY_CHILD"
-	if os.Getenv(child) == "1" {
+	if inSanityChild() {
 		cfg, _ := btrfsConfig(t)
 		runSanity(t, cfg)
 		return
@@ -354,12 +352,7 @@ func TestBtrfsSanity(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireCommand(t, "mkfs.btrfs")
 	testutil.RequireCommand(t, "losetup")
-	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestBtrfsSanity$", "-test.v")
-	cmd.Env = append(os.Environ(), child+"=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestBtrfsSanity") {
-		t.Fatalf("csi-sanity on btrfs, in a child process: %v\n%s", err, out)
-	}
+	runInSanityChild(t)
 }
 
 // TestBtrfsDeleteNested deletes a volume in which a pod made subvolumes

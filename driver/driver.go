@@ -164,7 +164,7 @@ func checkConfig(cfg Config) error {
 	if err := checkBackend(cfg.Backend, cfg.backends); err != nil {
 		errs = append(errs, err)
 	}
-	if err := ValidatePools(cfg.DataRoot, cfg.Pools); err != nil {
+	if err := validatePools(cfg.DataRoot, cfg.Pools, cfg.backends); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.Capacity < 0 {

@@ -63,7 +63,10 @@ func ValidatePoolName(name string) error {
 // roots other than /, none equal to, inside or holding another (two stores
 // on one tree would count and clean up each other's files), valid backends
 // and capacities.
-func ValidatePools(dataRoot string, pools []Pool) error {
+func ValidatePools(dataRoot string, pools []Pool) error { return validatePools(dataRoot, pools, nil) }
+
+// validatePools is ValidatePools with extra backends (tests) accepted.
+func validatePools(dataRoot string, pools []Pool, extra []backend) error {
 	var errs []error
 	roots := map[string]string{DefaultPool: dataRoot}
 	for _, p := range pools {
@@ -85,7 +88,7 @@ func ValidatePools(dataRoot string, pools []Pool) error {
 			}
 		}
 		roots[p.Name] = p.DataRoot
-		if err := checkBackend(p.Backend, nil); err != nil {
+		if err := checkBackend(p.Backend, extra); err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", p.Name, err))
 		}
 		if p.Capacity < 0 {

@@ -1,7 +1,10 @@
 package driver
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
@@ -19,8 +22,44 @@ func TestSanity(t *testing.T) {
 	runSanity(t, testConfig(t))
 }
 
-// runSanity runs csi-sanity against a driver started with cfg.
-func runSanity(t *testing.T, cfg Config) {
+// TestSanityPool runs csi-sanity on a driver with two pools, its volumes in
+// the pool that is not the default one: every call must find them there.
+// It runs in a child process (runInSanityChild).
+func TestSanityPool(t *testing.T) {
+	if inSanityChild() {
+		cfg := testConfig(t)
+		cfg.Pools = []Pool{{Name: "fast", DataRoot: filepath.Join(filepath.Dir(cfg.DataRoot), "fast"), Capacity: 1 << 40}}
+		runSanity(t, cfg, ParamPool, "fast")
+		return
+	}
+	testutil.RequireRoot(t)
+	runInSanityChild(t)
+}
+
+// sanityChild is set in the environment of a child process that
+// runInSanityChild starts.
+const sanityChild = "STICKYVOL_SANITY_CHILD"
+
+// inSanityChild reports whether this process is a child that
+// runInSanityChild started, where the test is to run csi-sanity itself.
+func inSanityChild() bool { return os.Getenv(sanityChild) == "1" }
+
+// runInSanityChild runs the test t again in a child process of the test
+// binary that runs only t, and fails t if the child does not pass. Ginkgo,
+// under csi-sanity, runs one suite per process and TestSanity takes it, so
+// a second driver configuration needs a process of its own.
+func runInSanityChild(t *testing.T) {
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), sanityChild+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("csi-sanity in a child process: %v\n%s", err, out)
+	}
+}
+
+// runSanity runs csi-sanity against a driver started with cfg; params are
+// StorageClass parameters as key, value pairs for the volumes it makes.
+func runSanity(t *testing.T, cfg Config, params ...string) {
 	cfg.Capacity = 1 << 40 // sanity makes several 10 GiB volumes at once
 	ts := startServer(t, cfg)
 
@@ -28,6 +67,10 @@ func runSanity(t *testing.T, cfg Config) {
 	sc.Address = ts.socket
 	sc.TargetPath = filepath.Join(ts.dir, "target")
 	sc.StagingPath = filepath.Join(ts.dir, "staging")
+	sc.TestVolumeParameters = map[string]string{}
+	for i := 0; i+1 < len(params); i += 2 {
+		sc.TestVolumeParameters[params[i]] = params[i+1]
+	}
 	sanity.Test(t, sc)
 
 	// What the suite made, it also cleaned up: a user would see leftovers
@@ -37,5 +80,10 @@ func runSanity(t *testing.T, cfg Config) {
 	}
 	if a := ts.Allocated(); a != 0 {
 		t.Errorf("bytes still allocated after the suite: %d", a)
+	}
+	for _, s := range ts.pools.all() {
+		if entries, err := os.ReadDir(filepath.Join(s.rootPath, volumesDir)); err != nil || len(entries) != 0 {
+			t.Errorf("pool %s: volume directories left after the suite: %d (%v)", s.pool, len(entries), err)
+		}
 	}
 }
