@@ -54,6 +54,11 @@ func provisioningState(err error) controller.ProvisioningState {
 func (p *Provisioner) explainCreateError(err error) error {
 	switch status.Code(err) {
 	case codes.ResourceExhausted:
+		if pool, ok := missingPool(status.Convert(err).Message()); ok {
+			return fmt.Errorf("node %q has no pool %s, which the class asks for with %s: %s, so the claim goes back "+
+				"to the scheduler to pick a node that has it (to add it to this node, give its stickyvol --pool %s=<path>): %w",
+				p.nodeName, pool, driver.ParamPool, pool, pool, err)
+		}
 		if strings.Contains(status.Convert(err).Message(), driver.NotEnforcedMessage) {
 			return fmt.Errorf("node %q can only account volume sizes, not enforce them, and the class asks %s: %s, "+
 				"so the claim goes back to the scheduler to pick another node (one whose data root is btrfs): %w",
@@ -72,4 +77,15 @@ func (p *Provisioner) explainCreateError(err error) error {
 		return fmt.Errorf("creating the volume on node %q failed (the stickyvol logs on that node "+
 			"tell more): %w", p.nodeName, err)
 	}
+}
+
+// missingPool returns the pool named in a CreateVolume refusal that starts
+// with driver.NoPoolMessage ("this node has no pool NAME: ...").
+func missingPool(msg string) (string, bool) {
+	_, rest, ok := strings.Cut(msg, driver.NoPoolMessage+" ")
+	if !ok {
+		return "", false
+	}
+	pool, _, _ := strings.Cut(rest, ":")
+	return pool, pool != ""
 }

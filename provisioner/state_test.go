@@ -51,6 +51,7 @@ func TestExplainCreateErrorKeepsCode(t *testing.T) {
 	}{
 		{codes.ResourceExhausted, "driver says no", "--capacity"},
 		{codes.ResourceExhausted, driver.NotEnforcedMessage + ": driver says no", "data root is btrfs"},
+		{codes.ResourceExhausted, driver.NoPoolMessage + " fast: driver says no", `has no pool fast, which the class asks for with pool: fast`},
 		{codes.InvalidArgument, "driver says no", "fix the StorageClass"},
 		{codes.Unavailable, "driver says no", "retrying"},
 		{codes.Internal, "driver says no", "stickyvol logs"},
