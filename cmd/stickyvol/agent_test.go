@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -248,7 +249,7 @@ func TestNodeAgent(t *testing.T) {
 
 func TestNodeOptionsValidate(t *testing.T) {
 	valid := func() *nodeOptions {
-		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", qps: 1, burst: 1, threadiness: 1,
+		return &nodeOptions{nodeName: "n", kubeletRoot: "/var/lib/kubelet", dataRoot: "/var/lib/stickyvol", qps: 1, burst: 1, threadiness: 1,
 			operationTimeout: time.Second, reconcilePeriod: time.Minute, backend: driver.BackendAuto}
 	}
 	for _, tc := range []struct {
@@ -267,6 +268,23 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
 		{"capacity published nowhere", func(o *nodeOptions) { o.publishCapacity, o.namespace = true, "" }, "--namespace"},
 		{"capacity not published", func(o *nodeOptions) { o.publishCapacity, o.namespace = false, "" }, ""},
+		{"pools", func(o *nodeOptions) {
+			o.pools = []string{"fast=/mnt/nvme", "big=/mnt/hdd/stickyvol,backend=directory,capacity=2Ti"}
+		}, ""},
+		{"pool without a path", func(o *nodeOptions) { o.pools = []string{"fast"} }, "must be NAME=PATH"},
+		{"pool with an empty path", func(o *nodeOptions) { o.pools = []string{"fast="} }, `data root "" must be an absolute`},
+		{"pool with a relative path", func(o *nodeOptions) { o.pools = []string{"fast=mnt/nvme"} }, `data root "mnt/nvme" must be an absolute`},
+		{"pool with a bad name", func(o *nodeOptions) { o.pools = []string{"Fast=/mnt/nvme"} }, `pool name "Fast" is not valid`},
+		{"pool named default", func(o *nodeOptions) { o.pools = []string{"default=/mnt/nvme"} }, "given twice"},
+		{"pool twice", func(o *nodeOptions) { o.pools = []string{"a=/mnt/a", "a=/mnt/b"} }, "given twice"},
+		{"pool on the data root", func(o *nodeOptions) { o.pools = []string{"a=/var/lib/stickyvol/"} }, "data root /var/lib/stickyvol of pool default"},
+		{"pool inside another", func(o *nodeOptions) { o.pools = []string{"a=/mnt/a", "b=/mnt/a/b"} }, "inside the data root /mnt/a of pool a"},
+		{"pool inside the kubelet root", func(o *nodeOptions) { o.pools = []string{"a=/var/lib/kubelet/a"} }, "pool a: data root /var/lib/kubelet/a is, holds or is inside --kubelet-root"},
+		{"pool on the kubelet root", func(o *nodeOptions) { o.pools = []string{"a=/var/lib/kubelet"} }, "--kubelet-root"},
+		{"data root holding the kubelet root", func(o *nodeOptions) { o.dataRoot = "/var/lib" }, "pool default: data root /var/lib is, holds or is inside --kubelet-root"},
+		{"pool with a bad capacity", func(o *nodeOptions) { o.pools = []string{"a=/mnt/a,capacity=lots"} }, `capacity "lots" must be a positive quantity`},
+		{"pool with a bad backend", func(o *nodeOptions) { o.pools = []string{"a=/mnt/a,backend=zfs"} }, `pool a: unknown backend "zfs"`},
+		{"pool with an unknown option", func(o *nodeOptions) { o.pools = []string{"a=/mnt/a,fast=yes"} }, `unknown option "fast=yes"`},
 	} {
 		o := valid()
 		tc.change(o)
@@ -279,6 +297,30 @@ func TestNodeOptionsValidate(t *testing.T) {
 	o.capacity = "10Gi"
 	if got := o.driverConfig().Capacity; got != 10<<30 {
 		t.Errorf("--capacity 10Gi gives %d bytes", got)
+	}
+	o.pools = []string{"fast=/mnt/nvme/", "big=/mnt/hdd,backend=directory,capacity=1Ti"}
+	want := []driver.Pool{
+		{Name: "fast", DataRoot: "/mnt/nvme"},
+		{Name: "big", DataRoot: "/mnt/hdd", Backend: driver.BackendDirectory, Capacity: 1 << 40},
+	}
+	if got := o.driverConfig().Pools; !slices.Equal(got, want) {
+		t.Errorf("--pool flags give %+v, want %+v", got, want)
+	}
+}
+
+// --pool is repeatable and keeps the commas of its options (a string
+// slice flag would split them).
+func TestPoolFlagRepeatable(t *testing.T) {
+	sub, _, err := newRootCommand("stickyvol", environment{}).Find([]string{"node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.ParseFlags([]string{"--pool", "fast=/mnt/nvme,capacity=1Ti,backend=btrfs", "--pool=big=/mnt/hdd"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sub.Flags().GetStringArray("pool")
+	if want := []string{"fast=/mnt/nvme,capacity=1Ti,backend=btrfs", "big=/mnt/hdd"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("--pool twice gives %q, %v; want %q", got, err, want)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,6 +23,7 @@ type nodeOptions struct {
 	nodeName            string
 	kubeletRoot         string
 	dataRoot            string
+	pools               []string
 	backend             string
 	capacity            string
 	maxVolumes          int64
@@ -64,8 +66,9 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.StringVar(&o.nodeName, "node-name", env.nodeName, "Kubernetes name of this node; defaults to $NODE_NAME.")
 	f.StringVar(&o.kubeletRoot, "kubelet-root", "/var/lib/kubelet", "kubelet's root directory; the CSI socket and the registration socket go under it.")
 	f.StringVar(&o.dataRoot, "data-root", "/var/lib/stickyvol", "Directory that holds the volumes (volumes/<id>/) and their records (meta/).")
-	f.StringVar(&o.backend, "backend", driver.BackendAuto, "What new volumes are made of: btrfs (a subvolume with a qgroup limit: the size is enforced; needs the data root on btrfs), directory (a plain directory: the size is bookkeeping), or auto (btrfs where the data root is btrfs). Existing volumes keep theirs.")
-	f.StringVar(&o.capacity, "capacity", "", "Bytes all volumes on this node may reserve, as a quantity (10Gi). Empty: the free space of the data root's file system at start, plus what existing volumes reserve.")
+	f.StringArrayVar(&o.pools, "pool", nil, "Another data root, as a pool that StorageClasses pick with the parameter pool: NAME=PATH, optionally followed by ,backend=B (default: --backend) and ,capacity=Q (default: the free space of PATH's file system at start). Repeatable; NAME is a DNS label other than default, which is --data-root's pool.")
+	f.StringVar(&o.backend, "backend", driver.BackendAuto, "What new volumes are made of, in every pool without a backend of its own: btrfs (a subvolume with a qgroup limit: the size is enforced; needs the data root on btrfs), directory (a plain directory: the size is bookkeeping), or auto (btrfs where the data root is btrfs). Existing volumes keep theirs.")
+	f.StringVar(&o.capacity, "capacity", "", "Bytes the volumes in --data-root (the default pool) may reserve, as a quantity (10Gi). Empty: the free space of the data root's file system at start, plus what existing volumes reserve.")
 	f.Int64Var(&o.maxVolumes, "max-volumes", 0, "Most volumes kubelet may put on this node (reported to the scheduler via CSINode). 0: no limit.")
 	f.IntVar(&o.socketGroup, "socket-group", -1, "Group ID that may use the CSI socket (mode 0660). -1: owner only (mode 0600).")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file. Empty: the in-cluster service account.")
@@ -97,6 +100,11 @@ func (o *nodeOptions) validate() error {
 			errs = append(errs, fmt.Errorf("--capacity %q must be a positive quantity such as 10Gi", o.capacity))
 		}
 	}
+	if pools, err := o.parsePools(); err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, checkPoolRoots(filepath.Clean(o.dataRoot), pools, filepath.Clean(o.kubeletRoot)))
+	}
 	switch o.backend {
 	case "", driver.BackendAuto, driver.BackendDirectory, driver.BackendBtrfs:
 	default:
@@ -117,6 +125,58 @@ func (o *nodeOptions) validate() error {
 	return errors.Join(errs...)
 }
 
+// parsePools parses the --pool flags: NAME=PATH[,backend=B][,capacity=Q].
+func (o *nodeOptions) parsePools() ([]driver.Pool, error) {
+	var pools []driver.Pool
+	var errs []error
+	for _, flag := range o.pools {
+		name, rest, ok := strings.Cut(flag, "=")
+		if !ok {
+			errs = append(errs, fmt.Errorf("--pool %q must be NAME=PATH, optionally followed by ,backend=B and ,capacity=Q", flag))
+			continue
+		}
+		fields := strings.Split(rest, ",")
+		p := driver.Pool{Name: name, DataRoot: filepath.Clean(fields[0])}
+		if fields[0] == "" {
+			p.DataRoot = ""
+		}
+		for _, field := range fields[1:] {
+			key, value, _ := strings.Cut(field, "=")
+			switch key {
+			case "backend":
+				p.Backend = value
+			case "capacity":
+				q, err := resource.ParseQuantity(value)
+				if err != nil || q.Sign() <= 0 {
+					errs = append(errs, fmt.Errorf("--pool %s: capacity %q must be a positive quantity such as 10Gi", name, value))
+				}
+				p.Capacity = q.Value()
+			default:
+				errs = append(errs, fmt.Errorf("--pool %s: unknown option %q; the options are backend= and capacity=", name, field))
+			}
+		}
+		pools = append(pools, p)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return pools, nil
+}
+
+// checkPoolRoots checks the pools (driver.ValidatePools) and that no data
+// root is, holds or is inside the kubelet root, where kubelet's pod
+// directories and the driver's socket are.
+func checkPoolRoots(dataRoot string, pools []driver.Pool, kubeletRoot string) error {
+	errs := []error{driver.ValidatePools(dataRoot, pools)}
+	all := append([]driver.Pool{{Name: driver.DefaultPool, DataRoot: dataRoot}}, pools...)
+	for _, p := range all {
+		if driver.PathsOverlap(p.DataRoot, kubeletRoot) {
+			errs = append(errs, fmt.Errorf("pool %s: data root %s is, holds or is inside --kubelet-root %s", p.Name, p.DataRoot, kubeletRoot))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // csiSocket is where the driver listens and where kubelet finds it.
 func (o *nodeOptions) csiSocket() string {
 	return filepath.Join(o.kubeletRoot, "plugins", driver.Name, "csi.sock")
@@ -128,6 +188,7 @@ func (o *nodeOptions) driverConfig() driver.Config {
 		q := resource.MustParse(o.capacity)
 		capacity = q.Value() // checked by validate
 	}
+	pools, _ := o.parsePools() // checked by validate
 	return driver.Config{
 		Name:              driver.Name,
 		Version:           version,
@@ -135,6 +196,7 @@ func (o *nodeOptions) driverConfig() driver.Config {
 		DataRoot:          filepath.Clean(o.dataRoot),
 		Backend:           o.backend,
 		Capacity:          capacity,
+		Pools:             pools,
 		MaxVolumesPerNode: o.maxVolumes,
 		Endpoint:          o.csiSocket(),
 		SocketGroup:       o.socketGroup,
