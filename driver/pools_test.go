@@ -31,6 +31,20 @@ func inPool(name, pool string) *csi.CreateVolumeRequest {
 	return req
 }
 
+// createAB creates volume a in pool fast and b in the default pool, and
+// returns a's volume context.
+func createAB(t *testing.T, ts *testServer) map[string]string {
+	t.Helper()
+	resp, err := ts.controller.CreateVolume(testContext(t), inPool("a", "fast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.controller.CreateVolume(testContext(t), inPool("b", "")); err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetVolume().GetVolumeContext()
+}
+
 // TestPoolPlacement follows a volume of a class with pool: fast through
 // the CSI calls: it lives in fast's data root, its context names the pool
 // and that data root, and publishing, stats, expansion and deletion find it
@@ -40,14 +54,7 @@ func TestPoolPlacement(t *testing.T) {
 	fast := cfg.Pools[0].DataRoot
 	ts := startServer(t, cfg)
 	ctx := testContext(t)
-
-	resp, err := ts.controller.CreateVolume(ctx, inPool("a", "fast"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ts.controller.CreateVolume(ctx, inPool("b", "")); err != nil {
-		t.Fatal(err)
-	}
+	vctx := createAB(t, ts)
 	for _, c := range []struct{ root, id, other string }{{fast, "a", "b"}, {cfg.DataRoot, "b", "a"}} {
 		if _, err := os.Stat(filepath.Join(c.root, volumesDir, c.id)); err != nil {
 			t.Errorf("volume %s not in %s: %v", c.id, c.root, err)
@@ -60,7 +67,6 @@ func TestPoolPlacement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vctx := resp.GetVolume().GetVolumeContext()
 	if vctx[VolumeContextPool] != "fast" || vctx[VolumeContextDataRoot] != strings.TrimSpace(string(fastID)) {
 		t.Errorf("volume context %v, want pool fast and fast's identity %s", vctx, fastID)
 	}
@@ -169,13 +175,7 @@ func TestPoolRestart(t *testing.T) {
 	cfg, _ := poolConfig(t)
 	ts := startServer(t, cfg)
 	ctx := testContext(t)
-	resp, err := ts.controller.CreateVolume(ctx, inPool("a", "fast"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ts.controller.CreateVolume(ctx, inPool("b", "")); err != nil {
-		t.Fatal(err)
-	}
+	vctx := createAB(t, ts)
 	ts.stop()
 
 	fast := cfg.Pools[0].DataRoot
@@ -190,7 +190,7 @@ func TestPoolRestart(t *testing.T) {
 	if reason := ts.Unavailable()["c"]; !strings.HasPrefix(reason, "in pool fast: ") {
 		t.Errorf("Unavailable()[c] = %q, want a reason naming pool fast", reason)
 	}
-	_, err = ts.controller.CreateVolume(ctx, inPool("c", ""))
+	_, err := ts.controller.CreateVolume(ctx, inPool("c", ""))
 	if status.Code(err) != codes.AlreadyExists {
 		t.Errorf("CreateVolume of an ID set aside in fast: %v, want AlreadyExists", err)
 	}
@@ -199,7 +199,7 @@ func TestPoolRestart(t *testing.T) {
 	cfg.Pools = nil
 	ts = startServer(t, cfg)
 	pub := publishRequest("a", filepath.Join(ts.dir, "target"))
-	pub.VolumeContext = resp.GetVolume().GetVolumeContext()
+	pub.VolumeContext = vctx
 	_, err = ts.node.NodePublishVolume(ctx, pub)
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--pool fast=") {
 		t.Errorf("NodePublishVolume without the volume's pool: %v, want FailedPrecondition telling to give --pool fast", err)
