@@ -73,7 +73,8 @@ type Config struct {
 	Backend string
 	// backends, set by tests, are offered besides the built-in ones.
 	backends []backend
-	// Capacity is the bytes volumes may reserve on this node. 0 means the
+	// Capacity is the bytes volumes in DataRoot (the default pool) may
+	// reserve; each of Pools has its own. 0 means the
 	// free space of DataRoot's file system when New runs, plus what the
 	// existing volumes already reserve (they were free when those volumes
 	// were made). That figure moves as other users of the file system
