@@ -214,11 +214,14 @@ func checkFakeNodes(ctx context.Context, cs kubernetes.Interface, cfg Config) er
 }
 
 // installClasses makes what provisioning needs besides the provisioners:
-// stickyvol's CSIDriver and StorageClass as deploy/base has them (no
+// stickyvol's namespace (where the agents publish their CSIStorageCapacity
+// objects), CSIDriver and StorageClass as deploy/base has them (no
 // DaemonSet: the agents run as host processes), and a class and CSIDriver
-// of the same settings for the instant provisioner.
+// of the same settings for the instant provisioner, except that it
+// publishes no capacity: with storageCapacity on, the scheduler would place
+// none of its pods.
 func installClasses(ctx context.Context, f *framework.Framework, cs kubernetes.Interface) error {
-	for _, file := range []string{"deploy/base/csidriver.yaml", "deploy/base/storageclass.yaml"} {
+	for _, file := range []string{"deploy/base/namespace.yaml", "deploy/base/csidriver.yaml", "deploy/base/storageclass.yaml"} {
 		if _, err := f.ApplyFile(ctx, "", file); err != nil {
 			return err
 		}
@@ -237,7 +240,8 @@ func installClasses(ctx context.Context, f *framework.Framework, cs kubernetes.I
 		ReclaimPolicy:     ptr.To(v1.PersistentVolumeReclaimDelete),
 		VolumeBindingMode: class.VolumeBindingMode,
 	}
-	instantDriver := &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: InstantDriver}, Spec: driver.Spec}
+	instantDriver := &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: InstantDriver}, Spec: *driver.Spec.DeepCopy()}
+	instantDriver.Spec.StorageCapacity = ptr.To(false)
 	if _, err := cs.StorageV1().StorageClasses().Create(ctx, instantClass, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}

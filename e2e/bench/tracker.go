@@ -39,6 +39,8 @@ type tracker struct {
 	ns      string
 	factory informers.SharedInformerFactory
 	pvs     informers.SharedInformerFactory
+	// cancel stops the informers: Shutdown only waits for them.
+	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	claims map[string]*claimTimes // by claim name
@@ -47,7 +49,9 @@ type tracker struct {
 // newTracker starts watching claims of ns and all PVs, and returns once the
 // informers have synced.
 func newTracker(ctx context.Context, cs kubernetes.Interface, ns string) (*tracker, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	t := &tracker{
+		cancel:  cancel,
 		ns:      ns,
 		factory: informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns)),
 		pvs:     informers.NewSharedInformerFactory(cs, 0),
@@ -80,8 +84,9 @@ func newTracker(ctx context.Context, cs kubernetes.Interface, ns string) (*track
 	return t, nil
 }
 
-// stop ends the watches.
+// stop ends the watches and waits for the informers to return.
 func (t *tracker) stop() {
+	t.cancel()
 	t.factory.Shutdown()
 	t.pvs.Shutdown()
 }

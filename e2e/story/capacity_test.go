@@ -43,7 +43,7 @@ func TestCapacity(t *testing.T) {
 		t.Fatalf("not enough room to start with: %v", free)
 	}
 	for node, room := range free {
-		e.waitPublished(ctx, node, room)
+		e.waitPublished(ctx, framework.StorageClass, node, room)
 	}
 
 	e.step("fill %s up to %s", full, quantity(sliver))
@@ -62,7 +62,7 @@ func TestCapacity(t *testing.T) {
 		e.deleteClaimAndPod(ctx, filler)
 		e.waitVolume(ctx, filler.pv, func(pv *v1.PersistentVolume) bool { return pv == nil }, "deleted")
 	})
-	e.waitPublished(ctx, full, sliver)
+	e.waitPublished(ctx, framework.StorageClass, full, sliver)
 
 	e.step("a claim of %s: the scheduler sends it to %s, where it fits", quantity(big), other)
 	e.createClaim(ctx, claim("big", quantity(big), v1.ReadWriteOnce))
@@ -102,9 +102,11 @@ func TestCapacity(t *testing.T) {
 }
 
 // waitPublished waits until the node's CSIStorageCapacity object for the
-// class stickyvol says room bytes are free (and no more for one volume),
-// and checks that the agents' DaemonSet owns it.
-func (e *env) waitPublished(ctx context.Context, node string, room int64) {
+// class says room bytes are free (and no more for one volume; any room when
+// room is negative), owned by the agents' DaemonSet. With storageCapacity
+// on, the scheduler places no pod with a claim of a class on a node without
+// such an object: a class just created is usable once its objects are out.
+func (e *env) waitPublished(ctx context.Context, class, node string, room int64) {
 	e.t.Helper()
 	began := time.Now()
 	want := resource.NewQuantity(room, resource.BinarySI)
@@ -117,7 +119,7 @@ func (e *env) waitPublished(ctx context.Context, node string, room int64) {
 		}
 		var mine []storagev1.CSIStorageCapacity
 		for _, c := range list.Items {
-			if c.StorageClassName == framework.StorageClass {
+			if c.StorageClassName == class {
 				mine = append(mine, c)
 			}
 		}
@@ -129,12 +131,12 @@ func (e *env) waitPublished(ctx context.Context, node string, room int64) {
 		last = fmt.Sprintf("capacity %v, maximum %v", c.Capacity, c.MaximumVolumeSize)
 		owned := len(c.OwnerReferences) == 1 && c.OwnerReferences[0].Kind == "DaemonSet" && c.OwnerReferences[0].Name == framework.DaemonSetName
 		return owned && c.NodeTopology.MatchLabels[framework.TopologyKey] == node &&
-			c.Capacity.Cmp(*want) == 0 && c.MaximumVolumeSize.Cmp(*want) == 0, nil
+			(room < 0 || c.Capacity.Cmp(*want) == 0 && c.MaximumVolumeSize.Cmp(*want) == 0), nil
 	})
 	if err != nil {
-		e.t.Fatalf("waiting for %s's published room to be %s (last: %s): %v", node, want, last, err)
+		e.t.Fatalf("waiting for %s's published room for class %s to be %s (last: %s): %v", node, class, want, last, err)
 	}
-	e.step("%s publishes %s free (after %s)", node, want, time.Since(began).Round(100*time.Millisecond))
+	e.step("%s publishes %s for class %s (after %s)", node, last, class, time.Since(began).Round(100*time.Millisecond))
 }
 
 // freeRoom returns how many bytes each node's agent can still hand out:

@@ -62,6 +62,9 @@ func TestNodeLoss(t *testing.T) {
 	t.Cleanup(func() {
 		_ = e.Client.StorageV1().StorageClasses().Delete(context.WithoutCancel(ctx), recreate.Name, metav1.DeleteOptions{})
 	})
+	for _, n := range e.Cluster.Nodes() {
+		e.waitPublished(ctx, recreate.Name, n.Name, -1)
+	}
 	kept := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("kept", 1, prefer(lost)))[0])
 	gone := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("gone", 1, prefer(lost), classNamed(recreate.Name)))[0])
 	if kept.node != lost || gone.node != lost {
