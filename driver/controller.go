@@ -195,9 +195,12 @@ func topologyString(list []*csi.Topology) string {
 }
 
 func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
-	identity := ""
+	identity, where := "", ""
 	if st, ok := s.pools.named(v.Pool); ok {
 		identity = st.identity
+		if b := st.backend(v); b != nil {
+			where = b.Path(v.ID)
+		}
 	}
 	return &csi.Volume{
 		VolumeId:           v.ID,
@@ -205,11 +208,13 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},
 		// Carried in the PV's volumeAttributes back to NodePublishVolume,
 		// which refuses a volume made on another data root or in a pool
-		// this node lacks; the backend is there for people to read.
+		// this node lacks; the backend and path are there for people to
+		// read.
 		VolumeContext: map[string]string{
 			VolumeContextDataRoot: identity,
 			VolumeContextPool:     v.Pool,
 			VolumeContextBackend:  v.Backend,
+			VolumeContextPath:     where,
 		},
 	}
 }

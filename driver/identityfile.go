@@ -30,6 +30,12 @@ const VolumeContextBackend = "stickyvol.dev/backend"
 // that pool's data root.
 const VolumeContextPool = "stickyvol.dev/pool"
 
+// VolumeContextPath is the volume context key (and so the PV's
+// volumeAttributes key) that holds where the volume's data lies on its
+// node, for `stickyvol status` and people to read: the pod sees it, and
+// the DaemonSet mounts each data root at the host's own path.
+const VolumeContextPath = "stickyvol.dev/path"
+
 var identityPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 // loadIdentity returns the data root's identity, making one if the data

@@ -100,7 +100,7 @@ func (p *statusPrinter) table(rows []volumeStatus, header bool) error {
 	if header {
 		columns := "NAMESPACE\tCLAIM\tSTATUS\tPV\tNODE\tPATH\tCAPACITY\tUSED"
 		if wide {
-			columns += "\tBACKEND\tCLASS\tACCESS MODES\tRECLAIM\tAGE"
+			columns += "\tPOOL\tBACKEND\tCLASS\tACCESS MODES\tRECLAIM\tAGE"
 		}
 		fmt.Fprintln(tw, columns)
 	}
@@ -108,7 +108,7 @@ func (p *statusPrinter) table(rows []volumeStatus, header bool) error {
 		r := &rows[i]
 		fields := []string{r.Namespace, r.Claim, r.Phase, r.PV, r.Node, r.Path, capacityColumn(r), usedColumn(r)}
 		if wide {
-			fields = append(fields, r.Backend, r.StorageClass, strings.Join(r.AccessModes, ","), r.ReclaimPolicy, p.age(r))
+			fields = append(fields, r.Pool, r.Backend, r.StorageClass, strings.Join(r.AccessModes, ","), r.ReclaimPolicy, p.age(r))
 		}
 		for j := range fields {
 			if fields[j] == "" {

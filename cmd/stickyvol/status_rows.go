@@ -46,6 +46,9 @@ type volumeStatus struct {
 	Node string `json:"node,omitempty"`
 	// Path is the volume's directory on its node.
 	Path string `json:"path,omitempty"`
+	// Pool is the data root of the node that holds the volume ("default"
+	// for --data-root); empty for volumes made before pools.
+	Pool string `json:"pool,omitempty"`
 	// Backend holds the volume's data: "btrfs" (size enforced) or
 	// "directory" (size is bookkeeping); empty for volumes made before the
 	// driver recorded it on the PV.
@@ -156,8 +159,15 @@ func claimStatus(claim *v1.PersistentVolumeClaim, pv *v1.PersistentVolume, dataR
 		s.Node = nodes[0]
 	}
 	// The driver keeps volume <id> in <data-root>/volumes/<id>.
-	s.Path = filepath.Join(dataRoot, "volumes", pv.Spec.CSI.VolumeHandle)
-	s.Backend = pv.Spec.CSI.VolumeAttributes[driver.VolumeContextBackend]
+	attrs := pv.Spec.CSI.VolumeAttributes
+	// The driver records where the volume lies (any pool); a PV made
+	// before it did is in the default data root.
+	s.Path = attrs[driver.VolumeContextPath]
+	if s.Path == "" {
+		s.Path = filepath.Join(dataRoot, "volumes", pv.Spec.CSI.VolumeHandle)
+	}
+	s.Backend = attrs[driver.VolumeContextBackend]
+	s.Pool = attrs[driver.VolumeContextPool]
 	if q, ok := pv.Spec.Capacity[v1.ResourceStorage]; ok {
 		s.Capacity = q.String()
 	}

@@ -59,7 +59,7 @@ func statusPV(name, drv, node string) *v1.PersistentVolume {
 			Capacity:                      v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")},
 			PersistentVolumeReclaimPolicy: v1.PersistentVolumeReclaimDelete,
 			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: name,
-				VolumeAttributes: map[string]string{driver.VolumeContextBackend: "btrfs"}}},
+				VolumeAttributes: map[string]string{driver.VolumeContextBackend: "btrfs", driver.VolumeContextPool: "default"}}},
 			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
 				MatchExpressions: []v1.NodeSelectorRequirement{{Key: driver.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}}},
 		},
@@ -139,9 +139,9 @@ func TestStatusWide(t *testing.T) {
 	rows, _ := fixtureRows(t)
 	got := strings.Split(printed(t, "wide", []volumeStatus{rows[0], rows[2]}), "\n")
 	for i, want := range []string{
-		"NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED   BACKEND  CLASS      ACCESS MODES   RECLAIM  AGE",
-		"web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi  btrfs    stickyvol  ReadWriteOnce  Delete   5m",
-		"web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -      -        stickyvol  ReadWriteOnce  -        5m",
+		"NAMESPACE  CLAIM       STATUS   PV     NODE    PATH                              CAPACITY         USED   POOL     BACKEND  CLASS      ACCESS MODES   RECLAIM  AGE",
+		"web        data-web-0  Bound    pvc-1  node-a  /var/lib/stickyvol/volumes/pvc-1  2Gi              300Mi  default  btrfs    stickyvol  ReadWriteOnce  Delete   5m",
+		"web        data-web-2  Pending  -      node-a  -                                 1Gi (requested)  -      -        -        stickyvol  ReadWriteOnce  -        5m",
 	} {
 		if i >= len(got) || got[i] != want {
 			t.Errorf("line %d:\n%q\nwant\n%q", i, got[i], want)
@@ -400,5 +400,20 @@ func waitFor(t *testing.T, out *syncBuffer, want string) {
 			t.Fatalf("no %q in:\n%s", want, out)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A volume in a pool other than the default one is shown where the driver
+// says it lies, not under --data-root.
+func TestStatusPoolPath(t *testing.T) {
+	pv := statusPV("pvc-9", driver.Name, "node-a")
+	pv.Spec.CSI.VolumeAttributes = map[string]string{
+		driver.VolumeContextPool: "fast", driver.VolumeContextPath: "/mnt/fast/volumes/pvc-9"}
+	class := "fast"
+	claim := &v1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "web", Name: "data-web-9"},
+		Spec: v1.PersistentVolumeClaimSpec{StorageClassName: &class, VolumeName: "pvc-9"}}
+	s := claimStatus(claim, pv, "/var/lib/stickyvol")
+	if s.Path != "/mnt/fast/volumes/pvc-9" || s.Pool != "fast" {
+		t.Errorf("status path %q pool %q, want the driver's /mnt/fast/volumes/pvc-9 in pool fast", s.Path, s.Pool)
 	}
 }
