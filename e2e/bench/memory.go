@@ -72,11 +72,18 @@ func runMemory(ctx context.Context, cs kubernetes.Interface, sv *stickyvolConten
 	}
 	defer func() {
 		// Started, not waited for: kube-controller-manager takes minutes
-		// to lift the protection finalizers of thousands of objects.
+		// to lift the protection finalizers of thousands of objects. A
+		// failure here is reported and does not fail the run, whose
+		// figures are taken: one DeleteCollection of 10,000 PVs can
+		// outlast the API server's request timeout (seen as a stream
+		// error), and a cluster the bench brought up goes down next anyway.
 		bg := context.WithoutCancel(ctx)
-		err = errors.Join(err,
+		if cerr := errors.Join(
 			cs.CoreV1().Namespaces().Delete(bg, ns.Name, metav1.DeleteOptions{}),
-			cs.CoreV1().PersistentVolumes().DeleteCollection(bg, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: memoryLabel + "=memory"}))
+			cs.CoreV1().PersistentVolumes().DeleteCollection(bg, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: memoryLabel + "=memory"}),
+		); cerr != nil {
+			logf("memory: cleaning up the objects (delete them by label %s=memory on a cluster you keep): %v", memoryLabel, cerr)
+		}
 	}()
 	began := time.Now()
 	if err := createObjects(ctx, cs, ns.Name, objects); err != nil {
