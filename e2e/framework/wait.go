@@ -117,7 +117,8 @@ func (f *Framework) Volume(name string) cache.ListerWatcher {
 	return listWatch(f.Client.CoreV1().RESTClient(), "persistentvolumes", "", name, nil)
 }
 
-// StatefulSet selects one StatefulSet.
+// StatefulSet selects one StatefulSet (all of the namespace when name is
+// empty).
 func (f *Framework) StatefulSet(namespace, name string) cache.ListerWatcher {
 	return listWatch(f.Client.AppsV1().RESTClient(), "statefulsets", namespace, name, nil)
 }

@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/stickyvol/stickyvol/e2e/framework"
 )
@@ -334,17 +335,33 @@ func (e *env) waitClaimsBound(ctx context.Context, want int) {
 }
 
 // deleteAllAndWait deletes the scenario's StatefulSets and claims and waits
-// until the PVs of those claims are gone.
+// until they, their pods and the PVs of those claims are gone: after it,
+// nothing of the scenario is in flight. The StatefulSets go in the
+// foreground, so that the StatefulSet controller sees them terminating and
+// makes no pod or claim anew while they go: a controller still catching up
+// (after the control-plane restart, say) recreated a claim that an agent
+// then began to provision just as the scenario stopped its agents, which
+// left that volume behind for the next scenario's audit to find.
 func (e *env) deleteAllAndWait(ctx context.Context) {
 	e.t.Helper()
-	opts := metav1.DeleteOptions{}
-	if err := e.Client.AppsV1().StatefulSets(e.ns).DeleteCollection(ctx, opts, metav1.ListOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).DeleteCollection(ctx, opts, metav1.ListOptions{}); err != nil {
+	foreground := metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationForeground)}
+	if err := e.Client.AppsV1().StatefulSets(e.ns).DeleteCollection(ctx, foreground, metav1.ListOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 	began := time.Now()
+	if _, err := framework.WaitFor(ctx, e.StatefulSet(e.ns, ""), &appsv1.StatefulSet{}, func(sets []*appsv1.StatefulSet) (bool, error) {
+		return len(sets) == 0, nil
+	}); err != nil {
+		e.t.Fatalf("waiting for the StatefulSets of %s to go: %v", e.ns, err)
+	}
+	if err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := framework.WaitFor(ctx, e.Claims(e.ns), &v1.PersistentVolumeClaim{}, func(claims []*v1.PersistentVolumeClaim) (bool, error) {
+		return len(claims) == 0, nil
+	}); err != nil {
+		e.t.Fatalf("waiting for the claims of %s to go: %v", e.ns, err)
+	}
 	_, err := framework.WaitFor(ctx, e.Volumes(), &v1.PersistentVolume{}, func(pvs []*v1.PersistentVolume) (bool, error) {
 		return !slices.ContainsFunc(pvs, func(pv *v1.PersistentVolume) bool {
 			return pv.Spec.ClaimRef != nil && pv.Spec.ClaimRef.Namespace == e.ns
@@ -353,7 +370,7 @@ func (e *env) deleteAllAndWait(ctx context.Context) {
 	if err != nil {
 		e.t.Fatalf("waiting for the PVs of %s to go: %v", e.ns, err)
 	}
-	e.step("claims deleted and their PVs gone in %s", time.Since(began).Round(100*time.Millisecond))
+	e.step("StatefulSets, claims and their PVs gone in %s", time.Since(began).Round(100*time.Millisecond))
 }
 
 // audit runs framework.Audit on the scenario's namespace and fails the
