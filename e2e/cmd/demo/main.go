@@ -145,8 +145,8 @@ func (d *demo) summary(took time.Duration) {
 	fmt.Fprintf(d.out, `
 Summary (%s):
   - %d pods of StatefulSet %s, each with its own claim data-%s-N and its own PV,
-    a directory on the node the pod was scheduled to; the PV's node affinity
-    names that node.
+    a volume on the node the pod was scheduled to (on this cluster a btrfs
+    subvolume whose size is a hard limit); the PV's node affinity names that node.
   - Pod %s-0 was deleted and came back with the same name, claim, PV, node and data.
   - Scaled to 1 and back to %d: the claims stayed Bound and the pods found their data.
 
