@@ -14,7 +14,8 @@
 # Without a docker engine, `make image` builds the same agent image as an OCI
 # tarball straight from cross-compiled Go binaries (e2e/framework.BuildImages):
 # the agent's binary at /stickyvol as the entrypoint, for linux/amd64 and
-# linux/arm64, with the same labels; and the demo image for the host's
+# linux/arm64, with the same labels, and the host's file system tools with
+# their libraries in the host architecture's image only; and the demo image for the host's
 # architecture, /bin/stickyvol-demo next to the host's busybox.
 
 ARG GO_VERSION=1.26
@@ -43,18 +44,23 @@ FROM busybox:1.37 AS demo
 COPY --from=build /out/stickyvol-demo /bin/stickyvol-demo
 USER 65532:65532
 
-# The node agent. distroless/static holds no shell and no package manager, only
-# what a static binary may want: CA certificates (for a --kubeconfig that
-# points at a server with a public certificate), /etc/passwd, time zones, /tmp.
-# scratch would run the agent too, with none of those.
-# The build stage runs on the builder's platform and cross-compiles for each
-# target (TARGETARCH), so a multi-platform build needs no emulation.
+# The node agent, on Debian slim for the file system tools of image volumes
+# (volumeType: image): mke2fs, e2fsck and resize2fs (e2fsprogs) and mkfs.xfs
+# (xfsprogs). Everything else the agent does goes through system calls, so
+# it needs no mount, losetup or other binary. The build stage runs on the
+# builder's platform and cross-compiles for each target (TARGETARCH); the
+# apt-get below runs on the target's platform, so a multi-platform build
+# needs emulation for that one step.
 #
 # It runs as root, in a privileged container: it bind-mounts volumes into pods'
 # directories under the kubelet root (CAP_SYS_ADMIN, with mounts propagated back
-# to the host), creates sockets that kubelet dials, and owns the data root. A
-# non-root user cannot do any of that, so there is no USER line.
-FROM gcr.io/distroless/static-debian12 AS stickyvol
+# to the host), attaches loop devices, creates sockets that kubelet dials, and
+# owns the data root. A non-root user cannot do any of that, so there is no
+# USER line.
+FROM debian:12-slim AS stickyvol
+RUN apt-get update && \
+    apt-get install -y --no-install-recommends e2fsprogs xfsprogs && \
+    rm -rf /var/lib/apt/lists/*
 ARG VERSION=dev
 ARG REVISION=
 LABEL org.opencontainers.image.title=stickyvol \

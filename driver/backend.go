@@ -57,10 +57,28 @@ type backend interface {
 	Path(id string) string
 }
 
+// activator is a backend whose volumes need setting up again when the
+// agent starts before they can be published (image volumes: mounted).
+type activator interface {
+	Activate(id, fsType string) error
+}
+
+// nodeExpander is a backend whose volumes grow in two steps, as CSI has
+// them: Expand in ControllerExpandVolume, then NodeExpand (the file system)
+// in NodeExpandVolume.
+type nodeExpander interface {
+	NodeExpand(id, fsType string) error
+	// ExpandUnpublished is NodeExpand for a volume no pod has mounted,
+	// which may do more (grow offline).
+	ExpandUnpublished(id, fsType string) error
+}
+
 // newVolume is what backend.Create makes.
 type newVolume struct {
 	ID   string
 	Size int64
+	// FsType is the file system to make, for backends that make one.
+	FsType string
 	// Mode is the permission of the volume's top directory.
 	Mode fs.FileMode
 }
@@ -129,7 +147,12 @@ func (s *store) openBackends(logger klog.Logger, choice string, extra []backend)
 		return fmt.Errorf("statfs %s: %w", s.rootPath, err)
 	}
 	onBtrfs := st.Type == unix.BTRFS_SUPER_MAGIC
-	s.backends = map[string]backend{BackendDirectory: directoryBackend{root: s.root, rootPath: s.rootPath}}
+	s.backends = map[string]backend{
+		BackendDirectory: directoryBackend{root: s.root, rootPath: s.rootPath},
+		// Chosen per class (volumeType), never by --backend; it needs
+		// nothing set up until it makes a volume.
+		BackendImage: imageBackend{root: s.root, rootPath: s.rootPath},
+	}
 	for _, b := range extra {
 		s.backends[b.Name()] = b
 	}
@@ -179,6 +202,23 @@ func (s *store) uses(name string) bool {
 		}
 	}
 	return false
+}
+
+// activate sets up again, at start, the ready volumes of backends that
+// need it (image volumes: mounted). A volume that cannot be set up is made
+// unavailable with the reason, as dropUnserved does; the others are served.
+func (s *store) activate(logger klog.Logger) {
+	for id, v := range s.volumes {
+		a, ok := s.backends[v.Backend].(activator)
+		if !ok || v.State != stateReady {
+			continue
+		}
+		if err := a.Activate(id, v.FsType); err != nil {
+			logger.Error(err, "Cannot set up a volume; it is unavailable, the others are served", "volumeID", id, "backend", v.Backend)
+			s.unavailable[id] = fmt.Sprintf("its %s backend cannot set it up: %v", v.Backend, err)
+			delete(s.volumes, id)
+		}
+	}
 }
 
 // dropUnserved makes the volumes whose backend is not served unavailable.

@@ -220,7 +220,7 @@ func TestBackendPerVolume(t *testing.T) {
 	cfg, fb, _ := fakeConfig(t)
 	skipOnBtrfs(t, cfg.DataRoot)
 	ctx := testContext(t)
-	records := map[string]string{"old": "", "future": `"backend": "image",`, "moved": `"backend": "btrfs",`}
+	records := map[string]string{"old": "", "future": `"backend": "zfs",`, "moved": `"backend": "btrfs",`}
 	for id, backendField := range records {
 		if err := os.MkdirAll(filepath.Join(cfg.DataRoot, volumesDir, id), 0o777); err != nil {
 			t.Fatal(err)
@@ -240,7 +240,7 @@ func TestBackendPerVolume(t *testing.T) {
 		t.Errorf("volumes = %+v, want only old, with backend %s", vols, BackendDirectory)
 	}
 	reason := ts.Unavailable()["future"]
-	if !strings.Contains(reason, `backend "image"`) {
+	if !strings.Contains(reason, `backend "zfs"`) {
 		t.Errorf("unavailable = %v, want future naming its backend", ts.Unavailable())
 	}
 	if moved := ts.Unavailable()["moved"]; !strings.Contains(moved, "not on btrfs") {

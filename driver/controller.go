@@ -115,7 +115,7 @@ func (s *controllerServer) pool(p volumeParams) (*store, error) {
 // when new volumes in its pool st are directories. ResourceExhausted, for
 // the reason pool gives.
 func checkEnforcement(st *store, p volumeParams) error {
-	if !p.SizeRequired || st.defaultBackend.Name() != BackendDirectory {
+	if !p.SizeRequired || p.Image || st.defaultBackend.Name() != BackendDirectory {
 		return nil
 	}
 	return status.Errorf(codes.ResourceExhausted,
@@ -147,7 +147,25 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 		return volumeSpec{}, status.Error(codes.InvalidArgument,
 			"mutable parameters (VolumeAttributesClass) are not supported")
 	}
+	if size, err = imageSize(size, req.GetCapacityRange(), params); err != nil {
+		return volumeSpec{}, err
+	}
 	return volumeSpec{ID: req.GetName(), Size: size, Range: req.GetCapacityRange(), Params: params}, nil
+}
+
+// imageSize raises the size of an image volume to the least its file
+// system can be made with, as CSI allows within limit_bytes; a limit below
+// that is OutOfRange, a size this node can never make.
+func imageSize(size int64, r *csi.CapacityRange, p volumeParams) (int64, error) {
+	least := imageFileSystems[p.FsType].minSize
+	if !p.Image || size >= least {
+		return size, nil
+	}
+	if limit := r.GetLimitBytes(); limit > 0 && limit < least {
+		return 0, status.Errorf(codes.OutOfRange,
+			"%s image volumes are at least %d bytes (what mkfs makes), and limit_bytes is %d", p.FsType, least, limit)
+	}
+	return least, nil
 }
 
 // checkTopology refuses a request whose accessibility requirements do not
@@ -271,9 +289,10 @@ func (s *controllerServer) volumesChanged() {
 // this driver does not support; NotFound for an unknown volume; OutOfRange
 // when the volume is already larger than limit_bytes; ResourceExhausted
 // when the growth does not fit the node's free capacity (a node-local
-// volume cannot move elsewhere to grow). The file system the pod sees is
-// the data root's own or the subvolume's, which follows the limit, so no
-// node step is needed.
+// volume cannot move elsewhere to grow). For a directory or a subvolume the
+// file system the pod sees is the data root's, which follows the limit, so
+// no node step is needed; an image volume's file system is its own and
+// grows in NodeExpandVolume (NodeExpansionRequired).
 func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := validateVolumeID(id, "volume ID"); err != nil {
@@ -314,7 +333,8 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 		logger.V(2).Info("Volume expanded", "capacityBytes", v.CapacityBytes, "previousBytes", old)
 		s.volumesChanged()
 	}
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
+	_, twoSteps := st.backend(v).(nodeExpander)
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes, NodeExpansionRequired: twoSteps}, nil
 }
 
 // ValidateVolumeCapabilities confirms the capabilities and parameters this

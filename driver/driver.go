@@ -272,7 +272,8 @@ func statusFor(err error, msg string) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, errDeleting):
 		code = codes.Aborted
-	case errors.Is(err, errOrphanDir), errors.Is(err, errUnavailable):
+	case errors.Is(err, errOrphanDir), errors.Is(err, errUnavailable), errors.Is(err, errUnsupported),
+		errors.Is(err, errOfflineOnly):
 		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled

@@ -60,6 +60,7 @@ func (s *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 	for _, t := range []csi.NodeServiceCapability_RPC_Type{
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
 			Rpc: &csi.NodeServiceCapability_RPC{Type: t},
@@ -129,7 +130,11 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err != nil {
 		return nil, err
 	}
-	if err := s.admit(ctx, st, v, want); err != nil {
+	alone, err := s.admit(ctx, st, v, want)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.expandUnpublished(ctx, st, v, want, alone); err != nil {
 		return nil, err
 	}
 	if err := s.publish(ctx, st, v, want, exists); err != nil {
@@ -165,39 +170,60 @@ func (s *nodeServer) madeHere(id string, volumeContext map[string]string) (*stor
 }
 
 // admit checks a publish request against the volume's other targets and
-// records the target.
-func (s *nodeServer) admit(ctx context.Context, st *store, v Volume, want Target) error {
+// records the target. alone reports that the volume is mounted at no
+// other target.
+func (s *nodeServer) admit(ctx context.Context, st *store, v Volume, want Target) (alone bool, err error) {
 	src := st.publishPath(v)
 	if old, ok := v.target(want.Path); ok {
 		if old == want {
-			return nil
+			return false, nil
 		}
 		_, mounted, err := s.mounter.Mounted(want.Path, src)
 		if err != nil {
-			return statusFor(err, "checking target path")
+			return false, statusFor(err, "checking target path")
 		}
 		if mounted {
-			return status.Errorf(codes.AlreadyExists,
+			return false, status.Errorf(codes.AlreadyExists,
 				"volume %s is already published at %s with readOnly=%t, access mode %s and mount options %q",
 				v.ID, want.Path, old.ReadOnly, old.AccessMode, old.MountOptions)
 		}
 	}
 	live, err := pruneTargets(ctx, st, s.mounter, v, want.Path)
 	if err != nil {
-		return statusFor(err, "checking where the volume is published")
+		return false, statusFor(err, "checking where the volume is published")
 	}
 	rwop := csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER.String()
 	for _, t := range live {
 		if t.AccessMode == rwop || want.AccessMode == rwop {
-			return status.Errorf(codes.FailedPrecondition,
+			return false, status.Errorf(codes.FailedPrecondition,
 				"volume %s is ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER) and already published at %s",
 				v.ID, t.Path)
 		}
 	}
 	if err := st.setTarget(v.ID, want); err != nil {
-		return statusFor(err, "recording target path")
+		return false, statusFor(err, "recording target path")
 	}
-	return nil
+	return len(live) == 0, nil
+}
+
+// expandUnpublished gives a volume that grew while no pod had it mounted
+// its new size before the first pod mounts it, where its backend grows in
+// a node step (image volumes). That is where growth refused online (ext4
+// without CAP_SYS_RESOURCE) happens offline. A failure forgets the target
+// admit recorded, as a failed mount does.
+func (s *nodeServer) expandUnpublished(ctx context.Context, st *store, v Volume, t Target, alone bool) error {
+	ne, ok := st.backend(v).(nodeExpander)
+	if !ok || !alone {
+		return nil
+	}
+	err := ne.ExpandUnpublished(v.ID, v.FsType)
+	if err == nil {
+		return nil
+	}
+	if derr := st.dropTarget(v.ID, t.Path); derr != nil {
+		klog.FromContext(ctx).Error(derr, "Cannot forget the target of a failed publish")
+	}
+	return statusFor(err, "growing the file system of volume "+v.ID+" before its first mount")
 }
 
 // publish makes the target directory if it does not exist and mounts the
@@ -425,4 +451,51 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		})
 	}
 	return resp, nil
+}
+
+// NodeExpandVolume grows a published volume's file system to the size
+// ControllerExpandVolume gave the volume. Only image volumes have a file
+// system of their own to grow (online: the pod keeps running); for the
+// others the controller step did everything and this answers the size.
+// Codes: InvalidArgument without a volume ID or path; NotFound for an
+// unknown volume or a path it is not published at; OutOfRange for a
+// required size above the volume's, which ControllerExpandVolume must
+// give first.
+func (s *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	id, p := req.GetVolumeId(), req.GetVolumePath()
+	if err := validateVolumeID(id, "volume ID"); err != nil {
+		return nil, err
+	}
+	if p == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability(c); err != nil {
+			return nil, err
+		}
+	}
+	unlock, err := s.locks.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st := s.pools.of(id)
+	v, err := st.get(id)
+	if err != nil {
+		return nil, statusFor(err, "looking up volume "+id)
+	}
+	if _, ok := v.target(p); !ok {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
+	}
+	if want := req.GetCapacityRange().GetRequiredBytes(); want > v.CapacityBytes {
+		return nil, status.Errorf(codes.OutOfRange,
+			"volume %s has %d bytes and the request asks for %d: ControllerExpandVolume grows it first", id, v.CapacityBytes, want)
+	}
+	if ne, ok := st.backend(v).(nodeExpander); ok {
+		if err := ne.NodeExpand(id, v.FsType); err != nil {
+			return nil, statusFor(err, "growing the file system of volume "+id)
+		}
+		klog.FromContext(ctx).V(2).Info("Volume's file system grown", "volumeID", id, "capacityBytes", v.CapacityBytes)
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
 }

@@ -78,13 +78,15 @@ var (
 	errDeleting     = errors.New("volume is being deleted")
 	errOrphanDir    = errors.New("volume directory exists without a record")
 	errUnavailable  = errors.New("volume is unavailable")
+	errUnsupported  = errors.New("not supported here")
+	errOfflineOnly  = errors.New("can only grow offline here")
 )
 
 // Volume is the record of one volume, as stored in meta/<id>.json.
 type Volume struct {
 	ID string `json:"id"`
-	// Backend names what holds the volume's data: BackendDirectory or
-	// BackendBtrfs. Records written before there were backends have none
+	// Backend names what holds the volume's data: BackendDirectory,
+	// BackendBtrfs or BackendImage. Records written before there were backends have none
 	// and load as BackendDirectory.
 	Backend string `json:"backend"`
 	// Pool names the pool whose data root holds the volume (pools.go).
@@ -96,6 +98,8 @@ type Volume struct {
 	// visible through the CSI API.
 	State         string `json:"state"`
 	CapacityBytes int64  `json:"capacityBytes"`
+	// FsType is the file system of a BackendImage volume.
+	FsType string `json:"fsType,omitempty"`
 	// DirectoryMode is the octal permission the directory was created with.
 	DirectoryMode string    `json:"directoryMode"`
 	PVCName       string    `json:"pvcName,omitempty"`
@@ -243,6 +247,7 @@ func (s *store) init(logger klog.Logger, cfg storeConfig) error {
 	if err := s.recover(logger); err != nil {
 		return err
 	}
+	s.activate(logger)
 	s.checkDirs(logger)
 	capacity := cfg.Capacity
 	if capacity <= 0 {
@@ -331,9 +336,14 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 		return Volume{}, fmt.Errorf("checking volume directory: %w", err)
 	}
 
+	b, err := s.backendFor(spec.Params)
+	if err != nil {
+		return Volume{}, err
+	}
 	v := &Volume{
 		ID:            spec.ID,
-		Backend:       s.defaultBackend.Name(),
+		Backend:       b.Name(),
+		FsType:        spec.Params.FsType,
 		Pool:          s.pool,
 		State:         stateCreating,
 		CapacityBytes: spec.Size,
@@ -360,6 +370,10 @@ func compatible(v Volume, spec volumeSpec) error {
 		return fmt.Errorf("%w: it has %d bytes, the request asks for required_bytes=%d, limit_bytes=%d",
 			errIncompatible, v.CapacityBytes, spec.Range.GetRequiredBytes(), spec.Range.GetLimitBytes())
 	}
+	if image := v.Backend == BackendImage; image != spec.Params.Image || v.FsType != spec.Params.FsType {
+		return fmt.Errorf("%w: it is a %s volume%s, the request asks for %s",
+			errIncompatible, v.Backend, fsTypeNote(v.FsType), requestedType(spec.Params))
+	}
 	if pool := spec.Params.pool(); pool != v.Pool {
 		return fmt.Errorf("%w: it is in pool %s, the request asks for %s=%s",
 			errIncompatible, v.Pool, ParamPool, pool)
@@ -369,6 +383,32 @@ func compatible(v Volume, spec volumeSpec) error {
 			errIncompatible, ParamDirectoryMode, v.DirectoryMode, mode)
 	}
 	return nil
+}
+
+// backendFor returns the backend that makes a volume with parameters p:
+// the image backend for volumeType image, else the pool's own.
+func (s *store) backendFor(p volumeParams) (backend, error) {
+	if !p.Image {
+		return s.defaultBackend, nil
+	}
+	if b, ok := s.backends[BackendImage]; ok {
+		return b, nil
+	}
+	return nil, fmt.Errorf("%w: this data root has no %s backend", errUnsupported, BackendImage)
+}
+
+func fsTypeNote(fsType string) string {
+	if fsType == "" {
+		return ""
+	}
+	return " (" + fsType + ")"
+}
+
+func requestedType(p volumeParams) string {
+	if p.Image {
+		return fmt.Sprintf("%s=%s, %s=%s", ParamVolumeType, VolumeTypeImage, ParamFsType, p.FsType)
+	}
+	return "the pool's own backend (no " + ParamVolumeType + ")"
 }
 
 // reserve adds a new volume (state creating) to the map if it fits.
@@ -432,7 +472,7 @@ func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 		return err
 	}
 	s.step("create:intent")
-	if err := s.backend(*v).Create(newVolume{ID: v.ID, Size: v.CapacityBytes, Mode: mode}); err != nil {
+	if err := s.backend(*v).Create(newVolume{ID: v.ID, Size: v.CapacityBytes, Mode: mode, FsType: v.FsType}); err != nil {
 		return err
 	}
 	s.step("create:mkdir")

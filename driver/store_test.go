@@ -102,6 +102,9 @@ func TestCrashConsistency(t *testing.T) {
 // returns, one per subtest, where new volumes get backend wantBackend.
 func testCrashConsistency(t *testing.T, wantBackend string, newRoot func(t *testing.T) string) {
 	spec := volumeSpec{ID: "vol", Size: 1 << 20, Params: volumeParams{DirectoryMode: 0o770}}
+	if wantBackend == BackendImage {
+		spec.Params.Image, spec.Params.FsType = true, DefaultFsType
+	}
 	for _, tc := range []struct {
 		step string
 		// created: after the crash, the volume counts as made (the
@@ -214,6 +217,11 @@ func wantVolumes(t *testing.T, s *store, root string, exists bool) {
 	dirs := listDir(t, filepath.Join(root, volumesDir))
 	records := listDir(t, filepath.Join(root, metaDir))
 	_, err := s.get("vol")
+	// Image volumes keep their image there; the others make no images/.
+	if images, ierr := os.ReadDir(filepath.Join(root, imagesDir)); ierr == nil && len(images) > 0 &&
+		(!exists || len(images) > 1 || images[0].Name() != "vol") {
+		t.Errorf("images left: %d, first %s", len(images), images[0].Name())
+	}
 	if exists {
 		if !slices.Equal(dirs, []string{"vol"}) || !slices.Equal(records, []string{"vol.json"}) || err != nil || s.allocated != 1<<20 {
 			t.Errorf("want the volume: dirs %v, records %v, get: %v, allocated %d", dirs, records, err, s.allocated)

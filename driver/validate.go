@@ -52,6 +52,13 @@ const (
 	// for the class: CreateVolume answers ResourceExhausted (NoPoolMessage)
 	// and GetCapacity 0.
 	ParamPool = "pool"
+	// ParamVolumeType chooses how a volume is kept: VolumeTypeImage for a
+	// file system image of its own (image.go); without it, the pool's
+	// backend (directory or btrfs).
+	ParamVolumeType = "volumeType"
+	// ParamFsType is the file system of a VolumeTypeImage volume: FsExt4
+	// (DefaultFsType) or FsXFS.
+	ParamFsType = "fsType"
 	// metadataPrefix starts the keys the external-provisioner convention
 	// reserves for metadata (--extra-create-metadata) and secrets; they are
 	// accepted and never interpreted as options.
@@ -59,6 +66,9 @@ const (
 	paramPVCName      = metadataPrefix + "pvc/name"
 	paramPVCNamespace = metadataPrefix + "pvc/namespace"
 	paramPVName       = metadataPrefix + "pv/name"
+	// paramStandardFsType is the file system key external-provisioner
+	// classes use; it means what ParamFsType means.
+	paramStandardFsType = metadataPrefix + "fstype"
 )
 
 // Values of ParamSizeEnforcement.
@@ -66,6 +76,14 @@ const (
 	SizeEnforcementRequired   = "required"
 	SizeEnforcementBestEffort = "bestEffort"
 )
+
+// VolumeTypeImage is the ParamVolumeType value for a volume that is a
+// file system in an image file, loop-mounted: its size holds on any data
+// root.
+const VolumeTypeImage = "image"
+
+// DefaultFsType is the file system an image volume is formatted with.
+const DefaultFsType = FsExt4
 
 // NotEnforcedMessage starts the message of the ResourceExhausted error with
 // which CreateVolume refuses a sizeEnforcement: required volume on a node
@@ -93,7 +111,10 @@ type volumeParams struct {
 	// SizeRequired: sizeEnforcement is required.
 	SizeRequired bool
 	// Pool is the pool parameter; "" means DefaultPool (see pool).
-	Pool         string
+	Pool string
+	// Image: volumeType is image; FsType is then its file system.
+	Image        bool
+	FsType       string
 	PVCName      string
 	PVCNamespace string
 	PVName       string
@@ -163,6 +184,19 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 				return volumeParams{}, status.Errorf(codes.InvalidArgument, "parameter %s: %v", ParamPool, err)
 			}
 			p.Pool = value
+		case key == ParamVolumeType:
+			if value != VolumeTypeImage {
+				return volumeParams{}, status.Errorf(codes.InvalidArgument,
+					"parameter %s=%q: the only type is %q; leave it out for the pool's own backend (directory or btrfs)",
+					ParamVolumeType, value, VolumeTypeImage)
+			}
+			p.Image = true
+		case key == ParamFsType || key == paramStandardFsType:
+			if _, ok := imageFileSystems[value]; !ok {
+				return volumeParams{}, status.Errorf(codes.InvalidArgument,
+					"parameter %s=%q: image volumes can be formatted %s", key, value, fileSystemNames())
+			}
+			p.FsType = value
 		case key == paramPVCName:
 			p.PVCName = value
 		case key == paramPVCNamespace:
@@ -173,9 +207,17 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 			// Other metadata (secrets references, future keys): accepted.
 		default:
 			return volumeParams{}, status.Errorf(codes.InvalidArgument,
-				"unknown StorageClass parameter %q; accepted parameters are %q, %q, %q and keys under %q",
-				key, ParamDirectoryMode, ParamSizeEnforcement, ParamPool, metadataPrefix)
+				"unknown StorageClass parameter %q; accepted parameters are %q, %q, %q, %q, %q and keys under %q",
+				key, ParamDirectoryMode, ParamSizeEnforcement, ParamPool, ParamVolumeType, ParamFsType, metadataPrefix)
 		}
+	}
+	if p.FsType != "" && !p.Image {
+		return volumeParams{}, status.Errorf(codes.InvalidArgument,
+			"parameter %s=%s needs %s=%s: other volumes are directories or subvolumes of the data root's file system",
+			ParamFsType, p.FsType, ParamVolumeType, VolumeTypeImage)
+	}
+	if p.Image && p.FsType == "" {
+		p.FsType = DefaultFsType
 	}
 	return p, nil
 }

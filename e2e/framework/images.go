@@ -80,8 +80,16 @@ func BuildImages(ctx context.Context, repoDir, cacheDir string) (Images, error) 
 				return Images{}, err
 			}
 		}
+		files := []image.File{{Path: "/stickyvol", Source: bin, Mode: 0o755}}
+		if arch == runtime.GOARCH {
+			tools, err := fileSystemTools()
+			if err != nil {
+				return Images{}, err
+			}
+			files = append(files, tools...)
+		}
 		agent = append(agent, image.Spec{
-			Files:        []image.File{{Path: "/stickyvol", Source: bin, Mode: 0o755}},
+			Files:        files,
 			Entrypoint:   []string{"/stickyvol"},
 			Labels:       labels,
 			Architecture: arch,
@@ -103,6 +111,34 @@ func BuildImages(ctx context.Context, repoDir, cacheDir string) (Images, error) 
 		return Images{}, err
 	}
 	return im, nil
+}
+
+// FileSystemTools are the programs the agent runs for image volumes
+// (mkfs, and the offline ext4 resize); the Dockerfile installs their
+// packages, e2fsprogs and xfsprogs.
+var FileSystemTools = []string{"mke2fs", "e2fsck", "resize2fs", "mkfs.xfs"}
+
+// fileSystemTools returns the host's FileSystemTools with the libraries
+// they need, for the agent image of the host's architecture. The other
+// architectures' images go without: image volumes fail there with an error
+// that names the missing program (see the README).
+func fileSystemTools() ([]image.File, error) {
+	var paths []string
+	for _, name := range FileSystemTools {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			p = filepath.Join("/usr/sbin", name)
+		}
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("the agent image needs %s for image volumes: %w (hack/install-deps.sh installs it)", name, err)
+		}
+		paths = append(paths, p)
+	}
+	files, err := image.HostPrograms(paths...)
+	if err != nil {
+		return nil, fmt.Errorf("the agent image's file system tools: %w", err)
+	}
+	return files, nil
 }
 
 // imageLabels are the OCI labels the Dockerfile sets too.
