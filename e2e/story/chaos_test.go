@@ -71,9 +71,7 @@ func TestChaosAgentKilled(t *testing.T) {
 
 	e.step("a StatefulSet of %d claims on %d fake nodes; %d agent kills meanwhile", n.claims, len(agents.Roots), n.kills)
 	killed := e.killAgents(ctx, agents, n.kills)
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, statefulSet("chaos", int32(n.claims), framework.OnFakeNodes), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.createStatefulSetNoWait(ctx, statefulSet("chaos", int32(n.claims), framework.OnFakeNodes))
 	e.waitClaimsBound(ctx, n.claims)
 	faults := <-killed
 	up := e.audit(ctx, agents.Roots, "after the scale-up")
@@ -106,9 +104,7 @@ func TestChaosControlPlaneRestart(t *testing.T) {
 
 	claims := max(n.claims/2, 20)
 	e.step("a StatefulSet of %d claims on the fake nodes; kube-apiserver and etcd restarted %d times meanwhile", claims, n.restarts)
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, statefulSet("outage", int32(claims), framework.OnFakeNodes), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e.createStatefulSetNoWait(ctx, statefulSet("outage", int32(claims), framework.OnFakeNodes))
 	for i := range n.restarts {
 		time.Sleep(time.Duration(500+rand.IntN(1500)) * time.Millisecond)
 		began := time.Now()

@@ -119,6 +119,15 @@ func (e *env) createStatefulSet(ctx context.Context, sts *appsv1.StatefulSet) []
 	return e.statefulSetReady(ctx, sts.Name)
 }
 
+// createStatefulSetNoWait creates the StatefulSet and does not wait for its
+// pods.
+func (e *env) createStatefulSetNoWait(ctx context.Context, sts *appsv1.StatefulSet) {
+	e.t.Helper()
+	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // statefulSetReady waits until the StatefulSet has all its replicas Ready and
 // returns its pods by ordinal.
 func (e *env) statefulSetReady(ctx context.Context, name string) []*v1.Pod {
