@@ -460,7 +460,12 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 // Codes: InvalidArgument without a volume ID or path; NotFound for an
 // unknown volume or a path it is not published at; OutOfRange for a
 // required size above the volume's, which ControllerExpandVolume must
-// give first.
+// give first; FailedPrecondition when the file system can only grow
+// offline here (ext4 without CAP_SYS_RESOURCE). That is CSI's "volume in
+// use", and kubelet reads it so (operationexecutor/node_expander.go): it
+// stops retrying while the volume stays mounted, does not fail the mount,
+// and calls again after the next publish, which grows the volume offline
+// first (expandUnpublished).
 func (s *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	id, p := req.GetVolumeId(), req.GetVolumePath()
 	if err := validateVolumeID(id, "volume ID"); err != nil {

@@ -30,19 +30,7 @@ import (
 func TestSizeEnforcementRequired(t *testing.T) {
 	ctx, e := start(t, 4*time.Minute)
 	agents := e.hostAgents(ctx)
-	strict := &storagev1.StorageClass{
-		ObjectMeta:        metav1.ObjectMeta{Name: "stickyvol-strict"},
-		Provisioner:       framework.DriverName,
-		ReclaimPolicy:     ptr.To(v1.PersistentVolumeReclaimDelete),
-		VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
-		Parameters:        map[string]string{driver.ParamSizeEnforcement: driver.SizeEnforcementRequired},
-	}
-	if _, err := e.Client.StorageV1().StorageClasses().Create(ctx, strict, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = e.Client.StorageV1().StorageClasses().Delete(context.WithoutCancel(ctx), strict.Name, metav1.DeleteOptions{})
-	})
+	strict := e.storageClass(ctx, "stickyvol-strict", map[string]string{driver.ParamSizeEnforcement: driver.SizeEnforcementRequired})
 	for _, n := range e.Cluster.Nodes() {
 		e.waitPublished(ctx, strict.Name, n.Name, -1)
 	}
@@ -88,6 +76,28 @@ func TestSizeEnforcementRequired(t *testing.T) {
 	if got := pv.Spec.CSI.VolumeAttributes[driver.VolumeContextBackend]; got != driver.BackendBtrfs {
 		t.Errorf("PV %s of the strict class has backend %q, want %q", b.pv, got, driver.BackendBtrfs)
 	}
+}
+
+// storageClass creates a StorageClass of the driver with the parameters
+// (WaitForFirstConsumer, reclaim Delete, expansion allowed) for the test's
+// length.
+func (e *env) storageClass(ctx context.Context, name string, params map[string]string) *storagev1.StorageClass {
+	e.t.Helper()
+	class := &storagev1.StorageClass{
+		ObjectMeta:           metav1.ObjectMeta{Name: name},
+		Provisioner:          framework.DriverName,
+		ReclaimPolicy:        ptr.To(v1.PersistentVolumeReclaimDelete),
+		VolumeBindingMode:    ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
+		AllowVolumeExpansion: ptr.To(true),
+		Parameters:           params,
+	}
+	if _, err := e.Client.StorageV1().StorageClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		_ = e.Client.StorageV1().StorageClasses().Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{})
+	})
+	return class
 }
 
 // waitNoRoomPublished waits until node's CSIStorageCapacity object for the

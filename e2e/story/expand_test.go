@@ -76,8 +76,9 @@ func TestVolumeGrows(t *testing.T) {
 }
 
 // fill writes mib MiB to /data/<name> in the pod and fails the test unless
-// the write succeeds (fits) or fails with "Disk quota exceeded" (!fits).
-// A refused file is removed.
+// the write succeeds (fits) or fails at the volume's size (!fits): "Disk
+// quota exceeded" from a btrfs qgroup, "No space left on device" from an
+// image volume's own file system. A refused file is removed.
 func (e *env) fill(ctx context.Context, pod, name string, mib int, fits bool) {
 	e.t.Helper()
 	script := fmt.Sprintf("dd if=/dev/zero of=/data/%s bs=1M count=%d conv=fsync 2>&1", name, mib)
@@ -85,8 +86,8 @@ func (e *env) fill(ctx context.Context, pod, name string, mib int, fits bool) {
 	switch {
 	case fits && err != nil:
 		e.t.Fatalf("writing %d MiB: %v\n%s", mib, err, out)
-	case !fits && (err == nil || !strings.Contains(string(out)+err.Error(), "quota exceeded")):
-		e.t.Fatalf("writing %d MiB past the size: %v\n%s\nwant \"Disk quota exceeded\"", mib, err, out)
+	case !fits && (err == nil || !strings.Contains(string(out)+err.Error(), "quota exceeded") && !strings.Contains(string(out), "No space left")):
+		e.t.Fatalf("writing %d MiB past the size: %v\n%s\nwant \"Disk quota exceeded\" or \"No space left on device\"", mib, err, out)
 	case !fits:
 		if _, err := e.Exec(ctx, e.ns, pod, nil, "rm", "/data/"+name); err != nil {
 			e.t.Fatal(err)

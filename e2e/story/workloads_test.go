@@ -113,9 +113,7 @@ func claim(name, size string, modes ...v1.PersistentVolumeAccessMode) v1.Persist
 // Ready; it returns them by ordinal.
 func (e *env) createStatefulSet(ctx context.Context, sts *appsv1.StatefulSet) []*v1.Pod {
 	e.t.Helper()
-	if _, err := e.Client.AppsV1().StatefulSets(e.ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
+	e.createStatefulSetNoWait(ctx, sts)
 	return e.statefulSetReady(ctx, sts.Name)
 }
 
