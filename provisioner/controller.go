@@ -43,8 +43,9 @@ type ControllerConfig struct {
 	// controller fills it with a lister that watches only this node.
 	Provisioner Config
 	// Client talks to the API server. Its QPS and burst bound how fast
-	// claims turn into PVs: each one costs about three writes (the PV,
-	// with the finalizer already on it, and two events).
+	// claims turn into PVs: each one costs about four writes (the claim's
+	// storage-provisioner annotation, the PV with the finalizer already on
+	// it, and two events).
 	Client kubernetes.Interface
 	// Informers is the cluster-wide informer factory, shared with the
 	// placement duty. NewController takes the claim, PV and StorageClass
@@ -64,12 +65,14 @@ type ControllerConfig struct {
 // Controller runs the library's ProvisionController with a Provisioner for
 // this node.
 type Controller struct {
-	lib       *controller.ProvisionController
-	informers informers.SharedInformerFactory
-	node      informers.SharedInformerFactory
-	metrics   metrics.Metrics
-	workers   *sync.WaitGroup
-	nodeName  string
+	lib         *controller.ProvisionController
+	annotator   *annotator
+	threadiness int
+	informers   informers.SharedInformerFactory
+	node        informers.SharedInformerFactory
+	metrics     metrics.Metrics
+	workers     *sync.WaitGroup
+	nodeName    string
 	// synced is set once the informers' caches have synced and the
 	// library's workers start.
 	synced atomic.Bool
@@ -98,6 +101,10 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 		return nil, err
 	}
 
+	annotator, err := newAnnotator(cfg)
+	if err != nil {
+		return nil, err
+	}
 	m := metrics.New("controller")
 	lib := controller.NewProvisionController(ctx, cfg.Client, cfg.Provisioner.DriverName, p, libraryOptions(cfg, m)...)
 	// Run returns when ctx is done, not when the workers are; the wait
@@ -105,8 +112,8 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 	// stop the driver only after them.
 	workers := &sync.WaitGroup{}
 	lib.ControllerWaitGroup(workers)
-	return &Controller{lib: lib, informers: cfg.Informers, node: node, metrics: m,
-		workers: workers, nodeName: cfg.Provisioner.NodeName}, nil
+	return &Controller{lib: lib, annotator: annotator, threadiness: cfg.Threadiness, informers: cfg.Informers, node: node,
+		metrics: m, workers: workers, nodeName: cfg.Provisioner.NodeName}, nil
 }
 
 func withDefaults(cfg *ControllerConfig) {
@@ -208,8 +215,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Provisioner running", "node", c.nodeName)
 	c.synced.Store(true)
+	var annotating sync.WaitGroup
+	annotating.Go(func() { c.annotator.run(ctx, c.threadiness) })
 	c.lib.Run(ctx)
 	c.workers.Wait()
+	annotating.Wait()
 	c.node.Shutdown()
 	return nil
 }
