@@ -31,6 +31,7 @@ type controllerOptions struct {
 	qps            float32
 	burst          int
 	metricsAddress string
+	profiling      bool
 }
 
 func newControllerCommand(env environment) *cobra.Command {
@@ -62,6 +63,7 @@ func newControllerCommand(env environment) *cobra.Command {
 	f.Float32Var(&o.qps, "kube-api-qps", 20, "Sustained requests per second to the API server.")
 	f.IntVar(&o.burst, "kube-api-burst", 40, "Requests allowed in a burst above --kube-api-qps.")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9809", "host:port for /healthz, /readyz and /metrics. Empty: no HTTP server.")
+	f.BoolVar(&o.profiling, "profiling", false, profilingUsage)
 	return cmd
 }
 
@@ -75,6 +77,9 @@ func (o *controllerOptions) validate() error {
 	}
 	if o.qps <= 0 || o.burst <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps and --kube-api-burst must be positive"))
+	}
+	if o.profiling && o.metricsAddress == "" {
+		errs = append(errs, errProfilingWithoutServer)
 	}
 	return errors.Join(errs...)
 }
@@ -181,6 +186,9 @@ func (c *clusterController) httpHandler() http.Handler {
 	mux.Handle("GET /healthz", healthzHandler(nil))
 	mux.Handle("GET /readyz", healthzHandler(ready))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if c.opts.profiling {
+		handleProfiling(mux)
+	}
 	return mux
 }
 
