@@ -17,6 +17,8 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller/metrics"
+
+	"github.com/stickyvol/stickyvol/internal/cachetrim"
 )
 
 // Defaults for ControllerConfig.
@@ -88,12 +90,13 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 	}
 	withDefaults(&cfg)
 
-	// One Node object matters here, this node's: a field-selected
-	// informer keeps just that one in memory instead of every node.
+	// One Node object matters here, this node's, and only whether it
+	// exists: a field-selected informer keeps just that one in memory
+	// instead of every node, and only its metadata.
 	node := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.ResyncPeriod,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector(metav1.ObjectNameField, cfg.Provisioner.NodeName).String()
-		}))
+		}), informers.WithTransform(cachetrim.Node))
 	cfg.Provisioner.Nodes = node.Core().V1().Nodes().Lister()
 	cfg.Provisioner.Classes = cfg.Informers.Storage().V1().StorageClasses().Lister()
 	p, err := New(cfg.Provisioner)

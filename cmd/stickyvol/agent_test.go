@@ -230,6 +230,17 @@ func TestNodeAgent(t *testing.T) {
 	if code, body := get(t, base+"/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
 		t.Errorf("/debug/pprof/goroutine with --profiling: %d %.80q", code, body)
 	}
+	// The cluster-wide caches are the claims, PVs and classes the agent's
+	// parts read, and nothing else: no Nodes, CSINodes or other nodes'
+	// capacity (the duties that read those are the controller's).
+	var cached []string
+	for typ := range a.informers.WaitForCacheSync(ctx.Done()) {
+		cached = append(cached, typ.String())
+	}
+	slices.Sort(cached)
+	if want := []string{"*v1.PersistentVolume", "*v1.PersistentVolumeClaim", "*v1.StorageClass"}; !slices.Equal(cached, want) {
+		t.Errorf("the agent caches %v cluster-wide, want %v", cached, want)
+	}
 	// The cluster duties are the controller's: an agent never campaigns.
 	if leases, err := kube.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{}); err != nil || len(leases.Items) != 0 {
 		t.Errorf("the agent touched Leases: %v, %v", leases, err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/duties"
+	"github.com/stickyvol/stickyvol/internal/cachetrim"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -99,10 +100,13 @@ type clusterController struct {
 
 func newClusterController(o *controllerOptions, kube kubernetes.Interface) (*clusterController, error) {
 	c := &clusterController{
-		opts:      o,
-		informers: informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod),
+		opts: o,
+		// The duties write claims and PVs only with merge patches of the
+		// fields they change, so the caches may go without managedFields.
+		informers: informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
+			informers.WithTransform(cachetrim.ManagedFields)),
 		capacities: informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
-			informers.WithNamespace(o.namespace)),
+			informers.WithNamespace(o.namespace), informers.WithTransform(cachetrim.ManagedFields)),
 		// The Lease is the one the agents used when they ran the duties
 		// themselves: during an upgrade an old agent and a new controller
 		// still never lead at once.
