@@ -17,6 +17,8 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller/metrics"
+
+	"github.com/stickyvol/stickyvol/internal/cachetrim"
 )
 
 // Defaults for ControllerConfig.
@@ -43,8 +45,9 @@ type ControllerConfig struct {
 	// controller fills it with a lister that watches only this node.
 	Provisioner Config
 	// Client talks to the API server. Its QPS and burst bound how fast
-	// claims turn into PVs: each one costs about three writes (the PV,
-	// with the finalizer already on it, and two events).
+	// claims turn into PVs: each one costs about four writes (the claim's
+	// storage-provisioner annotation, the PV with the finalizer already on
+	// it, and two events).
 	Client kubernetes.Interface
 	// Informers is the cluster-wide informer factory, shared with the
 	// placement duty. NewController takes the claim, PV and StorageClass
@@ -64,12 +67,14 @@ type ControllerConfig struct {
 // Controller runs the library's ProvisionController with a Provisioner for
 // this node.
 type Controller struct {
-	lib       *controller.ProvisionController
-	informers informers.SharedInformerFactory
-	node      informers.SharedInformerFactory
-	metrics   metrics.Metrics
-	workers   *sync.WaitGroup
-	nodeName  string
+	lib         *controller.ProvisionController
+	annotator   *annotator
+	threadiness int
+	informers   informers.SharedInformerFactory
+	node        informers.SharedInformerFactory
+	metrics     metrics.Metrics
+	workers     *sync.WaitGroup
+	nodeName    string
 	// synced is set once the informers' caches have synced and the
 	// library's workers start.
 	synced atomic.Bool
@@ -85,12 +90,13 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 	}
 	withDefaults(&cfg)
 
-	// One Node object matters here, this node's: a field-selected
-	// informer keeps just that one in memory instead of every node.
+	// One Node object matters here, this node's, and only whether it
+	// exists: a field-selected informer keeps just that one in memory
+	// instead of every node, and only its metadata.
 	node := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.ResyncPeriod,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector(metav1.ObjectNameField, cfg.Provisioner.NodeName).String()
-		}))
+		}), informers.WithTransform(cachetrim.Node))
 	cfg.Provisioner.Nodes = node.Core().V1().Nodes().Lister()
 	cfg.Provisioner.Classes = cfg.Informers.Storage().V1().StorageClasses().Lister()
 	p, err := New(cfg.Provisioner)
@@ -98,6 +104,10 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 		return nil, err
 	}
 
+	annotator, err := newAnnotator(cfg)
+	if err != nil {
+		return nil, err
+	}
 	m := metrics.New("controller")
 	lib := controller.NewProvisionController(ctx, cfg.Client, cfg.Provisioner.DriverName, p, libraryOptions(cfg, m)...)
 	// Run returns when ctx is done, not when the workers are; the wait
@@ -105,8 +115,8 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 	// stop the driver only after them.
 	workers := &sync.WaitGroup{}
 	lib.ControllerWaitGroup(workers)
-	return &Controller{lib: lib, informers: cfg.Informers, node: node, metrics: m,
-		workers: workers, nodeName: cfg.Provisioner.NodeName}, nil
+	return &Controller{lib: lib, annotator: annotator, threadiness: cfg.Threadiness, informers: cfg.Informers, node: node,
+		metrics: m, workers: workers, nodeName: cfg.Provisioner.NodeName}, nil
 }
 
 func withDefaults(cfg *ControllerConfig) {
@@ -208,8 +218,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Provisioner running", "node", c.nodeName)
 	c.synced.Store(true)
+	var annotating sync.WaitGroup
+	annotating.Go(func() { c.annotator.run(ctx, c.threadiness) })
 	c.lib.Run(ctx)
 	c.workers.Wait()
+	annotating.Wait()
 	c.node.Shutdown()
 	return nil
 }

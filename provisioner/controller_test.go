@@ -156,8 +156,9 @@ func TestControllerEndToEnd(t *testing.T) {
 var manyClaims = flag.Int("many-claims", 100, "claims TestManyClaims provisions")
 
 // TestManyClaims provisions a StatefulSet's worth of claims on one node
-// through the library, the real driver and a fake API server, and reports
-// the time and the API writes per claim (run with -v to see them). The fake
+// through the library, the real driver and a fake API server, from claims
+// as the scheduler leaves them (no storage-provisioner annotation yet), and
+// reports the time and the API writes per claim (run with -v to see them). The fake
 // API server's watch channels hold 100 events and panic when full, so with
 // -race (slow consumers) keep -many-claims near the default.
 func TestManyClaims(t *testing.T) {
@@ -168,7 +169,7 @@ func TestManyClaims(t *testing.T) {
 
 	var claims []*v1.PersistentVolumeClaim
 	for i := range n {
-		claims = append(claims, fixtures.Claim(fmt.Sprintf("data-web-%d", i), "node-a", "1Gi", v1.ReadWriteOnce))
+		claims = append(claims, unannotated(fmt.Sprintf("data-web-%d", i), "node-a"))
 	}
 	client.ClearActions()
 	start := time.Now()

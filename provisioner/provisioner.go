@@ -146,9 +146,10 @@ func New(cfg Config) (*Provisioner, error) {
 // The library calls it before anything else, so every node's instance sees
 // every claim and all but one say no here. The library then requires on its
 // own that the claim's volume.kubernetes.io/storage-provisioner annotation
-// (set by the PV controller in kube-controller-manager) names this driver,
-// and, for WaitForFirstConsumer classes, that the selected-node annotation
-// is set. A claim of a
+// names this driver (set by the PV controller in kube-controller-manager,
+// or, for WaitForFirstConsumer classes, by this node's annotator as soon as
+// the scheduler has selected the node), and, for WaitForFirstConsumer
+// classes, that the selected-node annotation is set. A claim of a
 // WaitForFirstConsumer class gets its node from the scheduler; a claim of an
 // Immediate class has none until the placement duty sets one, and until then
 // no instance provisions it.

@@ -22,6 +22,7 @@ import (
 	"github.com/stickyvol/stickyvol/capacity"
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/driver/registration"
+	"github.com/stickyvol/stickyvol/internal/cachetrim"
 	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 	"github.com/stickyvol/stickyvol/resizer"
@@ -65,7 +66,11 @@ func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*
 		return nil, errors.Join(err, d.Close())
 	}
 	a.driver, a.csiConn, a.identity = d, conn, csi.NewIdentityClient(conn)
-	a.informers = informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod)
+	// Every claim, PV and StorageClass of the cluster, without the
+	// managedFields no part reads (see package cachetrim for why nothing
+	// else can go).
+	a.informers = informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
+		informers.WithTransform(cachetrim.ManagedFields))
 	if err := a.build(ctx, kube); err != nil {
 		return nil, errors.Join(err, conn.Close(), d.Close())
 	}

@@ -76,7 +76,7 @@ func TestNodeAgent(t *testing.T) {
 	o := &nodeOptions{
 		nodeName: "node-a", kubeletRoot: filepath.Join(root, "kubelet"), dataRoot: filepath.Join(root, "data"),
 		capacity: "1Gi", socketGroup: -1, qps: 50, burst: 100, threadiness: 2, operationTimeout: 10 * time.Second,
-		metricsAddress: freeAddress(t), registerWithKubelet: true,
+		metricsAddress: freeAddress(t), profiling: true, registerWithKubelet: true,
 		reconcilePeriod: time.Minute, publishCapacity: true, namespace: "stickyvol", capacityOwner: "stickyvol-node-x1",
 		expandVolumes: true,
 	}
@@ -226,6 +226,21 @@ func TestNodeAgent(t *testing.T) {
 		doc.Unavailable[0].VolumeID != "pvc-bad" || !strings.Contains(doc.Unavailable[0].Reason, "set aside") {
 		t.Errorf("/volumes: %+v; want node-a with only pvc-bad unavailable", doc)
 	}
+	// --profiling: Go's profiles, for go tool pprof.
+	if code, body := get(t, base+"/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("/debug/pprof/goroutine with --profiling: %d %.80q", code, body)
+	}
+	// The cluster-wide caches are the claims, PVs and classes the agent's
+	// parts read, and nothing else: no Nodes, CSINodes or other nodes'
+	// capacity (the duties that read those are the controller's).
+	var cached []string
+	for typ := range a.informers.WaitForCacheSync(ctx.Done()) {
+		cached = append(cached, typ.String())
+	}
+	slices.Sort(cached)
+	if want := []string{"*v1.PersistentVolume", "*v1.PersistentVolumeClaim", "*v1.StorageClass"}; !slices.Equal(cached, want) {
+		t.Errorf("the agent caches %v cluster-wide, want %v", cached, want)
+	}
 	// The cluster duties are the controller's: an agent never campaigns.
 	if leases, err := kube.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{}); err != nil || len(leases.Items) != 0 {
 		t.Errorf("the agent touched Leases: %v, %v", leases, err)
@@ -268,6 +283,8 @@ func TestNodeOptionsValidate(t *testing.T) {
 		{"orphans deleted after an hour", func(o *nodeOptions) { o.deleteOrphansAfter = time.Hour }, ""},
 		{"capacity published nowhere", func(o *nodeOptions) { o.publishCapacity, o.namespace = true, "" }, "--namespace"},
 		{"capacity not published", func(o *nodeOptions) { o.publishCapacity, o.namespace = false, "" }, ""},
+		{"profiles served", func(o *nodeOptions) { o.profiling, o.metricsAddress = true, ":9808" }, ""},
+		{"profiles served nowhere", func(o *nodeOptions) { o.profiling, o.metricsAddress = true, "" }, "--profiling needs --metrics-address"},
 		{"pools", func(o *nodeOptions) {
 			o.pools = []string{"fast=/mnt/nvme", "big=/mnt/hdd/stickyvol,backend=directory,capacity=2Ti"}
 		}, ""},

@@ -20,6 +20,7 @@ import (
 
 	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/duties"
+	"github.com/stickyvol/stickyvol/internal/cachetrim"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -31,6 +32,7 @@ type controllerOptions struct {
 	qps            float32
 	burst          int
 	metricsAddress string
+	profiling      bool
 }
 
 func newControllerCommand(env environment) *cobra.Command {
@@ -62,6 +64,7 @@ func newControllerCommand(env environment) *cobra.Command {
 	f.Float32Var(&o.qps, "kube-api-qps", 20, "Sustained requests per second to the API server.")
 	f.IntVar(&o.burst, "kube-api-burst", 40, "Requests allowed in a burst above --kube-api-qps.")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9809", "host:port for /healthz, /readyz and /metrics. Empty: no HTTP server.")
+	f.BoolVar(&o.profiling, "profiling", false, profilingUsage)
 	return cmd
 }
 
@@ -75,6 +78,9 @@ func (o *controllerOptions) validate() error {
 	}
 	if o.qps <= 0 || o.burst <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps and --kube-api-burst must be positive"))
+	}
+	if o.profiling && o.metricsAddress == "" {
+		errs = append(errs, errProfilingWithoutServer)
 	}
 	return errors.Join(errs...)
 }
@@ -94,10 +100,13 @@ type clusterController struct {
 
 func newClusterController(o *controllerOptions, kube kubernetes.Interface) (*clusterController, error) {
 	c := &clusterController{
-		opts:      o,
-		informers: informers.NewSharedInformerFactory(kube, provisioner.DefaultResyncPeriod),
+		opts: o,
+		// The duties write claims and PVs only with merge patches of the
+		// fields they change, so the caches may go without managedFields.
+		informers: informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
+			informers.WithTransform(cachetrim.ManagedFields)),
 		capacities: informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
-			informers.WithNamespace(o.namespace)),
+			informers.WithNamespace(o.namespace), informers.WithTransform(cachetrim.ManagedFields)),
 		// The Lease is the one the agents used when they ran the duties
 		// themselves: during an upgrade an old agent and a new controller
 		// still never lead at once.
@@ -181,6 +190,9 @@ func (c *clusterController) httpHandler() http.Handler {
 	mux.Handle("GET /healthz", healthzHandler(nil))
 	mux.Handle("GET /readyz", healthzHandler(ready))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if c.opts.profiling {
+		handleProfiling(mux)
+	}
 	return mux
 }
 

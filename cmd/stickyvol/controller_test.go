@@ -62,6 +62,10 @@ func TestClusterController(t *testing.T) {
 	if _, metrics := get(t, base+"/metrics"); !strings.Contains(metrics, "go_goroutines") {
 		t.Error("/metrics lacks the Go collector")
 	}
+	// Without --profiling, no profiles.
+	if code, _ := get(t, base+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without --profiling: %d, want 404", code)
+	}
 	holder := func(ctx context.Context) string {
 		lease, err := kube.CoordinationV1().Leases("stickyvol").Get(ctx, driver.Name, metav1.GetOptions{})
 		if err != nil || lease.Spec.HolderIdentity == nil {
@@ -99,6 +103,7 @@ func TestControllerOptionsValidate(t *testing.T) {
 		{"no identity", controllerOptions{namespace: "ns", qps: 1, burst: 1}, "--identity"},
 		{"no namespace", controllerOptions{identity: "c", qps: 1, burst: 1}, "--namespace"},
 		{"zero qps", controllerOptions{identity: "c", namespace: "ns", burst: 1}, "must be positive"},
+		{"profiles served nowhere", controllerOptions{identity: "c", namespace: "ns", qps: 1, burst: 1, profiling: true}, "--profiling needs --metrics-address"},
 	} {
 		err := tc.o.validate()
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {

@@ -34,6 +34,7 @@ type nodeOptions struct {
 	threadiness         int
 	operationTimeout    time.Duration
 	metricsAddress      string
+	profiling           bool
 	registerWithKubelet bool
 	reconcilePeriod     time.Duration
 	deleteOrphansAfter  time.Duration
@@ -72,11 +73,12 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.Int64Var(&o.maxVolumes, "max-volumes", 0, "Most volumes kubelet may put on this node (reported to the scheduler via CSINode). 0: no limit.")
 	f.IntVar(&o.socketGroup, "socket-group", -1, "Group ID that may use the CSI socket (mode 0660). -1: owner only (mode 0600).")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file. Empty: the in-cluster service account.")
-	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about three writes (PV, two events).")
+	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about four writes (its storage-provisioner annotation, the PV, two events).")
 	f.IntVar(&o.burst, "kube-api-burst", 100, "Requests allowed in a burst above --kube-api-qps.")
 	f.IntVar(&o.threadiness, "threadiness", provisioner.DefaultThreadiness, "Claims provisioned (and volumes deleted) in parallel.")
 	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume, DeleteVolume or ControllerExpandVolume call to the driver.")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9808", "host:port for /healthz, /readyz, /metrics and /volumes (this node's part of stickyvol status). Empty: no HTTP server.")
+	f.BoolVar(&o.profiling, "profiling", false, profilingUsage)
 	f.BoolVar(&o.registerWithKubelet, "register-with-kubelet", true, "Serve kubelet's plugin registration socket under <kubelet-root>/plugins_registry. Off for a node without kubelet.")
 	f.DurationVar(&o.reconcilePeriod, "reconcile-period", provisioner.DefaultReconcilePeriod, "How often this node's volumes are compared with the PVs that name it (orphans, missing volumes).")
 	f.DurationVar(&o.deleteOrphansAfter, "delete-orphans-after", 0, "Delete a volume that no PV names and no claim waits for once it has been so for this long (at least 10m). 0: never; orphans are only counted and logged.")
@@ -112,6 +114,9 @@ func (o *nodeOptions) validate() error {
 	}
 	if o.qps <= 0 || o.burst <= 0 || o.threadiness <= 0 || o.operationTimeout <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps, --kube-api-burst, --threadiness and --operation-timeout must be positive"))
+	}
+	if o.profiling && o.metricsAddress == "" {
+		errs = append(errs, errProfilingWithoutServer)
 	}
 	if o.reconcilePeriod <= 0 {
 		errs = append(errs, errors.New("--reconcile-period must be positive"))

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"time"
 
@@ -72,7 +73,27 @@ func (a *agent) httpHandler() http.Handler {
 	mux.Handle("GET /readyz", healthzHandler(ready))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.Handle("GET "+agentapi.Path, volumesHandler(a.opts.nodeName, a.reconciler.Findings, a.driver.Unavailable))
+	if a.opts.profiling {
+		handleProfiling(mux)
+	}
 	return mux
+}
+
+const profilingUsage = "Serve Go's runtime profiles (CPU, heap, goroutines, execution trace) under /debug/pprof/ on " +
+	"--metrics-address, for `go tool pprof`. Anyone who can reach that address can read them and make the process " +
+	"spend CPU on a profile."
+
+var errProfilingWithoutServer = errors.New("--profiling needs --metrics-address: the profiles are served there")
+
+// handleProfiling puts net/http/pprof's handlers on mux (--profiling).
+// Importing net/http/pprof also registers them on http.DefaultServeMux,
+// which nothing here serves.
+func handleProfiling(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // the named profiles too: heap, goroutine, allocs, ...
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 // volumesHandler serves what only this node knows about its volumes (the
