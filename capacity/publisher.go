@@ -48,6 +48,15 @@ const (
 	// (ResourceExhausted) and sends it back, as it did before capacity
 	// was published; 5 s keeps that window to about one scheduling retry.
 	DefaultMinInterval = 5 * time.Second
+	// DefaultNowInterval is the least time between two passes when one
+	// is asked for with NotifyNow: the room shrank, or a class is new.
+	// The scheduler takes the published room as it finds it and reserves
+	// nothing for claims it has just placed, so a node whose room shrank
+	// should say so before the next pod is placed: a StatefulSet's next
+	// pod comes once the last one is Ready, seconds after its volume was
+	// made. Room that grew can wait for MinInterval: until it is
+	// published, a claim only goes to another node.
+	DefaultNowInterval = 100 * time.Millisecond
 	// DefaultResyncPeriod is how often the objects are checked against
 	// the driver when nothing happened: a lost write, an object edited by
 	// hand, an owner that changed.
@@ -86,8 +95,9 @@ type Config struct {
 	// install. Empty: no owner (an agent outside a pod); the objects then
 	// stay until deleted by hand or with their node.
 	OwnerPod string
-	// MinInterval, ResyncPeriod and Timeout: zero means the defaults.
-	MinInterval, ResyncPeriod, Timeout time.Duration
+	// MinInterval, NowInterval, ResyncPeriod and Timeout: zero means the
+	// defaults.
+	MinInterval, NowInterval, ResyncPeriod, Timeout time.Duration
 }
 
 // Publisher keeps this node's CSIStorageCapacity objects in line with what
@@ -101,7 +111,10 @@ type Publisher struct {
 	own       informers.SharedInformerFactory
 	informers []cache.SharedIndexInformer
 	queue     workqueue.TypedRateLimitingInterface[string]
-	writes    *prometheus.CounterVec
+	// now cuts the wait after a pass short (NotifyNow); it holds one
+	// signal at most.
+	now    chan struct{}
+	writes *prometheus.CounterVec
 	// owner is the owner reference found last, nil before the first
 	// look-up or without Config.OwnerPod. Only the worker uses it.
 	owner *metav1.OwnerReference
@@ -120,6 +133,9 @@ func New(cfg Config) (*Publisher, error) {
 	if cfg.MinInterval <= 0 {
 		cfg.MinInterval = DefaultMinInterval
 	}
+	if cfg.NowInterval <= 0 {
+		cfg.NowInterval = DefaultNowInterval
+	}
 	if cfg.ResyncPeriod <= 0 {
 		cfg.ResyncPeriod = DefaultResyncPeriod
 	}
@@ -134,6 +150,7 @@ func New(cfg Config) (*Publisher, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
 	p := &Publisher{
 		cfg:      cfg,
+		now:      make(chan struct{}, 1),
 		selector: selector,
 		classes:  cfg.Informers.Storage().V1().StorageClasses().Lister(),
 		objects:  own.Storage().V1().CSIStorageCapacities().Lister(),
@@ -154,7 +171,9 @@ func New(cfg Config) (*Publisher, error) {
 	if _, err := classInformer.AddEventHandler(cache.FilteringResourceEventHandler{
 		FilterFunc: p.driverClass,
 		Handler: cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { p.Notify() },
+			// A new class has no room published at all until the pass:
+			// its first pods would wait a MinInterval for nothing.
+			AddFunc:    func(any) { p.NotifyNow() },
 			DeleteFunc: func(any) { p.Notify() },
 		},
 	}); err != nil {
@@ -198,6 +217,16 @@ func (p *Publisher) Collectors() []prometheus.Collector { return []prometheus.Co
 // or within MinInterval of the last, are folded into one pass.
 func (p *Publisher) Notify() { p.queue.Add(syncKey) }
 
+// NotifyNow asks for an update pass within NowInterval rather than
+// MinInterval: the room shrank or a class is new. It never blocks.
+func (p *Publisher) NotifyNow() {
+	p.queue.Add(syncKey)
+	select {
+	case p.now <- struct{}{}:
+	default:
+	}
+}
+
 // Run starts the informers, publishes, and keeps the objects up to date
 // until ctx is done. It returns only then, so that its informers (and the
 // shared factory's, if it started them) are not stopped under the other
@@ -236,6 +265,11 @@ func (p *Publisher) next(ctx context.Context) bool {
 		return false
 	}
 	defer p.queue.Done(key)
+	// This pass sees what a NotifyNow before it asked for.
+	select {
+	case <-p.now:
+	default:
+	}
 	err := p.sync(ctx)
 	switch {
 	case ctx.Err() != nil:
@@ -247,9 +281,16 @@ func (p *Publisher) next(ctx context.Context) bool {
 		p.queue.Forget(key)
 		p.queue.AddAfter(key, p.cfg.ResyncPeriod)
 	}
+	wait := time.NewTimer(p.cfg.MinInterval)
+	defer wait.Stop()
 	select {
 	case <-ctx.Done():
-	case <-time.After(p.cfg.MinInterval):
+	case <-wait.C:
+	case <-p.now:
+		select {
+		case <-ctx.Done():
+		case <-time.After(p.cfg.NowInterval):
+		}
 	}
 	return true
 }

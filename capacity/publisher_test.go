@@ -388,3 +388,23 @@ func TestWithdraw(t *testing.T) {
 		t.Errorf("left %v, want only node-b's object", list.Items)
 	}
 }
+
+// Less room is published without waiting out MinInterval (NotifyNow),
+// however many volumes come in a row; more room waits for it.
+func TestLessRoomAtOnce(t *testing.T) {
+	w := start(t, func(c *capacity.Config) { c.MinInterval = time.Hour }, agentPod(), class("stickyvol", driver.Name, nil))
+	w.waitFor(t, map[string]int64{"stickyvol": nodeCapacity})
+	const size = 64 << 20
+	for i := range 3 {
+		w.createVolume(t, fmt.Sprintf("pvc-%d", i), size)
+		w.pub.NotifyNow()
+		// Within Eventually's wait, far less than the hour of MinInterval.
+		w.waitFor(t, map[string]int64{"stickyvol": nodeCapacity - int64(i+1)*size})
+	}
+	if _, err := w.csi.DeleteVolume(t.Context(), &csi.DeleteVolumeRequest{VolumeId: "pvc-0"}); err != nil {
+		t.Fatal(err)
+	}
+	w.pub.Notify()
+	time.Sleep(time.Second)
+	w.waitFor(t, map[string]int64{"stickyvol": nodeCapacity - 3*size})
+}

@@ -30,7 +30,7 @@ type controllerServer struct {
 	locks   *volumeLocks
 	mounter Mounter
 	// changed is Config.VolumesChanged, or nil.
-	changed func()
+	changed func(less bool)
 }
 
 func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -94,7 +94,7 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, statusFor(err, "creating volume "+spec.ID)
 	}
 	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pool", v.Pool, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
-	s.volumesChanged()
+	s.volumesChanged(true)
 	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
 }
 
@@ -268,16 +268,16 @@ func (s *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, statusFor(err, "deleting volume "+id)
 	}
 	logger.V(2).Info("Volume deleted")
-	s.volumesChanged()
+	s.volumesChanged(false)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
 // volumesChanged tells Config.VolumesChanged, if set, that the volumes (and
 // so the free capacity) may have changed. A retried CreateVolume or a
 // DeleteVolume of an unknown ID calls it too: the listener only looks again.
-func (s *controllerServer) volumesChanged() {
+func (s *controllerServer) volumesChanged(less bool) {
 	if s.changed != nil {
-		s.changed()
+		s.changed(less)
 	}
 }
 
@@ -331,7 +331,7 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	}
 	if v.CapacityBytes != old {
 		logger.V(2).Info("Volume expanded", "capacityBytes", v.CapacityBytes, "previousBytes", old)
-		s.volumesChanged()
+		s.volumesChanged(true)
 	}
 	_, twoSteps := st.backend(v).(nodeExpander)
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes, NodeExpansionRequired: twoSteps}, nil

@@ -162,14 +162,20 @@ func TestGetCapacity(t *testing.T) {
 	}
 }
 
-// Whoever publishes the node's free capacity hears of every create and
-// delete that went through, and of no refusal.
+// Whoever publishes the node's free capacity hears of every create, growth
+// and delete that went through, and of no refusal, and which of them
+// shrank the room.
 func TestVolumesChanged(t *testing.T) {
 	testutil.RequireRoot(t)
 	cfg := testConfig(t)
 	cfg.Capacity = 2 << 20
-	var calls atomic.Int32
-	cfg.VolumesChanged = func() { calls.Add(1) }
+	var calls, less atomic.Int32
+	cfg.VolumesChanged = func(shrank bool) {
+		calls.Add(1)
+		if shrank {
+			less.Add(1)
+		}
+	}
 	ts := startServer(t, cfg)
 	ctx := testContext(t)
 	tooBig := createRequest("big")
@@ -178,24 +184,30 @@ func TestVolumesChanged(t *testing.T) {
 		name string
 		call func() error
 		code codes.Code
-		want int32
+		// want calls, of which less said the room shrank.
+		want, less int32
 	}{
-		{"create", func() error { _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); return err }, codes.OK, 1},
-		{"create that does not fit", func() error { _, err := ts.controller.CreateVolume(ctx, tooBig); return err }, codes.ResourceExhausted, 1},
+		{"create", func() error { _, err := ts.controller.CreateVolume(ctx, createRequest("vol")); return err }, codes.OK, 1, 1},
+		{"create that does not fit", func() error { _, err := ts.controller.CreateVolume(ctx, tooBig); return err }, codes.ResourceExhausted, 1, 1},
+		{"growth", func() error {
+			_, err := ts.controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{
+				VolumeId: "vol", CapacityRange: &csi.CapacityRange{RequiredBytes: 2 << 20}})
+			return err
+		}, codes.OK, 2, 2},
 		{"delete without ID", func() error {
 			_, err := ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{})
 			return err
-		}, codes.InvalidArgument, 1},
+		}, codes.InvalidArgument, 2, 2},
 		{"delete", func() error {
 			_, err := ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "vol"})
 			return err
-		}, codes.OK, 2},
+		}, codes.OK, 3, 2},
 	} {
 		if err := step.call(); status.Code(err) != step.code {
 			t.Fatalf("%s: %v, want code %s", step.name, err, step.code)
 		}
-		if got := calls.Load(); got != step.want {
-			t.Errorf("after %s: VolumesChanged called %d times, want %d", step.name, got, step.want)
+		if got, shrank := calls.Load(), less.Load(); got != step.want || shrank != step.less {
+			t.Errorf("after %s: VolumesChanged called %d times, %d saying less room; want %d and %d", step.name, got, shrank, step.want, step.less)
 		}
 	}
 }

@@ -99,11 +99,13 @@ type Config struct {
 	// directories without a record). The zero value means klog.Background().
 	// RPCs log to the logger in the context passed to Run or Serve.
 	Logger klog.Logger
-	// VolumesChanged, when set, is called after each CreateVolume and
-	// DeleteVolume that succeeded, so that whoever publishes the node's
-	// free capacity can look again. It runs inside the RPC: it must not
+	// VolumesChanged, when set, is called after each CreateVolume,
+	// ControllerExpandVolume and DeleteVolume that succeeded, so that
+	// whoever publishes the node's free capacity can look again; less
+	// says the room may have shrunk (a create or a growth), which the
+	// scheduler should learn at once. It runs inside the RPC: it must not
 	// block.
-	VolumesChanged func()
+	VolumesChanged func(less bool)
 }
 
 // Driver is a CSI driver instance on its data roots (pools).

@@ -201,11 +201,16 @@ func (a *agent) runParts(ctx context.Context) error {
 	return err
 }
 
-// volumesChanged is the driver's Config.VolumesChanged: a volume was made
-// or deleted, so the published capacity is looked at again. The publisher
-// is built after the driver and before the driver serves.
-func (a *agent) volumesChanged() {
-	if a.capacity != nil {
+// volumesChanged is the driver's Config.VolumesChanged: a volume was made,
+// grown or deleted, so the published capacity is looked at again, at once
+// when the room shrank. The publisher is built after the driver and before
+// the driver serves.
+func (a *agent) volumesChanged(less bool) {
+	switch {
+	case a.capacity == nil:
+	case less:
+		a.capacity.NotifyNow()
+	default:
 		a.capacity.Notify()
 	}
 }

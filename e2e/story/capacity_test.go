@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -99,6 +100,61 @@ func TestCapacity(t *testing.T) {
 		t.Errorf("claim huge is %s with volume %q, want Pending without one", c.Status.Phase, c.Spec.VolumeName)
 	}
 	t.Logf("pod huge stays Pending: %s", ev.Message)
+}
+
+// TestStatefulSetSpreadsByRoom: a StatefulSet whose claims add up to more
+// than any one node can hold, but fit the nodes together. Its pods start in
+// order, each once the one before is Ready; every node publishes its
+// shrunken room as soon as a volume is made there, so the scheduler places
+// each pod on a node that still has room. No claim is refused on the way
+// (no ProvisioningFailed, which would send it back to the scheduler) and no
+// pod waits for want of room (no FailedScheduling): the scheduler's
+// retries, counted from their events, are zero.
+func TestStatefulSetSpreadsByRoom(t *testing.T) {
+	ctx, e := start(t, 4*time.Minute)
+	free := e.freeRoom(ctx)
+	for node, room := range free {
+		e.waitPublished(ctx, framework.StorageClass, node, room)
+	}
+	const size = 192 << 20
+	most, all := int64(0), int64(0)
+	for _, room := range free {
+		most = max(most, room/size)
+		all += room / size
+	}
+	replicas := most + 1
+	if all < replicas {
+		t.Fatalf("room %v holds %d claims of %s in all, want at least %d", free, all, quantity(size), replicas)
+	}
+	e.step("%d claims of %s: more than any node holds (%d at most), fewer than all do (%d)", replicas, quantity(size), most, all)
+	sts := statefulSet("roomy", int32(replicas), requesting(quantity(size)))
+	sts.Spec.PodManagementPolicy = appsv1.OrderedReadyPodManagement
+	pods := e.createStatefulSet(ctx, sts)
+	used := map[string]int64{}
+	for _, pod := range pods {
+		used[e.bindingOf(ctx, pod).node] += size
+	}
+	e.step("placed: %v bytes per node, of room %v", used, free)
+	for node, n := range used {
+		if n > free[node] {
+			t.Errorf("node %s holds %d bytes of claims, more than its room %d", node, n, free[node])
+		}
+	}
+	if len(used) < 2 {
+		t.Errorf("all claims on one node: %v", used)
+	}
+	events, err := e.Client.CoreV1().Events(e.ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	retries := 0
+	for _, ev := range events.Items {
+		if ev.Reason == "ProvisioningFailed" || ev.Reason == "FailedScheduling" {
+			retries++
+			t.Errorf("%s %s/%s: %s", ev.Reason, ev.InvolvedObject.Kind, ev.InvolvedObject.Name, ev.Message)
+		}
+	}
+	e.step("scheduler retries for want of room: %d", retries)
 }
 
 // waitPublished waits until the node's CSIStorageCapacity object for the
