@@ -73,6 +73,12 @@ type nodeExpander interface {
 	ExpandUnpublished(id, fsType string) error
 }
 
+// dataLocator is a backend whose volumes' data is not where they are
+// mounted from (image volumes: the image file).
+type dataLocator interface {
+	DataPath(id string) string
+}
+
 // newVolume is what backend.Create makes.
 type newVolume struct {
 	ID   string

@@ -122,8 +122,6 @@ func TestBadInput(t *testing.T) {
 			codes.InvalidArgument, `fsType="vfat": image volumes can be formatted ext4, xfs`, nil},
 		{"create: standard file system key, not supported", create(params(map[string]string{ParamVolumeType: VolumeTypeImage, "csi.storage.k8s.io/fstype": "btrfs"})),
 			codes.InvalidArgument, `csi.storage.k8s.io/fstype="btrfs"`, nil},
-		{"create: file system without an image", create(params(map[string]string{ParamFsType: "ext4"})),
-			codes.InvalidArgument, `fsType=ext4 needs volumeType=image`, nil},
 		{"create: pool not a DNS label", create(params(map[string]string{ParamPool: "Fast_1"})),
 			codes.InvalidArgument, `parameter pool: pool name "Fast_1" is not valid`, nil},
 		{"create: pool empty", create(params(map[string]string{ParamPool: ""})),

@@ -216,9 +216,21 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 	identity, where := "", ""
 	if st, ok := s.pools.named(v.Pool); ok {
 		identity = st.identity
-		if b := st.backend(v); b != nil {
+		switch b := st.backend(v).(type) {
+		case dataLocator:
+			where = b.DataPath(v.ID)
+		case backend:
 			where = b.Path(v.ID)
 		}
+	}
+	vctx := map[string]string{
+		VolumeContextDataRoot: identity,
+		VolumeContextPool:     v.Pool,
+		VolumeContextBackend:  v.Backend,
+		VolumeContextPath:     where,
+	}
+	if v.FsType != "" {
+		vctx[VolumeContextFsType] = v.FsType
 	}
 	return &csi.Volume{
 		VolumeId:           v.ID,
@@ -228,12 +240,7 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 		// which refuses a volume made on another data root or in a pool
 		// this node lacks; the backend and path are there for people to
 		// read.
-		VolumeContext: map[string]string{
-			VolumeContextDataRoot: identity,
-			VolumeContextPool:     v.Pool,
-			VolumeContextBackend:  v.Backend,
-			VolumeContextPath:     where,
-		},
+		VolumeContext: vctx,
 	}
 }
 

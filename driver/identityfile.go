@@ -36,6 +36,11 @@ const VolumeContextPool = "stickyvol.dev/pool"
 // the DaemonSet mounts each data root at the host's own path.
 const VolumeContextPath = "stickyvol.dev/path"
 
+// VolumeContextFsType is the volume context key that names the file system
+// of an image volume (ext4, xfs); the provisioner writes it into the PV's
+// spec.csi.fsType too.
+const VolumeContextFsType = "stickyvol.dev/fs-type"
+
 var identityPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 // loadIdentity returns the data root's identity, making one if the data

@@ -54,6 +54,10 @@ func (b imageBackend) Path(id string) string { return path.Join(b.rootPath, volu
 
 func (b imageBackend) image(id string) string { return path.Join(b.rootPath, imagesDir, id) }
 
+// DataPath is the image: what the host holds of the volume, while its
+// mount point there is empty (the agent mounts it in its own namespace).
+func (b imageBackend) DataPath(id string) string { return b.image(id) }
+
 // Create makes the sparse image, formats it, mounts it at the volume's
 // path and gives the file system's root the mode asked for.
 func (b imageBackend) Create(v newVolume) error {

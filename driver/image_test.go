@@ -289,3 +289,35 @@ func TestImageSanity(t *testing.T) {
 	requireImages(t)
 	runInSanityChild(t)
 }
+
+// A class names an image volume with volumeType, or by naming a file
+// system, in either key; the size is raised to the file system's least.
+func TestImageParameters(t *testing.T) {
+	for _, tc := range []struct {
+		params    map[string]string
+		image     bool
+		fsType    string
+		ask, size int64
+	}{
+		{map[string]string{}, false, "", 1 << 20, 1 << 20},
+		{map[string]string{ParamVolumeType: VolumeTypeImage}, true, FsExt4, 1 << 20, 1 << 20},
+		{map[string]string{ParamFsType: FsXFS}, true, FsXFS, 1 << 20, 300 << 20},
+		{map[string]string{"csi.storage.k8s.io/fstype": FsExt4}, true, FsExt4, 1 << 20, 1 << 20},
+		{map[string]string{ParamVolumeType: VolumeTypeImage, ParamFsType: FsXFS}, true, FsXFS, 1 << 30, 1 << 30},
+	} {
+		req := createRequest("vol")
+		req.Parameters = tc.params
+		req.CapacityRange.RequiredBytes = tc.ask
+		spec, err := createSpec(req)
+		if err != nil || spec.Params.Image != tc.image || spec.Params.FsType != tc.fsType || spec.Size != tc.size {
+			t.Errorf("%v asking %d: image %t, fsType %q, size %d, %v; want %t, %q, %d",
+				tc.params, tc.ask, spec.Params.Image, spec.Params.FsType, spec.Size, err, tc.image, tc.fsType, tc.size)
+		}
+	}
+	req := createRequest("vol")
+	req.Parameters = map[string]string{ParamFsType: FsXFS}
+	req.CapacityRange.LimitBytes = 100 << 20
+	if _, err := createSpec(req); status.Code(err) != codes.OutOfRange {
+		t.Errorf("xfs with limit_bytes below its least size: %v, want OutOfRange", err)
+	}
+}

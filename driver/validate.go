@@ -57,7 +57,7 @@ const (
 	// backend (directory or btrfs).
 	ParamVolumeType = "volumeType"
 	// ParamFsType is the file system of a VolumeTypeImage volume: FsExt4
-	// (DefaultFsType) or FsXFS.
+	// (DefaultFsType) or FsXFS. It implies volumeType image.
 	ParamFsType = "fsType"
 	// metadataPrefix starts the keys the external-provisioner convention
 	// reserves for metadata (--extra-create-metadata) and secrets; they are
@@ -211,12 +211,14 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 				key, ParamDirectoryMode, ParamSizeEnforcement, ParamPool, ParamVolumeType, ParamFsType, metadataPrefix)
 		}
 	}
-	if p.FsType != "" && !p.Image {
-		return volumeParams{}, status.Errorf(codes.InvalidArgument,
-			"parameter %s=%s needs %s=%s: other volumes are directories or subvolumes of the data root's file system",
-			ParamFsType, p.FsType, ParamVolumeType, VolumeTypeImage)
-	}
-	if p.Image && p.FsType == "" {
+	// A class that names a file system asks for a volume that is one: only
+	// an image volume has a file system of its own. So fsType (or the
+	// csi.storage.k8s.io/fstype key classes of block-backed drivers carry)
+	// makes an image volume without volumeType.
+	switch {
+	case p.FsType != "":
+		p.Image = true
+	case p.Image:
 		p.FsType = DefaultFsType
 	}
 	return p, nil

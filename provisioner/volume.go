@@ -11,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+
+	"github.com/stickyvol/stickyvol/driver"
 )
 
 // persistentVolume builds the PV for a volume the driver created.
@@ -58,8 +60,9 @@ func (p *Provisioner) persistentVolume(opts controller.ProvisionOptions, req *cs
 					Driver:           p.driverName,
 					VolumeHandle:     vol.GetVolumeId(),
 					VolumeAttributes: vol.GetVolumeContext(),
-					// Empty: a directory has no filesystem type of its own.
-					FSType: "",
+					// A directory or subvolume has no file system of its
+					// own: empty. An image volume's is the driver's word.
+					FSType: vol.GetVolumeContext()[driver.VolumeContextFsType],
 				},
 			},
 		},
