@@ -72,7 +72,7 @@ func (s *store) setAside(logger klog.Logger, id string, readErr error) error {
 	if err := s.root.Rename(recordName(id), aside); err != nil {
 		return fmt.Errorf("setting aside the unreadable record of volume %s: %w (and: %w)", id, err, readErr)
 	}
-	if err := s.syncDir(metaDir); err != nil {
+	if err := s.syncMeta(); err != nil {
 		return err
 	}
 	s.markSetAside(id, aside, " ("+readErr.Error()+")")
@@ -165,7 +165,7 @@ func (s *store) writeRecord(v *Volume) error {
 		_ = s.root.Remove(tmp)
 		return fmt.Errorf("renaming record: %w", err)
 	}
-	return s.syncDir(metaDir)
+	return s.syncMeta()
 }
 
 func (s *store) writeSynced(name string, data []byte) error {
@@ -187,6 +187,10 @@ func (s *store) writeSynced(name string, data []byte) error {
 // syncDir fsyncs a directory of the data root so the entries created,
 // renamed or removed in it survive a power loss.
 func (s *store) syncDir(name string) error { return syncDir(s.root, name) }
+
+// syncMeta makes every change to the entries of meta/ made so far durable,
+// sharing the fsync with concurrent callers (dirSync).
+func (s *store) syncMeta() error { return s.metaSync.sync() }
 
 func syncDir(root *os.Root, name string) error {
 	d, err := root.Open(name)

@@ -53,8 +53,10 @@ import (
 // ID validation could not reach a file outside it.
 //
 // Locking: s.mu guards the in-memory map and the counters only; disk I/O
-// happens outside it. Callers hold the volume's lock (volumeLocks) for every
-// call that changes a volume, which serializes the writes of one record.
+// happens outside it. Concurrent operations share the fsyncs of meta/
+// (dirSync, a group commit). Callers hold the volume's lock (volumeLocks)
+// for every call that changes a volume, which serializes the writes of one
+// record.
 
 const (
 	volumesDir = "volumes"
@@ -154,6 +156,9 @@ type store struct {
 	defaultBackend backend
 	// lock is the open lock file of the data root (lockDataRoot).
 	lock *os.File
+	// metaSync makes changes to meta/ durable, one fsync for concurrent
+	// callers.
+	metaSync *dirSync
 	// identity names the data root (loadIdentity).
 	identity string
 	// afterStep, when set (by tests), runs after each durable step of
@@ -210,7 +215,10 @@ func openStore(logger klog.Logger, cfg storeConfig) (*store, error) {
 	if pool == "" {
 		pool = DefaultPool
 	}
-	s := &store{pool: pool, root: root, rootPath: rootPath, lock: lock, volumes: map[string]*Volume{}, unavailable: map[string]string{}}
+	s := &store{
+		pool: pool, root: root, rootPath: rootPath, lock: lock, metaSync: newDirSync(root, metaDir),
+		volumes: map[string]*Volume{}, unavailable: map[string]string{},
+	}
 	if err := s.init(logger, cfg); err != nil {
 		_ = s.close()
 		return nil, err
@@ -485,7 +493,7 @@ func (s *store) remove(id string) error {
 	if err := s.root.Remove(recordName(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing volume record: %w", err)
 	}
-	if err := s.syncDir(metaDir); err != nil {
+	if err := s.syncMeta(); err != nil {
 		return err
 	}
 	s.step("delete:record")
@@ -550,8 +558,12 @@ func (s *store) step(name string) {
 	}
 }
 
-// check reports whether the data root can still be read.
+// check reports whether the data root can still be read and its records
+// still be made durable.
 func (s *store) check() error {
+	if err := s.metaSync.failed(); err != nil {
+		return err
+	}
 	_, err := s.root.Stat(metaDir)
 	return err
 }
