@@ -19,12 +19,27 @@ import (
 
 func recordName(id string) string { return path.Join(metaDir, id+recordExt) }
 
+// Names of a volume's record file by the state it marks (see store.go): a
+// record becomes meta/<id>.json only once its create has committed; before
+// that, and once its delete has begun, it lies under one of these prefixes,
+// which no volume ID can start with.
+const (
+	creatingPrefix = ".creating-"
+	deletingPrefix = ".deleting-"
+)
+
+func creatingName(id string) string { return path.Join(metaDir, creatingPrefix+id) }
+func deletingName(id string) string { return path.Join(metaDir, deletingPrefix+id) }
+
 // load reads every record in meta/ and removes temporary files.
 func (s *store) load(logger klog.Logger) error {
 	entries, err := fs.ReadDir(s.root.FS(), metaDir)
 	if err != nil {
 		return fmt.Errorf("reading records: %w", err)
 	}
+	// Records of creates and deletes under way, read after the committed
+	// records they must not replace.
+	var marked []fs.DirEntry
 	for _, e := range entries {
 		name := e.Name()
 		id, isRecord := strings.CutSuffix(name, recordExt)
@@ -35,15 +50,9 @@ func (s *store) load(logger klog.Logger) error {
 			}
 			logger.V(2).Info("Removed a temporary record left by an interrupted write", "file", name)
 		case isRecord && e.Type().IsRegular() && validateVolumeID(id, "record name") == nil:
-			v, err := s.readRecord(id)
-			if err != nil {
-				if err := s.setAside(logger, id, err); err != nil {
-					return err
-				}
-				continue
+			if err := s.loadRecord(logger, id, recordName(id), ""); err != nil {
+				return err
 			}
-			s.volumes[id] = v
-			s.allocated += v.CapacityBytes
 		case isSetAside(name):
 			// Set aside at an earlier start and not restored: still
 			// unavailable (unless a restored record is also there).
@@ -51,10 +60,69 @@ func (s *store) load(logger klog.Logger) error {
 			if _, err := s.root.Stat(recordName(id)); errors.Is(err, fs.ErrNotExist) && validateVolumeID(id, "record name") == nil {
 				s.markSetAside(id, path.Join(metaDir, name), "")
 			}
+		case markedID(name) != "" && e.Type().IsRegular():
+			marked = append(marked, e)
 		default:
 			logger.Info("Ignoring an unexpected file among the volume records", "file", path.Join(s.rootPath, metaDir, name))
 		}
 	}
+	for _, e := range marked {
+		if err := s.loadMarked(logger, e.Name()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markedID returns the volume ID of a record named with creatingPrefix or
+// deletingPrefix, or "".
+func markedID(name string) string {
+	for _, prefix := range []string{creatingPrefix, deletingPrefix} {
+		if id, ok := strings.CutPrefix(name, prefix); ok && validateVolumeID(id, "record name") == nil {
+			return id
+		}
+	}
+	return ""
+}
+
+// loadMarked loads the record of a create or delete under way, in state
+// creating or deleting by its name, for recover to clean up. Next to a
+// committed record of the same volume, which the store never leaves, it
+// is stale and removed: the committed record is what a CO was told.
+func (s *store) loadMarked(logger klog.Logger, name string) error {
+	id := markedID(name)
+	state := stateCreating
+	if strings.HasPrefix(name, deletingPrefix) {
+		state = stateDeleting
+	}
+	file := path.Join(metaDir, name)
+	if _, unavailable := s.unavailable[id]; unavailable {
+		logger.Info("Leaving the record of an operation on an unavailable volume alone", "volumeID", id, "file", name)
+		return nil
+	}
+	if _, committed := s.volumes[id]; committed {
+		if err := s.root.Remove(file); err != nil {
+			return fmt.Errorf("removing a stale record: %w", err)
+		}
+		logger.Info("Removed a stale record of an operation next to the volume's record", "volumeID", id, "file", name)
+		return nil
+	}
+	return s.loadRecord(logger, id, file, state)
+}
+
+// loadRecord reads the record of volume id from file into the store, in
+// state when it is not "" (else the record's own), or sets it aside when it
+// cannot be read.
+func (s *store) loadRecord(logger klog.Logger, id, file, state string) error {
+	v, err := s.readRecord(id, file)
+	if err != nil {
+		return s.setAside(logger, id, file, err)
+	}
+	if state != "" {
+		v.State = state
+	}
+	s.volumes[id] = v
+	s.allocated += v.CapacityBytes
 	return nil
 }
 
@@ -63,16 +131,17 @@ const corruptSuffix = ".corrupt-"
 
 func isSetAside(name string) bool { return strings.Contains(name, recordExt+corruptSuffix) }
 
-// setAside renames a record that cannot be read to <id>.json.corrupt-<time>
-// and marks its volume unavailable: one bad record must not stop the agent
-// from serving every other volume of the node, and the volume's directory
-// and the bad record are both kept for a person to look at.
-func (s *store) setAside(logger klog.Logger, id string, readErr error) error {
+// setAside renames a record file that cannot be read to
+// <id>.json.corrupt-<time> and marks its volume unavailable: one bad record
+// must not stop the agent from serving every other volume of the node, and
+// the volume's directory and the bad record are both kept for a person to
+// look at.
+func (s *store) setAside(logger klog.Logger, id, file string, readErr error) error {
 	aside := recordName(id) + corruptSuffix + time.Now().UTC().Format("20060102T150405Z")
-	if err := s.root.Rename(recordName(id), aside); err != nil {
+	if err := s.root.Rename(file, aside); err != nil {
 		return fmt.Errorf("setting aside the unreadable record of volume %s: %w (and: %w)", id, err, readErr)
 	}
-	if err := s.syncDir(metaDir); err != nil {
+	if err := s.syncMeta(); err != nil {
 		return err
 	}
 	s.markSetAside(id, aside, " ("+readErr.Error()+")")
@@ -89,8 +158,8 @@ func (s *store) markSetAside(id, aside, cause string) {
 		cause, path.Join(s.rootPath, aside), path.Join(s.rootPath, recordName(id)))
 }
 
-func (s *store) readRecord(id string) (*Volume, error) {
-	name := recordName(id)
+// readRecord reads and checks the record of volume id in file name.
+func (s *store) readRecord(id, name string) (*Volume, error) {
 	data, err := s.root.ReadFile(name)
 	if err != nil {
 		return nil, fmt.Errorf("reading record: %w", err)
@@ -152,6 +221,15 @@ func (s *store) checkDirs(logger klog.Logger) {
 // writeRecord writes a record atomically: temporary file, fsync, rename,
 // fsync of meta/.
 func (s *store) writeRecord(v *Volume) error {
+	if err := s.writeFile(recordName(v.ID), v); err != nil {
+		return err
+	}
+	return s.syncMeta()
+}
+
+// writeFile writes v to name in meta/ as a whole: temporary file, fsync,
+// rename. The new name is durable once meta/ is synced.
+func (s *store) writeFile(name string, v *Volume) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encoding record: %w", err)
@@ -161,11 +239,38 @@ func (s *store) writeRecord(v *Volume) error {
 		_ = s.root.Remove(tmp)
 		return fmt.Errorf("writing record: %w", err)
 	}
-	if err := s.root.Rename(tmp, recordName(v.ID)); err != nil {
+	if err := s.root.Rename(tmp, name); err != nil {
 		_ = s.root.Remove(tmp)
 		return fmt.Errorf("renaming record: %w", err)
 	}
-	return s.syncDir(metaDir)
+	return nil
+}
+
+// moveRecord renames a record file in meta/ and makes the rename durable.
+func (s *store) moveRecord(from, to string) error {
+	if err := s.root.Rename(from, to); err != nil {
+		return fmt.Errorf("renaming record: %w", err)
+	}
+	return s.syncMeta()
+}
+
+// dropRecord removes every file that may hold the record of volume id: the
+// committed record and those of a create or delete under way. Only the
+// removal of a committed record is made durable here (the old layout of
+// records kept every state there); the others may come back after a power
+// loss, which is safe: they only ever name work that recover finishes.
+func (s *store) dropRecord(id string) error {
+	for _, name := range []string{creatingName(id), deletingName(id), recordName(id)} {
+		err := s.root.Remove(name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("removing volume record: %w", err)
+		case name == recordName(id):
+			return s.syncMeta()
+		}
+	}
+	return nil
 }
 
 func (s *store) writeSynced(name string, data []byte) error {
@@ -187,6 +292,10 @@ func (s *store) writeSynced(name string, data []byte) error {
 // syncDir fsyncs a directory of the data root so the entries created,
 // renamed or removed in it survive a power loss.
 func (s *store) syncDir(name string) error { return syncDir(s.root, name) }
+
+// syncMeta makes every change to the entries of meta/ made so far durable,
+// sharing the fsync with concurrent callers (dirSync).
+func (s *store) syncMeta() error { return s.metaSync.sync() }
 
 func syncDir(root *os.Root, name string) error {
 	d, err := root.Open(name)
