@@ -45,9 +45,8 @@ type ControllerConfig struct {
 	// controller fills it with a lister that watches only this node.
 	Provisioner Config
 	// Client talks to the API server. Its QPS and burst bound how fast
-	// claims turn into PVs: each one costs about four writes (the claim's
-	// storage-provisioner annotation, the PV with the finalizer already on
-	// it, and two events).
+	// claims turn into PVs: each one costs about three writes (the PV with
+	// the finalizer already on it, and two events).
 	Client kubernetes.Interface
 	// Informers is the cluster-wide informer factory, shared with the
 	// placement duty. NewController takes the claim, PV and StorageClass
@@ -67,14 +66,12 @@ type ControllerConfig struct {
 // Controller runs the library's ProvisionController with a Provisioner for
 // this node.
 type Controller struct {
-	lib         *controller.ProvisionController
-	annotator   *annotator
-	threadiness int
-	informers   informers.SharedInformerFactory
-	node        informers.SharedInformerFactory
-	metrics     metrics.Metrics
-	workers     *sync.WaitGroup
-	nodeName    string
+	lib       *controller.ProvisionController
+	informers informers.SharedInformerFactory
+	node      informers.SharedInformerFactory
+	metrics   metrics.Metrics
+	workers   *sync.WaitGroup
+	nodeName  string
 	// synced is set once the informers' caches have synced and the
 	// library's workers start.
 	synced atomic.Bool
@@ -104,10 +101,6 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 		return nil, err
 	}
 
-	annotator, err := newAnnotator(cfg)
-	if err != nil {
-		return nil, err
-	}
 	m := metrics.New("controller")
 	lib := controller.NewProvisionController(ctx, cfg.Client, cfg.Provisioner.DriverName, p, libraryOptions(cfg, m)...)
 	// Run returns when ctx is done, not when the workers are; the wait
@@ -115,7 +108,7 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 	// stop the driver only after them.
 	workers := &sync.WaitGroup{}
 	lib.ControllerWaitGroup(workers)
-	return &Controller{lib: lib, annotator: annotator, threadiness: cfg.Threadiness, informers: cfg.Informers, node: node,
+	return &Controller{lib: lib, informers: cfg.Informers, node: node,
 		metrics: m, workers: workers, nodeName: cfg.Provisioner.NodeName}, nil
 }
 
@@ -172,7 +165,10 @@ func libraryOptions(cfg ControllerConfig, m metrics.Metrics) []func(*controller.
 			cfg.RetryIntervalStart, cfg.RetryIntervalMax)),
 		// Share informers with the placement duty and with the process'
 		// other users instead of the library's private copies.
-		controller.ClaimsInformer(cfg.Informers.Core().V1().PersistentVolumeClaims().Informer()),
+		controller.ClaimsInformer(claimView{
+			SharedIndexInformer: cfg.Informers.Core().V1().PersistentVolumeClaims().Informer(),
+			h:                   &handOver{nodeName: cfg.Provisioner.NodeName, driverName: cfg.Provisioner.DriverName, classes: cfg.Informers.Storage().V1().StorageClasses().Lister()},
+		}),
 		controller.VolumesInformer(cfg.Informers.Core().V1().PersistentVolumes().Informer()),
 		controller.ClassesInformer(cfg.Informers.Storage().V1().StorageClasses().Informer()),
 		// The period of the library's own handlers on those informers:
@@ -218,11 +214,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Provisioner running", "node", c.nodeName)
 	c.synced.Store(true)
-	var annotating sync.WaitGroup
-	annotating.Go(func() { c.annotator.run(ctx, c.threadiness) })
 	c.lib.Run(ctx)
 	c.workers.Wait()
-	annotating.Wait()
 	c.node.Shutdown()
 	return nil
 }

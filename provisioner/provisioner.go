@@ -147,8 +147,8 @@ func New(cfg Config) (*Provisioner, error) {
 // every claim and all but one say no here. The library then requires on its
 // own that the claim's volume.kubernetes.io/storage-provisioner annotation
 // names this driver (set by the PV controller in kube-controller-manager,
-// or, for WaitForFirstConsumer classes, by this node's annotator as soon as
-// the scheduler has selected the node), and, for WaitForFirstConsumer
+// and for WaitForFirstConsumer classes shown by this node's view of the
+// claim as soon as the scheduler has selected the node: handover.go), and, for WaitForFirstConsumer
 // classes, that the selected-node annotation is set. A claim of a
 // WaitForFirstConsumer class gets its node from the scheduler; a claim of an
 // Immediate class has none until the placement duty sets one, and until then

@@ -73,7 +73,7 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.Int64Var(&o.maxVolumes, "max-volumes", 0, "Most volumes kubelet may put on this node (reported to the scheduler via CSINode). 0: no limit.")
 	f.IntVar(&o.socketGroup, "socket-group", -1, "Group ID that may use the CSI socket (mode 0660). -1: owner only (mode 0600).")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file. Empty: the in-cluster service account.")
-	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about four writes (its storage-provisioner annotation, the PV, two events).")
+	f.Float32Var(&o.qps, "kube-api-qps", 50, "Sustained requests per second to the API server. A claim costs about three writes (the PV, two events).")
 	f.IntVar(&o.burst, "kube-api-burst", 100, "Requests allowed in a burst above --kube-api-qps.")
 	f.IntVar(&o.threadiness, "threadiness", provisioner.DefaultThreadiness, "Claims provisioned (and volumes deleted) in parallel.")
 	f.DurationVar(&o.operationTimeout, "operation-timeout", provisioner.DefaultTimeout, "Timeout of one CreateVolume, DeleteVolume or ControllerExpandVolume call to the driver.")

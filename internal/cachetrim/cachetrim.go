@@ -6,13 +6,13 @@
 // A transform must never drop what some reader of the cache looks at, nor
 // what a write built from a cached object would then lose. The agent's
 // readers of claims and PVs are the provisioning library (spec, status,
-// annotations, finalizers, UID), the Provisioner and the annotator (claims:
-// spec, annotations; StorageClasses: all of it), the reconciler (PVs: CSI
+// annotations, finalizers, UID), the Provisioner and the hand-over view
+// (claims: spec, annotations; StorageClasses: all of it), the reconciler (PVs: CSI
 // source, node affinity, claimRef, timestamps), the resizer (claims: spec,
 // status, annotations; PVs: CSI source, claimRef, capacity) and the
 // capacity publisher (StorageClasses). Its writes from cached objects are
-// an Update of a claim (the annotator: metadata and spec go to the API
-// server as cached, so none of them may be dropped), and patches of PVs
+// an Update of a claim (the library's reschedule: metadata and spec go to
+// the API server as cached, so none of them may be dropped), and patches of PVs
 // computed as the difference between two versions of the same cached
 // object (the library's finalizer patch, which carries only the finalizers
 // however little the cache holds). The resizer reads a claim afresh from

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,15 +52,17 @@ type claimWrites struct {
 	mu      sync.Mutex
 	version int
 	// byWriter counts successful updates per claim and writer (the
-	// request's field manager: "" for the agent, "kcm" for the stand-in).
-	byWriter map[string]map[string]int
+	// request's field manager: "" for the agent, "kcm" for the stand-in);
+	// conflicts counts the updates refused with a Conflict, per writer.
+	byWriter  map[string]map[string]int
+	conflicts map[string]int
 	// before, when set, runs before an update is applied, for a test to
 	// change the stored claim under it.
 	before func(claim *v1.PersistentVolumeClaim)
 }
 
 func trackClaimWrites(t *testing.T, client *fake.Clientset) *claimWrites {
-	w := &claimWrites{t: t, client: client, byWriter: map[string]map[string]int{}}
+	w := &claimWrites{t: t, client: client, byWriter: map[string]map[string]int{}, conflicts: map[string]int{}}
 	client.PrependReactor("update", "persistentvolumeclaims", w.react)
 	return w
 }
@@ -84,6 +85,7 @@ func (w *claimWrites) react(action k8stesting.Action) (bool, runtime.Object, err
 	}
 	stored := obj.(*v1.PersistentVolumeClaim)
 	if stored.ResourceVersion != claim.ResourceVersion {
+		w.conflicts[update.UpdateOptions.FieldManager]++
 		return true, nil, apierrors.NewConflict(gvr.GroupResource(), claim.Name,
 			fmt.Errorf("stored at %q, written at %q", stored.ResourceVersion, claim.ResourceVersion))
 	}
@@ -107,6 +109,12 @@ func (w *claimWrites) count(claim, writer string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.byWriter[claim][writer]
+}
+
+func (w *claimWrites) conflicted(writer string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.conflicts[writer]
 }
 
 // kcmAnnotator stands in for the PV controller's part: from its own
@@ -150,10 +158,10 @@ func kcmAnnotator(ctx context.Context, t *testing.T, client *fake.Clientset, pro
 	t.Cleanup(factory.Shutdown)
 }
 
-// The agent of the selected node writes both storage-provisioner
-// annotations with the class's provisioner, once, and the library then
-// provisions the claim without any help from kube-controller-manager.
-func TestAnnotatorHandsTheClaimToTheLibrary(t *testing.T) {
+// A claim selected to this node is provisioned without the PV
+// controller's annotations and without any write to the claim: the agent's
+// cache shows it handed over.
+func TestHandOverToTheLibrary(t *testing.T) {
 	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"))
 	writes := trackClaimWrites(t, client)
 	startController(fixtures.Context(t, 2), t, client, startDriver(t, "node-a", 10<<30))
@@ -161,37 +169,24 @@ func TestAnnotatorHandsTheClaimToTheLibrary(t *testing.T) {
 	c := unannotated("data-web-0", "node-a")
 	fixtures.CreateClaims(t, client, c)
 	waitForPV(t, client, c)
-	got := getClaim(t, client, c.Name)
-	for _, key := range []string{provisioner.AnnStorageProvisioner, provisioner.AnnBetaStorageProvisioner} {
-		if got.Annotations[key] != driver.Name {
-			t.Errorf("%s = %q, want %q", key, got.Annotations[key], driver.Name)
-		}
+	if n := writes.count(c.Name, "") + writes.conflicted(""); n != 0 {
+		t.Errorf("%d claim updates by the agent, want none", n)
 	}
-	if got.Annotations[provisioner.AnnSelectedNode] != "node-a" {
-		t.Errorf("selected node %q, want it kept", got.Annotations[provisioner.AnnSelectedNode])
-	}
-	if n := writes.count(c.Name, ""); n != 1 {
-		t.Errorf("%d claim updates by the agent, want 1", n)
+	if got := getClaim(t, client, c.Name); got.Annotations[provisioner.AnnStorageProvisioner] != "" {
+		t.Errorf("the claim on the API server has %s = %q; only the PV controller writes it",
+			provisioner.AnnStorageProvisioner, got.Annotations[provisioner.AnnStorageProvisioner])
 	}
 }
 
 // Claims the PV controller would not hand to stickyvol on this node, or has
-// already handed to someone, are not written to.
-func TestAnnotatorLeavesOtherClaimsAlone(t *testing.T) {
+// already handed to someone else, are not provisioned.
+func TestHandOverLeavesOtherClaimsAlone(t *testing.T) {
 	other := fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer)
 	other.Name, other.Provisioner = "other", "other.example.com"
 	immediate := fixtures.Class(storagev1.VolumeBindingImmediate)
 	immediate.Name = "immediate"
-	static := &v1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: "static"},
-		Spec: v1.PersistentVolumeSpec{
-			ClaimRef: &v1.ObjectReference{Namespace: "default", Name: "pre-bound"},
-			PersistentVolumeSource: v1.PersistentVolumeSource{
-				CSI: &v1.CSIPersistentVolumeSource{Driver: "other.example.com", VolumeHandle: "static"}},
-		},
-	}
 	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), other, immediate,
-		static, fixtures.ReadyNode("node-a"))
+		fixtures.ReadyNode("node-a"))
 	writes := trackClaimWrites(t, client)
 
 	otherNode := unannotated("other-node", "node-b")
@@ -206,14 +201,13 @@ func TestAnnotatorLeavesOtherClaimsAlone(t *testing.T) {
 	betaOnly.Annotations[provisioner.AnnBetaStorageProvisioner] = "someone.example.com"
 	bound := unannotated("bound", "node-a")
 	bound.Spec.VolumeName, bound.Status.Phase = "pv-of-bound", v1.ClaimBound
-	preBound := unannotated("pre-bound", "node-a")
 	deleting := unannotated("deleting", "node-a")
 	deleting.DeletionTimestamp, deleting.Finalizers = &metav1.Time{Time: time.Now()}, []string{"kubernetes.io/pvc-protection"}
-	alone := []*v1.PersistentVolumeClaim{otherNode, unselected, otherClass, immediateClass, annotated, betaOnly, bound, preBound, deleting}
+	alone := []*v1.PersistentVolumeClaim{otherNode, unselected, otherClass, immediateClass, annotated, betaOnly, bound, deleting}
 	fixtures.CreateClaims(t, client, alone...)
 
 	startController(fixtures.Context(t, 2), t, client, startDriver(t, "node-a", 10<<30))
-	// A claim that is written to, after the others are in the queue; with
+	// A claim that is provisioned, after the others are in the queue; with
 	// the workers' head start, a little more for the last of them.
 	mine := unannotated("mine", "node-a")
 	fixtures.CreateClaims(t, client, mine)
@@ -224,23 +218,17 @@ func TestAnnotatorLeavesOtherClaimsAlone(t *testing.T) {
 		if n := writes.count(c.Name, ""); n != 0 {
 			t.Errorf("%s: %d updates by the agent, want none", c.Name, n)
 		}
-		got := getClaim(t, client, c.Name)
-		for _, key := range []string{provisioner.AnnStorageProvisioner, provisioner.AnnBetaStorageProvisioner} {
-			if got.Annotations[key] != c.Annotations[key] {
-				t.Errorf("%s: %s = %q, was %q", c.Name, key, got.Annotations[key], c.Annotations[key])
-			}
-		}
 		if _, err := pvFor(t.Context(), client, c); !apierrors.IsNotFound(err) {
 			t.Errorf("%s: PV lookup = %v, want NotFound", c.Name, err)
 		}
 	}
 }
 
-// The agent and the PV controller race to annotate the same claims. Every
-// claim ends with the one value, written once; whoever comes second gets a
-// Conflict, and the PV controller then finds the value it wants and writes
-// nothing. (claimWrites fails the test if a value is ever replaced.)
-func TestAnnotatorRacesTheControllerManager(t *testing.T) {
+// The PV controller annotates the claims while the agent provisions them:
+// it writes each claim once, never loses a write to a Conflict (which it
+// would report as a Warning ProvisioningFailed event), and the agent writes
+// no claim. (claimWrites fails the test if a value is ever replaced.)
+func TestHandOverWithTheControllerManager(t *testing.T) {
 	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"))
 	writes := trackClaimWrites(t, client)
 	ctx := fixtures.Context(t, 0)
@@ -252,80 +240,18 @@ func TestAnnotatorRacesTheControllerManager(t *testing.T) {
 		claims = append(claims, unannotated(fmt.Sprintf("data-web-%d", i), "node-a"))
 	}
 	fixtures.CreateClaims(t, client, claims...)
-	var byAgent, byKCM int
 	for _, c := range claims {
 		waitForPV(t, client, c)
-		got := getClaim(t, client, c.Name)
-		if got.Annotations[provisioner.AnnStorageProvisioner] != driver.Name || got.Annotations[provisioner.AnnBetaStorageProvisioner] != driver.Name {
-			t.Errorf("%s: annotations %v", c.Name, got.Annotations)
-		}
-		agent, kcm := writes.count(c.Name, ""), writes.count(c.Name, "kcm")
-		if agent+kcm != 1 {
-			t.Errorf("%s: %d writes by the agent and %d by the PV controller, want one in all", c.Name, agent, kcm)
-		}
-		byAgent, byKCM = byAgent+agent, byKCM+kcm
-	}
-	t.Logf("annotations written by the agent: %d, by the PV controller: %d", byAgent, byKCM)
-}
-
-// The PV controller writes the annotations between the agent's read and its
-// write: the agent's update is a Conflict and is dropped, not retried over
-// the newer claim, and the claim is provisioned.
-func TestAnnotatorDropsItsWriteOnConflict(t *testing.T) {
-	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"))
-	writes := trackClaimWrites(t, client)
-	var attempts atomic.Int32
-	writes.before = func(c *v1.PersistentVolumeClaim) {
-		if attempts.Add(1) > 1 {
-			return
-		}
-		// The PV controller's write lands first, at a new version.
-		gvr := v1.SchemeGroupVersion.WithResource("persistentvolumeclaims")
-		obj, err := client.Tracker().Get(gvr, c.Namespace, c.Name)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		stored := obj.(*v1.PersistentVolumeClaim).DeepCopy()
-		stored.Annotations[provisioner.AnnStorageProvisioner] = driver.Name
-		stored.Annotations[provisioner.AnnBetaStorageProvisioner] = driver.Name
-		stored.ResourceVersion = "kcm"
-		if err := client.Tracker().Update(gvr, stored, c.Namespace); err != nil {
-			t.Error(err)
+		fixtures.Eventually(t, "the PV controller's annotations on "+c.Name, func(ctx context.Context) (bool, error) {
+			got, err := client.CoreV1().PersistentVolumeClaims("default").Get(ctx, c.Name, metav1.GetOptions{})
+			return err == nil && got.Annotations[provisioner.AnnStorageProvisioner] == driver.Name &&
+				got.Annotations[provisioner.AnnBetaStorageProvisioner] == driver.Name, err
+		})
+		if agent, kcm := writes.count(c.Name, ""), writes.count(c.Name, "kcm"); agent != 0 || kcm != 1 {
+			t.Errorf("%s: %d writes by the agent and %d by the PV controller, want 0 and 1", c.Name, agent, kcm)
 		}
 	}
-	startController(fixtures.Context(t, 2), t, client, startDriver(t, "node-a", 10<<30))
-
-	c := unannotated("data-web-0", "node-a")
-	fixtures.CreateClaims(t, client, c)
-	waitForPV(t, client, c)
-	time.Sleep(200 * time.Millisecond)
-	if n := attempts.Load(); n != 1 {
-		t.Errorf("the agent tried %d updates, want 1 (the one that lost)", n)
-	}
-	if n := writes.count(c.Name, ""); n != 0 {
-		t.Errorf("%d updates by the agent went through, want none", n)
-	}
-}
-
-// A write that fails for another reason than a Conflict is retried.
-func TestAnnotatorRetriesAFailedWrite(t *testing.T) {
-	client := fake.NewClientset(fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), fixtures.ReadyNode("node-a"))
-	var failed atomic.Bool
-	client.PrependReactor("update", "persistentvolumeclaims", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		if failed.CompareAndSwap(false, true) {
-			return true, nil, apierrors.NewServiceUnavailable("etcd is slow")
-		}
-		return false, nil, nil
-	})
-	startController(fixtures.Context(t, 2), t, client, startDriver(t, "node-a", 10<<30))
-	c := unannotated("data-web-0", "node-a")
-	fixtures.CreateClaims(t, client, c)
-	waitForPV(t, client, c)
-	if !failed.Load() {
-		t.Error("the first write did not fail; the test proves nothing")
-	}
-	if got := getClaim(t, client, c.Name); got.Annotations[provisioner.AnnStorageProvisioner] != driver.Name {
-		t.Errorf("annotations %v", got.Annotations)
+	if n := writes.conflicted("kcm"); n != 0 {
+		t.Errorf("the PV controller lost %d writes to a Conflict, want none", n)
 	}
 }
