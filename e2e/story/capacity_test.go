@@ -103,10 +103,10 @@ func TestCapacity(t *testing.T) {
 }
 
 // TestStatefulSetSpreadsByRoom: a StatefulSet whose claims add up to more
-// than any one node can hold, but fit the nodes together. Its pods start in
-// order, each once the one before is Ready; every node publishes its
-// shrunken room as soon as a volume is made there, so the scheduler places
-// each pod on a node that still has room. No claim is refused on the way
+// than one node can hold, and whose pods prefer that node. Its pods start
+// in order, each once the one before is Ready; the node publishes its
+// shrunken room as soon as a volume is made there, so the scheduler fills
+// it exactly and places the rest elsewhere. No claim is refused on the way
 // (no ProvisioningFailed, which would send it back to the scheduler) and no
 // pod waits for want of room (no FailedScheduling): the scheduler's
 // retries, counted from their events, are zero.
@@ -117,31 +117,27 @@ func TestStatefulSetSpreadsByRoom(t *testing.T) {
 		e.waitPublished(ctx, framework.StorageClass, node, room)
 	}
 	const size = 192 << 20
-	most, all := int64(0), int64(0)
+	preferred := e.Cluster.Nodes()[0].Name
+	fits := free[preferred] / size
+	all := int64(0)
 	for _, room := range free {
-		most = max(most, room/size)
 		all += room / size
 	}
-	replicas := most + 1
+	replicas := fits + 1
 	if all < replicas {
 		t.Fatalf("room %v holds %d claims of %s in all, want at least %d", free, all, quantity(size), replicas)
 	}
-	e.step("%d claims of %s: more than any node holds (%d at most), fewer than all do (%d)", replicas, quantity(size), most, all)
-	sts := statefulSet("roomy", int32(replicas), requesting(quantity(size)))
+	e.step("%d claims of %s, preferring %s, which holds %d of them", replicas, quantity(size), preferred, fits)
+	sts := statefulSet("roomy", int32(replicas), requesting(quantity(size)), preferring(preferred))
 	sts.Spec.PodManagementPolicy = appsv1.OrderedReadyPodManagement
 	pods := e.createStatefulSet(ctx, sts)
-	used := map[string]int64{}
+	placed := map[string]int64{}
 	for _, pod := range pods {
-		used[e.bindingOf(ctx, pod).node] += size
+		placed[e.bindingOf(ctx, pod).node]++
 	}
-	e.step("placed: %v bytes per node, of room %v", used, free)
-	for node, n := range used {
-		if n > free[node] {
-			t.Errorf("node %s holds %d bytes of claims, more than its room %d", node, n, free[node])
-		}
-	}
-	if len(used) < 2 {
-		t.Errorf("all claims on one node: %v", used)
+	e.step("claims per node: %v", placed)
+	if placed[preferred] != fits {
+		t.Errorf("%s holds %d claims, want %d: as many as fit", preferred, placed[preferred], fits)
 	}
 	events, err := e.Client.CoreV1().Events(e.ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -155,6 +151,20 @@ func TestStatefulSetSpreadsByRoom(t *testing.T) {
 		}
 	}
 	e.step("scheduler retries for want of room: %d", retries)
+}
+
+// preferring makes the StatefulSet's pods prefer node.
+func preferring(node string) func(*appsv1.StatefulSet) {
+	return func(sts *appsv1.StatefulSet) {
+		sts.Spec.Template.Spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
+			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{
+				Weight: 100,
+				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
+					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node},
+				}}},
+			}},
+		}}
+	}
 }
 
 // waitPublished waits until the node's CSIStorageCapacity object for the
