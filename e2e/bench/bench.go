@@ -48,6 +48,9 @@ type Config struct {
 	// memory scenario; SkipMemory leaves that scenario out.
 	Objects    int
 	SkipMemory bool
+	// Profile takes CPU and heap profiles of one agent during the first
+	// stickyvol run, into the output directory (profile.go).
+	Profile bool
 	// OutDir receives results.json and chart.png. Default:
 	// CacheDir/bench/<time>, with CacheDir/bench/latest linked to it.
 	OutDir string
@@ -128,7 +131,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 			logf("cluster down in %s", time.Since(down).Round(100*time.Millisecond))
 		}()
 	}
-	err = runAll(ctx, cfg, c, binary, res)
+	profileDir := ""
+	if cfg.Profile {
+		profileDir = outDir
+	}
+	err = runAll(ctx, cfg, c, binary, profileDir, res)
 	if err != nil {
 		c.PrintLogTails(cfg.ClusterOut, 20)
 	}
@@ -136,7 +143,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 }
 
 // runAll runs every scenario on the cluster, adding to res.
-func runAll(ctx context.Context, cfg Config, c *cluster.Cluster, binary string, res *Results) error {
+func runAll(ctx context.Context, cfg Config, c *cluster.Cluster, binary, profileDir string, res *Results) error {
 	logf := cfg.Logf
 	f, err := framework.New(c, cfg.RepoDir)
 	if err != nil {
@@ -154,7 +161,7 @@ func runAll(ctx context.Context, cfg Config, c *cluster.Cluster, binary string, 
 	if err := installClasses(ctx, f, cs); err != nil {
 		return err
 	}
-	sv := &stickyvolContender{f: f, binary: binary}
+	sv := &stickyvolContender{f: f, binary: binary, profileDir: profileDir}
 	// The baseline first in every round, then stickyvol: on a machine
 	// shared with other work, runs side by side see the same conditions.
 	contenders := []contender{&instantContender{f: f, command: cfg.InstantCommand}, sv}

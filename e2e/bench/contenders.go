@@ -37,6 +37,9 @@ type stickyvolContender struct {
 	f      *framework.Framework
 	binary string
 	agents *framework.HostAgents
+	// profileDir, when set, is where the next run's profiles go; the run
+	// clears it (profile.go).
+	profileDir string
 }
 
 func (s *stickyvolContender) name() string         { return Stickyvol }
@@ -48,6 +51,15 @@ func (s *stickyvolContender) start(ctx context.Context) (processes, error) {
 		return nil, err
 	}
 	s.agents = agents
+	if s.profileDir != "" {
+		node := profiledNode(agents.Nodes())
+		if err := agents.Kill(node); err != nil {
+			return nil, err
+		}
+		if err := agents.StartWith(ctx, node, profileArgs()...); err != nil {
+			return nil, err
+		}
+	}
 	ps := processes{}
 	for _, node := range agents.Nodes() {
 		pid, running := agents.Running(node)

@@ -84,6 +84,15 @@ func runScenario(ctx context.Context, cs kubernetes.Interface, ct contender, n, 
 	if _, err := procs.waitQuiet(ctx, time.Minute); err != nil {
 		return res, err
 	}
+	if sv, ok := ct.(*stickyvolContender); ok && sv.profileDir != "" {
+		wait := startProfile(ctx, sv.profileDir)
+		sv.profileDir = ""
+		defer func() {
+			if perr := wait(); perr != nil {
+				logf("no profile: %v", perr)
+			}
+		}()
+	}
 	ns, err := cs.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		GenerateName: fmt.Sprintf("bench-%s-%d-", ct.name(), n),
 	}}, metav1.CreateOptions{})

@@ -82,7 +82,10 @@ func (h *HostAgents) kubeletRoot(node string) string { return filepath.Join(host
 
 // Start starts the agent of node (again) and returns once its driver
 // listens on its socket, or with the end of its log if it exits first.
-func (h *HostAgents) Start(ctx context.Context, node string) error {
+func (h *HostAgents) Start(ctx context.Context, node string) error { return h.StartWith(ctx, node) }
+
+// StartWith is Start with flags for this agent only, after the others.
+func (h *HostAgents) StartWith(ctx context.Context, node string, extra ...string) error {
 	argv := append([]string{h.binary, "node",
 		"--node-name=" + node,
 		"--kubeconfig=" + h.f.Cluster.Kubeconfig(),
@@ -92,6 +95,7 @@ func (h *HostAgents) Start(ctx context.Context, node string) error {
 		"--metrics-address=",
 		"-v=2",
 	}, h.args...)
+	argv = append(argv, extra...)
 	// A killed agent leaves its socket behind: gone, it cannot be taken
 	// for the new one's.
 	socket := filepath.Join(h.kubeletRoot(node), "plugins", DriverName, "csi.sock")

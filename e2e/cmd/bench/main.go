@@ -80,6 +80,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Runs, "runs", 3, "runs of each size and provisioner; figures are their medians")
 	fs.IntVar(&cfg.Objects, "objects", 10000, "claims, and PVs, of other nodes in the memory scenario")
 	fs.BoolVar(&cfg.SkipMemory, "skip-memory", false, "leave out the memory scenario")
+	fs.BoolVar(&cfg.Profile, "profile", false, "take CPU and heap profiles of one agent during the first stickyvol run (agent-cpu.pprof, agent-heap.pprof in the output directory)")
 	fs.StringVar(&cfg.OutDir, "out", "", "`directory` for results.json and chart.png (default: <cache-dir>/bench/<time>)")
 	fs.StringVar(&driverBench, "driver-bench", "", "`file` of `go test -bench` output of ./driver/ to take the pairs/s from (as `make bench-driver` writes)")
 	fs.DurationVar(&timeout, "timeout", timeout, "bound on the whole run")
