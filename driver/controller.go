@@ -115,7 +115,7 @@ func (s *controllerServer) pool(p volumeParams) (*store, error) {
 // when new volumes in its pool st are directories. ResourceExhausted, for
 // the reason pool gives.
 func checkEnforcement(st *store, p volumeParams) error {
-	if !p.SizeRequired || p.Image || st.defaultBackend.Name() != BackendDirectory {
+	if !p.SizeRequired || p.Image || p.Block || st.defaultBackend.Name() != BackendDirectory {
 		return nil
 	}
 	return status.Errorf(codes.ResourceExhausted,
@@ -138,6 +138,17 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 	params, err := parseParameters(req.GetParameters())
 	if err != nil {
 		return volumeSpec{}, err
+	}
+	if params.Block, err = blockAccess(req.GetVolumeCapabilities()); err != nil {
+		return volumeSpec{}, err
+	}
+	if params.Block {
+		if err := checkBlockParams(params); err != nil {
+			return volumeSpec{}, err
+		}
+		if size, err = blockSize(size, req.GetCapacityRange()); err != nil {
+			return volumeSpec{}, err
+		}
 	}
 	if req.GetVolumeContentSource() != nil {
 		return volumeSpec{}, status.Error(codes.InvalidArgument,
@@ -231,6 +242,9 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 	}
 	if v.FsType != "" {
 		vctx[VolumeContextFsType] = v.FsType
+	}
+	if v.Ephemeral {
+		vctx[VolumeContextEphemeral] = "true"
 	}
 	return &csi.Volume{
 		VolumeId:           v.ID,
@@ -328,6 +342,11 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkAccessType(v, c); err != nil {
+			return nil, err
+		}
+	}
 	if limit := r.GetLimitBytes(); limit > 0 && v.CapacityBytes > limit {
 		return nil, status.Errorf(codes.OutOfRange,
 			"volume %s has %d bytes, more than limit_bytes=%d, and volumes do not shrink", id, v.CapacityBytes, limit)
@@ -340,7 +359,10 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 		logger.V(2).Info("Volume expanded", "capacityBytes", v.CapacityBytes, "previousBytes", old)
 		s.volumesChanged(true)
 	}
+	// A block volume's device took the new size in Expand: no file
+	// system waits for a node step.
 	_, twoSteps := st.backend(v).(nodeExpander)
+	twoSteps = twoSteps && v.Backend != BackendBlock
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes, NodeExpansionRequired: twoSteps}, nil
 }
 
@@ -365,11 +387,19 @@ func (s *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return unconfirmed(err), nil
 	}
+	block, err := blockAccess(req.GetVolumeCapabilities())
+	if err != nil {
+		return unconfirmed(err), nil
+	}
+	if isBlock := v.Backend == BackendBlock; block != isBlock {
+		return unconfirmed(status.Errorf(codes.InvalidArgument, "volume %s is %s", id, blockNote(isBlock))), nil
+	}
 	if len(req.GetParameters()) > 0 {
 		params, err := parseParameters(req.GetParameters())
 		if err != nil {
 			return unconfirmed(err), nil
 		}
+		params.Block = block
 		if err := compatible(v, volumeSpec{Params: params}); err != nil {
 			return unconfirmed(err), nil
 		}
