@@ -126,6 +126,20 @@ func TestBlockVolume(t *testing.T) {
 		t.Errorf("device size %d, want %d", n, size)
 	}
 
+	// A restarted agent's container has a /dev of its own: its node of the
+	// device is another inode, and the target still counts as the volume's.
+	var st unix.Stat_t
+	if err := unix.Stat(target("a"), &st); err != nil {
+		t.Fatal(err)
+	}
+	otherNode := filepath.Join(ts.dir, "loop-node-of-another-dev")
+	if err := unix.Mknod(otherNode, unix.S_IFBLK|0o600, int(st.Rdev)); err != nil {
+		t.Fatal(err)
+	}
+	if mountPoint, ours, err := NewMounter().Mounted(target("a"), otherNode); err != nil || !mountPoint || !ours {
+		t.Errorf("Mounted through another node of the device: %t, %t, %v; want a mount point of it", mountPoint, ours, err)
+	}
+
 	data := bytes.Repeat([]byte("stickyvol"), 456)[:4096]
 	writeAt(t, target("a"), data, 1<<20)
 	if got := readAt(t, target("b"), len(data), 1<<20); !bytes.Equal(got, data) {

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -126,8 +127,10 @@ func TestEphemeralVolumeRefused(t *testing.T) {
 }
 
 // TestEphemeralVolumeSweep restarts the agent after one pod went away
-// without an unpublish (kubelet tore its volume directory down) while
-// another still runs: the first pod's volume is deleted, the second's kept.
+// without an unpublish (kubelet tore its volume directory down) and
+// another's volume was made but its target never recorded (the agent
+// stopped in between), while a third pod still runs: the first two
+// volumes are deleted, the third kept.
 func TestEphemeralVolumeSweep(t *testing.T) {
 	testutil.RequireRoot(t)
 	cfg := testConfig(t)
@@ -135,7 +138,8 @@ func TestEphemeralVolumeSweep(t *testing.T) {
 	ctx := testContext(t)
 	gone := inlineRequest(t, ts.dir, "0001", nil)
 	running := inlineRequest(t, ts.dir, "0002", nil)
-	for _, r := range []*csi.NodePublishVolumeRequest{gone, running} {
+	cut := inlineRequest(t, ts.dir, "0003", nil)
+	for _, r := range []*csi.NodePublishVolumeRequest{gone, running, cut} {
 		if _, err := ts.node.NodePublishVolume(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -145,6 +149,27 @@ func TestEphemeralVolumeSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.RemoveAll(filepath.Join(ts.dir, "pods", "0001")); err != nil {
+		t.Fatal(err)
+	}
+	// As if the agent had stopped between making the volume and recording
+	// its target.
+	if err := unix.Unmount(cut.GetTargetPath(), 0); err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(cfg.DataRoot, metaDir, cut.GetVolumeId()+recordExt)
+	var v Volume
+	b, err := os.ReadFile(record)
+	if err == nil {
+		err = json.Unmarshal(b, &v)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Targets = nil
+	if b, err = json.Marshal(v); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(record, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 
