@@ -267,3 +267,11 @@ func checkAccessType(v Volume, c *csi.VolumeCapability) error {
 	}
 	return status.Errorf(codes.InvalidArgument, "volume %s is %s, and the request has the %s access type", v.ID, blockNote(isBlock), want)
 }
+
+// removeEmptyFile removes p if it is an empty regular file, such as the
+// target file publishDevice makes, and leaves anything else alone.
+func removeEmptyFile(p string) {
+	if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+		_ = os.Remove(p)
+	}
+}

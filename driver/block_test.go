@@ -253,3 +253,40 @@ func readAt(t *testing.T, p string, n int, off int64) []byte {
 	}
 	return b
 }
+
+// TestBlockVolumeUnpublishAfterUnmount unpublishes targets whose mounts
+// went away behind the driver's back (kubelet cleaned up, the node lost
+// its mounts), one of them forgotten already by a later publish: each call
+// succeeds, and the device, which no target has now, is detached.
+func TestBlockVolumeUnpublishAfterUnmount(t *testing.T) {
+	requireLoop(t)
+	ts := startServer(t, testConfig(t))
+	ctx := testContext(t)
+	req := createRequest("vol")
+	req.VolumeCapabilities = []*csi.VolumeCapability{rwoBlock}
+	if _, err := ts.controller.CreateVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	lose := func(target string) {
+		t.Helper()
+		if _, err := ts.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "vol", TargetPath: target, VolumeCapability: rwoBlock}); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Unmount(target, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, second := filepath.Join(ts.dir, "first"), filepath.Join(ts.dir, "second")
+	lose(first)
+	lose(second) // its publish forgets first, which shows no mount
+	if _, err := ts.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: first}); err != nil {
+		t.Fatalf("NodeUnpublishVolume of the forgotten target: %v", err)
+	}
+	waitNoLoop(t, filepath.Join(ts.dataRoot, imagesDir, "vol"))
+	if _, err := ts.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol", TargetPath: second}); err != nil {
+		t.Fatalf("NodeUnpublishVolume: %v", err)
+	}
+	if _, err := os.Lstat(second); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("target file left: %v", err)
+	}
+}

@@ -19,8 +19,8 @@ import (
 const maxStackedMounts = 8
 
 // nodeServer implements the CSI Node service. There is no staging: a
-// volume is a directory, so NodePublishVolume bind-mounts it straight onto
-// the target path.
+// volume is a directory (or, for block, a device), so NodePublishVolume
+// bind-mounts it straight onto the target path.
 type nodeServer struct {
 	csi.UnimplementedNodeServer
 	nodeID     string
@@ -439,12 +439,16 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, err
 	case !recorded && !unmounted:
 		logger.V(4).Info("Volume is not published at this target; nothing to do")
-		if v.Ephemeral {
-			// A target forgotten since (pruned: kubelet unmounted it, or
-			// the node rebooted): this call still ends the pod's volume.
-			if err := s.afterLastTarget(klog.NewContext(ctx, logger), st, id); err != nil {
-				return nil, err
-			}
+		if v.Backend == BackendBlock {
+			// Kubelet leaves a block target for the driver to remove,
+			// and a forgotten one may still be the file made for it.
+			removeEmptyFile(target)
+		}
+		// But what the last target held may still be held: the target
+		// was forgotten since (kubelet unmounted it, the node rebooted),
+		// or a retry finds the unmount done and the detach not.
+		if err := s.afterLastTarget(klog.NewContext(ctx, logger), st, id); err != nil {
+			return nil, err
 		}
 		return &csi.NodeUnpublishVolumeResponse{}, nil
 	case foreign:
