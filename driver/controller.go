@@ -49,13 +49,18 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// CreateVolume makes a directory volume on this node. Size: required_bytes,
-// or DefaultVolumeSize (1 GiB) when no capacity range is given (lowered to
-// limit_bytes if that is smaller). Codes: InvalidArgument for a bad name,
-// capability, capacity range or parameter; ResourceExhausted when the
+// CreateVolume makes a volume on this node: with the pool's backend, an
+// image volume when the parameters name a file system, or a block volume
+// (block.go) for the block access type, whose size is rounded up to whole
+// 512-byte sectors and whose parameters must not name a file system.
+// Size: required_bytes, or DefaultVolumeSize (1 GiB) when no capacity
+// range is given (lowered to limit_bytes if that is smaller). Codes:
+// InvalidArgument for a bad name, capability (or a mix of block and mount
+// ones), capacity range or parameter; ResourceExhausted when the
 // accessibility requirements exclude this node or the size does not fit
 // the node's free capacity; AlreadyExists for the same name with an
-// incompatible size or directoryMode, or an ID that another pool holds.
+// incompatible size, directoryMode or access type, or an ID that another
+// pool holds.
 // The volume goes to the pool its class names (ParamPool); a node without
 // that pool answers ResourceExhausted, as for a node without room.
 //
@@ -303,11 +308,12 @@ func (s *controllerServer) volumesChanged(less bool) {
 }
 
 // ControllerExpandVolume raises a volume's size to required_bytes: its
-// backend's limit (a btrfs qgroup's; nothing for a directory) and what it
+// backend's limit (a btrfs qgroup's; nothing for a directory; a block
+// volume's file and, while attached, its loop device) and what it
 // reserves of the node's capacity. Sizes never shrink: a volume that is
 // large enough already is left as it is and its size returned. Codes:
 // InvalidArgument without a positive required_bytes or with a capability
-// this driver does not support; NotFound for an unknown volume; OutOfRange
+// this driver does not support or whose access type is not the volume's; NotFound for an unknown volume; OutOfRange
 // when the volume is already larger than limit_bytes; ResourceExhausted
 // when the growth does not fit the node's free capacity (a node-local
 // volume cannot move elsewhere to grow). For a directory or a subvolume the
