@@ -201,3 +201,30 @@ func assertEmpty(t *testing.T, dir string) {
 		t.Errorf("%s: %d entries (%v), want none", dir, len(entries), err)
 	}
 }
+
+// TestEphemeralImageVolume makes an inline volume with a file system of its
+// own (volumeType: image), as an attribute asks: its size is a limit the
+// pod hits, and the unpublish leaves no image or loop device.
+func TestEphemeralImageVolume(t *testing.T) {
+	requireImages(t)
+	ts := startServer(t, testConfig(t))
+	ctx := testContext(t)
+	req := inlineRequest(t, ts.dir, "0001", map[string]string{AttrSize: "16Mi", ParamVolumeType: VolumeTypeImage})
+	if _, err := ts.node.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	if _, err := writeFile(filepath.Join(req.GetTargetPath(), "big"), 32<<20); !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("writing past the inline volume's size: %v, want ENOSPC", err)
+	}
+	if _, err := ts.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.GetVolumeId(), TargetPath: req.GetTargetPath()}); err != nil {
+		t.Fatalf("NodeUnpublishVolume: %v", err)
+	}
+	img := filepath.Join(ts.dataRoot, imagesDir, req.GetVolumeId())
+	if _, err := os.Lstat(img); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("image left after the unpublish: %v", err)
+	}
+	waitNoLoop(t, img)
+	if vols := ts.Volumes(); len(vols) != 0 {
+		t.Errorf("volumes after the unpublish: %v, want none", vols)
+	}
+}
