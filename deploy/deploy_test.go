@@ -121,13 +121,13 @@ func TestCSIDriver(t *testing.T) {
 		t.Error("attachRequired must be false: a node-local directory has nothing to attach")
 	}
 	if s.PodInfoOnMount == nil || !*s.PodInfoOnMount {
-		t.Error("podInfoOnMount must be true")
+		t.Error("podInfoOnMount must be true: only the pod information says a volume is inline")
 	}
 	if s.FSGroupPolicy == nil || *s.FSGroupPolicy != storagev1.FileFSGroupPolicy {
 		t.Errorf("fsGroupPolicy %v, want File (non-root pods need fsGroup applied)", show(s.FSGroupPolicy))
 	}
-	if !slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}) {
-		t.Errorf("volumeLifecycleModes %v, want [Persistent]", s.VolumeLifecycleModes)
+	if !slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent, storagev1.VolumeLifecycleEphemeral}) {
+		t.Errorf("volumeLifecycleModes %v, want [Persistent Ephemeral]: claims and inline volumes", s.VolumeLifecycleModes)
 	}
 	// The agents publish CSIStorageCapacity (--publish-capacity defaults to
 	// true); the scheduler reads it only when the CSIDriver says so.

@@ -158,6 +158,8 @@ func (s *store) openBackends(logger klog.Logger, choice string, extra []backend)
 		// Chosen per class (volumeType), never by --backend; it needs
 		// nothing set up until it makes a volume.
 		BackendImage: imageBackend{root: s.root, rootPath: s.rootPath},
+		// Chosen by the block access type, for the same reason.
+		BackendBlock: blockBackend{root: s.root, rootPath: s.rootPath},
 	}
 	for _, b := range extra {
 		s.backends[b.Name()] = b

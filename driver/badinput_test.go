@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,6 +68,14 @@ func TestBadInput(t *testing.T) {
 			return err
 		}
 	}
+	// ephemeral makes a publish request one for an inline volume with the
+	// attributes attrs, as kubelet sends it.
+	ephemeral := func(attrs map[string]string) func(*csi.NodePublishVolumeRequest) {
+		return func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeContext = map[string]string{"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": "p"}
+			maps.Copy(r.VolumeContext, attrs)
+		}
+	}
 	params := func(p map[string]string) func(*csi.CreateVolumeRequest) {
 		return func(r *csi.CreateVolumeRequest) { r.Parameters = p }
 	}
@@ -102,7 +111,7 @@ func TestBadInput(t *testing.T) {
 		{"create: no capabilities", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil }),
 			codes.InvalidArgument, "capabilities are required", nil},
 		{"create: nil capability", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{{}} }),
-			codes.InvalidArgument, "mount access type", nil},
+			codes.InvalidArgument, "mount or the block access type", nil},
 		{"create: ReadWriteMany", create(func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = capWith(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
 		}), codes.InvalidArgument, "hostpath volumes are node-local", nil},
@@ -112,8 +121,20 @@ func TestBadInput(t *testing.T) {
 		{"create: MULTI_NODE_SINGLE_WRITER among valid ones", create(func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = append(r.VolumeCapabilities, capWith(csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER)...)
 		}), codes.InvalidArgument, "node-local", nil},
-		{"create: block", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{block} }),
-			codes.InvalidArgument, "block access type is not supported", nil},
+		{"create: block and mount", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = append(r.VolumeCapabilities, block) }),
+			codes.InvalidArgument, "mix the block and the mount access types", nil},
+		{"create: block with a file system", create(func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities = []*csi.VolumeCapability{block}
+			r.Parameters = map[string]string{"csi.storage.k8s.io/fstype": FsXFS}
+		}), codes.InvalidArgument, "block volumes are raw devices without a file system", nil},
+		{"create: block above its limit once in sectors", create(func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities = []*csi.VolumeCapability{block}
+			r.CapacityRange = &csi.CapacityRange{RequiredBytes: 1000, LimitBytes: 1000}
+		}), codes.OutOfRange, "rounds up to 1024", nil},
+		{"create: block for an existing mount volume", create(func(r *csi.CreateVolumeRequest) {
+			r.Name = existing
+			r.VolumeCapabilities = []*csi.VolumeCapability{block}
+		}), codes.AlreadyExists, "it is a file system volume, the request asks for a block volume", nil},
 		{"create: unknown parameter", create(params(map[string]string{"type": "ssd"})),
 			codes.InvalidArgument, `accepted parameters are "directoryMode", "sizeEnforcement", "pool", "volumeType", "fsType" and keys under "csi.storage.k8s.io/"`, nil},
 		{"create: unknown volume type", create(params(map[string]string{ParamVolumeType: "block"})),
@@ -218,6 +239,23 @@ func TestBadInput(t *testing.T) {
 		{"publish: ReadWriteMany", publish(existing, filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
 			r.VolumeCapability = mountCapability(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
 		}), codes.InvalidArgument, "node-local", []string{filepath.Join(targets, "t")}},
+		{"publish: block access type for a file system volume", publish(existing, filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeCapability = block
+		}), codes.InvalidArgument, "is a file system volume, and the request has the block access type", []string{filepath.Join(targets, "t")}},
+		{"ephemeral: size not a quantity", publish("csi-e1", filepath.Join(targets, "t"), ephemeral(map[string]string{AttrSize: "lots"})),
+			codes.InvalidArgument, `size="lots" is not a quantity`, []string{filepath.Join(targets, "t")}},
+		{"ephemeral: size zero", publish("csi-e1", filepath.Join(targets, "t"), ephemeral(map[string]string{AttrSize: "0"})),
+			codes.InvalidArgument, "must be positive", []string{filepath.Join(targets, "t")}},
+		{"ephemeral: unknown attribute", publish("csi-e1", filepath.Join(targets, "t"), ephemeral(map[string]string{"type": "ssd"})),
+			codes.InvalidArgument, `inline volume attributes (besides size): unknown StorageClass parameter "type"`, []string{filepath.Join(targets, "t")}},
+		{"ephemeral: more than the node has", publish("csi-e1", filepath.Join(targets, "t"), ephemeral(map[string]string{AttrSize: "200Gi"})),
+			codes.ResourceExhausted, "making inline ephemeral volume csi-e1 on node node-1: not enough capacity", []string{filepath.Join(targets, "t")}},
+		{"ephemeral: block", publish("csi-e1", filepath.Join(targets, "t"), func(r *csi.NodePublishVolumeRequest) {
+			ephemeral(nil)(r)
+			r.VolumeCapability = block
+		}), codes.InvalidArgument, "an inline ephemeral volume is a file system", []string{filepath.Join(targets, "t")}},
+		{"ephemeral: the ID of a persistent volume", publish(existing, filepath.Join(targets, "t"), ephemeral(nil)),
+			codes.AlreadyExists, "it is a persistent volume, the request asks for an inline ephemeral volume", []string{filepath.Join(targets, "t")}},
 		{"unpublish: relative target", func() error {
 			_, err := ts.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: existing, TargetPath: "t"})
 			return err

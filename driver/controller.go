@@ -49,13 +49,18 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// CreateVolume makes a directory volume on this node. Size: required_bytes,
-// or DefaultVolumeSize (1 GiB) when no capacity range is given (lowered to
-// limit_bytes if that is smaller). Codes: InvalidArgument for a bad name,
-// capability, capacity range or parameter; ResourceExhausted when the
+// CreateVolume makes a volume on this node: with the pool's backend, an
+// image volume when the parameters name a file system, or a block volume
+// (block.go) for the block access type, whose size is rounded up to whole
+// 512-byte sectors and whose parameters must not name a file system.
+// Size: required_bytes, or DefaultVolumeSize (1 GiB) when no capacity
+// range is given (lowered to limit_bytes if that is smaller). Codes:
+// InvalidArgument for a bad name, capability (or a mix of block and mount
+// ones), capacity range or parameter; ResourceExhausted when the
 // accessibility requirements exclude this node or the size does not fit
 // the node's free capacity; AlreadyExists for the same name with an
-// incompatible size or directoryMode, or an ID that another pool holds.
+// incompatible size, directoryMode or access type, or an ID that another
+// pool holds.
 // The volume goes to the pool its class names (ParamPool); a node without
 // that pool answers ResourceExhausted, as for a node without room.
 //
@@ -115,7 +120,7 @@ func (s *controllerServer) pool(p volumeParams) (*store, error) {
 // when new volumes in its pool st are directories. ResourceExhausted, for
 // the reason pool gives.
 func checkEnforcement(st *store, p volumeParams) error {
-	if !p.SizeRequired || p.Image || st.defaultBackend.Name() != BackendDirectory {
+	if !p.SizeRequired || p.Image || p.Block || st.defaultBackend.Name() != BackendDirectory {
 		return nil
 	}
 	return status.Errorf(codes.ResourceExhausted,
@@ -138,6 +143,17 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 	params, err := parseParameters(req.GetParameters())
 	if err != nil {
 		return volumeSpec{}, err
+	}
+	if params.Block, err = blockAccess(req.GetVolumeCapabilities()); err != nil {
+		return volumeSpec{}, err
+	}
+	if params.Block {
+		if err := checkBlockParams(params); err != nil {
+			return volumeSpec{}, err
+		}
+		if size, err = blockSize(size, req.GetCapacityRange()); err != nil {
+			return volumeSpec{}, err
+		}
 	}
 	if req.GetVolumeContentSource() != nil {
 		return volumeSpec{}, status.Error(codes.InvalidArgument,
@@ -232,6 +248,9 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 	if v.FsType != "" {
 		vctx[VolumeContextFsType] = v.FsType
 	}
+	if v.Ephemeral {
+		vctx[VolumeContextEphemeral] = "true"
+	}
 	return &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,
@@ -289,11 +308,12 @@ func (s *controllerServer) volumesChanged(less bool) {
 }
 
 // ControllerExpandVolume raises a volume's size to required_bytes: its
-// backend's limit (a btrfs qgroup's; nothing for a directory) and what it
+// backend's limit (a btrfs qgroup's; nothing for a directory; a block
+// volume's file and, while attached, its loop device) and what it
 // reserves of the node's capacity. Sizes never shrink: a volume that is
 // large enough already is left as it is and its size returned. Codes:
 // InvalidArgument without a positive required_bytes or with a capability
-// this driver does not support; NotFound for an unknown volume; OutOfRange
+// this driver does not support or whose access type is not the volume's; NotFound for an unknown volume; OutOfRange
 // when the volume is already larger than limit_bytes; ResourceExhausted
 // when the growth does not fit the node's free capacity (a node-local
 // volume cannot move elsewhere to grow). For a directory or a subvolume the
@@ -328,6 +348,11 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkAccessType(v, c); err != nil {
+			return nil, err
+		}
+	}
 	if limit := r.GetLimitBytes(); limit > 0 && v.CapacityBytes > limit {
 		return nil, status.Errorf(codes.OutOfRange,
 			"volume %s has %d bytes, more than limit_bytes=%d, and volumes do not shrink", id, v.CapacityBytes, limit)
@@ -340,7 +365,10 @@ func (s *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 		logger.V(2).Info("Volume expanded", "capacityBytes", v.CapacityBytes, "previousBytes", old)
 		s.volumesChanged(true)
 	}
+	// A block volume's device took the new size in Expand: no file
+	// system waits for a node step.
 	_, twoSteps := st.backend(v).(nodeExpander)
+	twoSteps = twoSteps && v.Backend != BackendBlock
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes, NodeExpansionRequired: twoSteps}, nil
 }
 
@@ -365,11 +393,19 @@ func (s *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return unconfirmed(err), nil
 	}
+	block, err := blockAccess(req.GetVolumeCapabilities())
+	if err != nil {
+		return unconfirmed(err), nil
+	}
+	if isBlock := v.Backend == BackendBlock; block != isBlock {
+		return unconfirmed(status.Errorf(codes.InvalidArgument, "volume %s is %s", id, blockNote(isBlock))), nil
+	}
 	if len(req.GetParameters()) > 0 {
 		params, err := parseParameters(req.GetParameters())
 		if err != nil {
 			return unconfirmed(err), nil
 		}
+		params.Block = block
 		if err := compatible(v, volumeSpec{Params: params}); err != nil {
 			return unconfirmed(err), nil
 		}

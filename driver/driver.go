@@ -14,8 +14,12 @@
 //     idempotent by name: the same name with a compatible capacity range
 //     and parameters returns the existing volume, an incompatible one gets
 //     AlreadyExists.
-//   - Only single-node access modes with the mount access type are
-//     supported; MULTI_NODE_* and block are InvalidArgument.
+//   - Only single-node access modes are supported; MULTI_NODE_* is
+//     InvalidArgument. The mount access type gets a directory (or a file
+//     system of its own, backend.go), the block access type a loop device
+//     over a sparse file (block.go).
+//   - NodePublishVolume also makes CSI inline ephemeral volumes, which
+//     NodeUnpublishVolume deletes again (ephemeral.go).
 //   - Every volume reserves its size out of the node's capacity
 //     (Config.Capacity); a volume that does not fit gets ResourceExhausted,
 //     so the provisioner can reschedule the claim to another node. Whether
@@ -141,7 +145,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	locks := &volumeLocks{held: map[string]bool{}}
-	return &Driver{
+	d := &Driver{
 		cfg:        cfg,
 		pools:      p,
 		identity:   &identityServer{name: cfg.Name, version: cfg.Version, pools: p},
@@ -152,8 +156,11 @@ func New(cfg Config) (*Driver, error) {
 			pools:      p,
 			locks:      locks,
 			mounter:    cfg.Mounter,
+			changed:    cfg.VolumesChanged,
 		},
-	}, nil
+	}
+	d.node.sweepEphemeral(cfg.Logger)
+	return d, nil
 }
 
 func checkConfig(cfg Config) error {

@@ -138,7 +138,7 @@ func (b imageBackend) mount(id, fsType string) (fresh bool, err error) {
 	}
 	if dev == "" {
 		var held *os.File
-		if dev, held, err = attachLoop(img); err != nil {
+		if dev, held, err = attachLoop(img, true); err != nil {
 			return false, err
 		}
 		// Closing the device after the mount leaves the mount its only

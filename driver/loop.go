@@ -14,10 +14,17 @@ import (
 // Loop devices for image volumes (image.go), through the loop driver's
 // ioctls (loop(4)); no losetup binary is needed.
 //
-// Every device is attached with LO_FLAGS_AUTOCLEAR: the kernel detaches it
-// when its last user goes, which for an image volume is the last mount of
-// its file system. No device is left behind by an agent that dies, and one
-// stays attached as long as any pod still has the file system mounted.
+// An image volume's device is attached with LO_FLAGS_AUTOCLEAR: the kernel
+// detaches it when its last user goes, which for an image volume is the
+// last mount of its file system. No device is left behind by an agent that
+// dies, and one stays attached as long as any pod still has the file
+// system mounted.
+//
+// A block volume's device (block.go) is attached without it: what a pod
+// gets is a bind mount of the device node, and a mount of a device node is
+// not a user of the device (only an open file or a mounted file system
+// is), so autoclear would detach it as soon as the agent closed it. The
+// agent detaches it itself (detachLoop) when the last target goes.
 //
 // A file must never be attached twice: two loop devices over one image
 // are two file systems writing to the same blocks, and the image is lost.
@@ -34,10 +41,11 @@ const (
 )
 
 // attachLoop attaches the file to a free loop device, read-write, and
-// returns the device's path. The caller mounts it; until then the device
-// is held open only by the returned file, which the caller closes after
-// the mount (or to give the device up).
-func attachLoop(file string) (dev string, held *os.File, err error) {
+// returns the device's path. With autoclear, the caller mounts it; until
+// then the device is held open only by the returned file, which the caller
+// closes after the mount (or to give the device up). Without, the device
+// stays attached when held is closed, until detachLoop.
+func attachLoop(file string, autoclear bool) (dev string, held *os.File, err error) {
 	backing, err := os.OpenFile(file, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("opening image: %w", err)
@@ -62,7 +70,9 @@ func attachLoop(file string) (dev string, held *os.File, err error) {
 			return "", nil, fmt.Errorf("opening %s: %w", dev, err)
 		}
 		cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
-		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		if autoclear {
+			cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		}
 		copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], file)
 		err = unix.IoctlLoopConfigure(int(f.Fd()), &cfg)
 		if err == nil {
@@ -154,6 +164,47 @@ func loopResize(dev string) error {
 	defer f.Close()
 	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
 		return fmt.Errorf("updating the size of %s: %w", dev, err)
+	}
+	return nil
+}
+
+// detachLoop detaches loop device dev from its backing file (LOOP_CLR_FD).
+// A device that something still has open (a pod's process) is not
+// detached at once: the kernel marks it autoclear, and it goes with its
+// last user. A device detached already is not an error.
+func detachLoop(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", dev, err)
+	}
+	defer f.Close()
+	err = unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
+	if err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("detaching %s: %w", dev, err)
+	}
+	return nil
+}
+
+// loopKeep makes sure loop device dev stays attached when its last user
+// closes it: a detachLoop while the device was open marked it autoclear,
+// and a block volume published again must not lose its device when that
+// user goes.
+func loopKeep(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", dev, err)
+	}
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return fmt.Errorf("loop status of %s: %w", dev, err)
+	}
+	if info.Flags&unix.LO_FLAGS_AUTOCLEAR == 0 {
+		return nil
+	}
+	info.Flags &^= unix.LO_FLAGS_AUTOCLEAR
+	if err := unix.IoctlLoopSetStatus64(int(f.Fd()), info); err != nil {
+		return fmt.Errorf("keeping %s attached: %w", dev, err)
 	}
 	return nil
 }

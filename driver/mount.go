@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -27,8 +28,9 @@ type Mounter interface {
 	// Unmount removes the topmost mount at target.
 	Unmount(target string) error
 	// Mounted reports whether target is a mount point and whether what is
-	// mounted there is the directory source. A missing target is not
-	// mounted and not an error.
+	// mounted there is source: the directory, or the block device (any
+	// node of it). A missing target is not mounted and not an error; an
+	// empty source is never what is mounted.
 	Mounted(target, source string) (mountPoint, ofSource bool, err error)
 }
 
@@ -166,6 +168,8 @@ func (unixMounter) Mounted(target, source string) (bool, bool, error) {
 		return false, false, err
 	case !mountPoint:
 		return false, false, nil
+	case source == "":
+		return true, false, nil
 	}
 	// A bind mount shows the source directory itself: same device, same
 	// inode. This also works where mountinfo's root field would need the
@@ -178,7 +182,21 @@ func (unixMounter) Mounted(target, source string) (bool, bool, error) {
 	if err != nil {
 		return true, false, fmt.Errorf("stat %s: %w", source, err)
 	}
+	if si.Mode()&fs.ModeDevice != 0 {
+		// A bind-mounted device node is the same device, not always the
+		// same node: a restarted agent's container has a /dev of its own,
+		// and the targets still show the node of the one before.
+		return true, ti.Mode().Type() == si.Mode().Type() && rdev(ti) == rdev(si), nil
+	}
 	return true, os.SameFile(ti, si), nil
+}
+
+// rdev is the device number a device node stands for.
+func rdev(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Rdev
+	}
+	return 0
 }
 
 // isMountPoint reports whether p is the root of a mount. It asks statx for

@@ -19,8 +19,8 @@ import (
 const maxStackedMounts = 8
 
 // nodeServer implements the CSI Node service. There is no staging: a
-// volume is a directory, so NodePublishVolume bind-mounts it straight onto
-// the target path.
+// volume is a directory (or, for block, a device), so NodePublishVolume
+// bind-mounts it straight onto the target path.
 type nodeServer struct {
 	csi.UnimplementedNodeServer
 	nodeID     string
@@ -28,6 +28,9 @@ type nodeServer struct {
 	pools      *pools
 	locks      *volumeLocks
 	mounter    Mounter
+	// changed is Config.VolumesChanged, or nil: inline ephemeral volumes
+	// are made and deleted here.
+	changed func(less bool)
 }
 
 // checkTargetPath validates a target path (validateTargetPath) against the
@@ -89,6 +92,18 @@ func (s *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 // the mount has them); different ones get AlreadyExists. A volume published
 // with SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) can be mounted at one
 // target only: another target gets FailedPrecondition.
+//
+// A block volume (block.go) is published as its loop device, bind-mounted
+// onto the target, which for block is a file the plugin creates. Kubelet's
+// csiBlockMapper (pkg/volume/csi/csi_block.go, publishVolumeForBlock) makes
+// only the target's parent directory, under
+// plugins/kubernetes.io/csi/volumeDevices/publish/, and leaves the target
+// itself to the driver; at teardown it skips NodeUnpublishVolume when the
+// target is gone, so the file must stay for as long as the device is
+// published there. Kubelet then maps that file into the pod on its own.
+//
+// A volume context with csi.storage.k8s.io/ephemeral=true asks for an
+// inline ephemeral volume, made here first (ephemeral.go).
 func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := validateVolumeID(id, "volume ID"); err != nil {
@@ -107,18 +122,45 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, err
 	}
 	defer unlock()
-	st, err := s.madeHere(id, req.GetVolumeContext())
+	st, v, created, err := s.volumeToPublish(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	v, err := st.get(id)
-	if err != nil {
-		return nil, statusFor(err, "looking up volume "+id)
+	if err := s.publishTarget(ctx, st, v, req); err != nil {
+		if created {
+			s.rollbackEphemeral(ctx, st, id)
+		}
+		return nil, err
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// volumeToPublish finds the volume a publish request names, or makes it
+// when the request is for an inline ephemeral volume (created).
+func (s *nodeServer) volumeToPublish(ctx context.Context, req *csi.NodePublishVolumeRequest) (st *store, v Volume, created bool, err error) {
+	id := req.GetVolumeId()
+	if isEphemeral(req.GetVolumeContext()) {
+		return s.ephemeralVolume(ctx, req)
+	}
+	if st, err = s.madeHere(id, req.GetVolumeContext()); err != nil {
+		return nil, Volume{}, false, err
+	}
+	if v, err = st.get(id); err != nil {
+		return nil, Volume{}, false, statusFor(err, "looking up volume "+id)
+	}
+	return st, v, false, nil
+}
+
+// publishTarget publishes volume v at the request's target.
+func (s *nodeServer) publishTarget(ctx context.Context, st *store, v Volume, req *csi.NodePublishVolumeRequest) error {
+	target, block := req.GetTargetPath(), req.GetVolumeCapability().GetBlock() != nil
+	if err := checkAccessType(v, req.GetVolumeCapability()); err != nil {
+		return err
 	}
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
 	options, readOnly, err := parseMountFlags(req.GetVolumeCapability().GetMount().GetMountFlags())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	want := Target{
 		Path:         target,
@@ -126,22 +168,36 @@ func (s *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		AccessMode:   mode.String(),
 		MountOptions: strings.Join(options, ","),
 	}
-	exists, err := s.checkTarget(target)
+	if block && want.ReadOnly {
+		// A read-only mount does not stop writes to a device node (the
+		// kernel checks a mount's ro flag for regular files and
+		// directories only), and the one loop device is every target's.
+		return status.Errorf(codes.InvalidArgument,
+			"volume %s is a block volume, which cannot be published read-only (readonly or %s): its one device is writable for every target",
+			v.ID, csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY)
+	}
+	exists, err := s.checkTarget(target, block)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	alone, err := s.admit(ctx, st, v, want)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.expandUnpublished(ctx, st, v, want, alone); err != nil {
-		return nil, err
+		return err
 	}
-	if err := s.publish(ctx, st, v, want, exists); err != nil {
-		return nil, err
+	if block {
+		err = s.publishDevice(ctx, st, v, want, exists, alone)
+	} else {
+		err = s.publish(ctx, st, v, want, exists)
 	}
-	logger.V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode, "mountOptions", want.MountOptions)
-	return &csi.NodePublishVolumeResponse{}, nil
+	if err != nil {
+		return err
+	}
+	klog.FromContext(ctx).V(2).Info("Volume published", "readOnly", want.ReadOnly, "accessMode", want.AccessMode,
+		"mountOptions", want.MountOptions, "block", block, "ephemeral", v.Ephemeral)
+	return nil
 }
 
 // madeHere returns the store of the pool that the volume context says
@@ -173,7 +229,10 @@ func (s *nodeServer) madeHere(id string, volumeContext map[string]string) (*stor
 // records the target. alone reports that the volume is mounted at no
 // other target.
 func (s *nodeServer) admit(ctx context.Context, st *store, v Volume, want Target) (alone bool, err error) {
-	src := st.publishPath(v)
+	src, err := st.mountSource(v)
+	if err != nil {
+		return false, statusFor(err, "finding the volume's device")
+	}
 	if old, ok := v.target(want.Path); ok {
 		if old == want {
 			return false, nil
@@ -276,8 +335,9 @@ func (s *nodeServer) publish(ctx context.Context, st *store, v Volume, t Target,
 
 // checkTarget checks, without changing anything, that the target's parent
 // exists and, with symlinks resolved, is outside the data roots, and that
-// the target is missing or a directory.
-func (s *nodeServer) checkTarget(target string) (exists bool, err error) {
+// the target is missing or a directory; for a block volume, missing or a
+// file (a regular one, or the device already bind-mounted there).
+func (s *nodeServer) checkTarget(target string, block bool) (exists bool, err error) {
 	parent, err := filepath.EvalSymlinks(filepath.Dir(target))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, status.Errorf(codes.FailedPrecondition,
@@ -295,6 +355,10 @@ func (s *nodeServer) checkTarget(target string) (exists bool, err error) {
 		return false, nil
 	case err != nil:
 		return false, status.Errorf(codes.Internal, "checking target path: %v", err)
+	case block && !fi.Mode().IsRegular() && fi.Mode().Type() != fs.ModeDevice:
+		return false, status.Errorf(codes.InvalidArgument,
+			"target path %s of a block volume exists and is not a file (%s)", target, fi.Mode().Type())
+	case block:
 	case !fi.IsDir():
 		return false, status.Errorf(codes.InvalidArgument,
 			"target path %s exists and is not a directory (%s)", target, fi.Mode().Type())
@@ -307,12 +371,16 @@ func (s *nodeServer) checkTarget(target string) (exists bool, err error) {
 // publish that did not get to mount, or unmounted behind the driver's back
 // (a node reboot, kubelet cleaning up a pod directory).
 func pruneTargets(ctx context.Context, st *store, m Mounter, v Volume, except string) ([]Target, error) {
+	src, err := st.mountSource(v)
+	if err != nil {
+		return nil, err
+	}
 	var live []Target
 	for _, t := range v.Targets {
 		if t.Path == except {
 			continue
 		}
-		_, ours, err := m.Mounted(t.Path, st.publishPath(v))
+		_, ours, err := m.Mounted(t.Path, src)
 		if err != nil {
 			return nil, err
 		}
@@ -329,7 +397,9 @@ func pruneTargets(ctx context.Context, st *store, m Mounter, v Volume, except st
 }
 
 // NodeUnpublishVolume unmounts the volume from the target path and removes
-// the target directory. A missing target, or one the volume was never
+// the target directory (a block volume's target file). When no target has
+// the volume any more, a block volume's device is detached and an inline
+// ephemeral volume deleted. A missing target, or one the volume was never
 // published at, is success; a target that is the volume's but holds another
 // mount is left alone (FailedPrecondition). For a volume the driver does
 // not know, a target that is no mount point is success too, so kubelet can
@@ -359,12 +429,27 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, statusFor(err, "looking up volume "+id)
 	}
 	_, recorded := v.target(target)
-	unmounted, foreign, err := s.unmountAll(target, st.publishPath(v))
+	src, err := st.mountSource(v)
+	if err != nil {
+		return nil, statusFor(err, "finding the volume's device")
+	}
+	unmounted, foreign, err := s.unmountAll(target, src)
 	switch {
 	case err != nil:
 		return nil, err
 	case !recorded && !unmounted:
 		logger.V(4).Info("Volume is not published at this target; nothing to do")
+		if v.Backend == BackendBlock {
+			// Kubelet leaves a block target for the driver to remove,
+			// and a forgotten one may still be the file made for it.
+			removeEmptyFile(target)
+		}
+		// But what the last target held may still be held: the target
+		// was forgotten since (kubelet unmounted it, the node rebooted),
+		// or a retry finds the unmount done and the detach not.
+		if err := s.afterLastTarget(klog.NewContext(ctx, logger), st, id); err != nil {
+			return nil, err
+		}
 		return &csi.NodeUnpublishVolumeResponse{}, nil
 	case foreign:
 		return nil, status.Errorf(codes.FailedPrecondition,
@@ -377,7 +462,39 @@ func (s *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, statusFor(err, "forgetting target path")
 	}
 	logger.V(2).Info("Volume unpublished")
+	if err := s.afterLastTarget(klog.NewContext(ctx, logger), st, id); err != nil {
+		return nil, err
+	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// afterLastTarget releases what volume id holds only while published,
+// once no target has it any more: a block volume's loop device is
+// detached, an inline ephemeral volume is deleted.
+func (s *nodeServer) afterLastTarget(ctx context.Context, st *store, id string) error {
+	v, err := st.get(id)
+	if err != nil {
+		return statusFor(err, "looking up volume "+id)
+	}
+	_, device := st.backend(v).(deviceBackend)
+	if !device && !v.Ephemeral {
+		return nil
+	}
+	live, err := pruneTargets(ctx, st, s.mounter, v, "")
+	if err != nil {
+		return statusFor(err, "checking where volume "+id+" is published")
+	}
+	if len(live) > 0 {
+		return nil
+	}
+	if v.Ephemeral {
+		return s.deleteEphemeral(ctx, st, id)
+	}
+	if err := st.backend(v).(deviceBackend).Detach(id); err != nil {
+		return statusFor(err, "detaching the device of volume "+id)
+	}
+	klog.FromContext(ctx).V(2).Info("Block volume's device detached: no target has it")
+	return nil
 }
 
 // unmountAll unmounts the volume at target until target no longer shows
@@ -401,7 +518,7 @@ func (s *nodeServer) unmountAll(target, src string) (unmounted, foreign bool, er
 }
 
 // NodeGetVolumeStats reports a published volume's use, as its backend
-// measures it. Bytes: total is the volume's capacity; used is what the
+// measures it; for a block volume, its size only. Bytes: total is the volume's capacity; used is what the
 // backend counts (for a directory, a walk that adds up allocated blocks,
 // like du: see measureDir for the cost); available is the smaller of what
 // is left of the capacity and what is free on the file system, which the
@@ -422,7 +539,10 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	if err != nil {
 		return nil, statusFor(err, "looking up volume "+id)
 	}
-	src := st.publishPath(v)
+	src, err := st.mountSource(v)
+	if err != nil {
+		return nil, statusFor(err, "finding the volume's device")
+	}
 	if _, ok := v.target(p); !ok {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
 	}
@@ -430,6 +550,11 @@ func (s *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		return nil, statusFor(err, "checking volume path")
 	} else if !ours {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s any more", id, p)
+	}
+	if v.Backend == BackendBlock {
+		// What a raw device holds is the pod's business: the total is
+		// all CSI asks a block volume's stats for.
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes}}}, nil
 	}
 	u, err := st.backend(v).Usage(id)
 	if err != nil {
@@ -491,6 +616,11 @@ func (s *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	}
 	if _, ok := v.target(p); !ok {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not published at %s", id, p)
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkAccessType(v, c); err != nil {
+			return nil, err
+		}
 	}
 	if want := req.GetCapacityRange().GetRequiredBytes(); want > v.CapacityBytes {
 		return nil, status.Errorf(codes.OutOfRange,

@@ -36,6 +36,18 @@ func TestSanityPool(t *testing.T) {
 	runInSanityChild(t)
 }
 
+// TestSanityBlock runs csi-sanity with the block access type: every volume
+// it makes is a block volume, published as a loop device onto a target
+// file. It runs in a child process (runInSanityChild).
+func TestSanityBlock(t *testing.T) {
+	if inSanityChild() {
+		runSanityWith(t, testConfig(t), func(sc *sanity.TestConfig) { sc.TestVolumeAccessType = "block" })
+		return
+	}
+	requireLoop(t)
+	runInSanityChild(t)
+}
+
 // sanityChild is set in the environment of a child process that
 // runInSanityChild starts.
 const sanityChild = "STICKYVOL_SANITY_CHILD"
@@ -60,6 +72,11 @@ func runInSanityChild(t *testing.T) {
 // runSanity runs csi-sanity against a driver started with cfg; params are
 // StorageClass parameters as key, value pairs for the volumes it makes.
 func runSanity(t *testing.T, cfg Config, params ...string) {
+	runSanityWith(t, cfg, nil, params...)
+}
+
+// runSanityWith is runSanity with a change to csi-sanity's configuration.
+func runSanityWith(t *testing.T, cfg Config, change func(*sanity.TestConfig), params ...string) {
 	cfg.Capacity = 1 << 40 // sanity makes several 10 GiB volumes at once
 	ts := startServer(t, cfg)
 
@@ -70,6 +87,9 @@ func runSanity(t *testing.T, cfg Config, params ...string) {
 	sc.TestVolumeParameters = map[string]string{}
 	for i := 0; i+1 < len(params); i += 2 {
 		sc.TestVolumeParameters[params[i]] = params[i+1]
+	}
+	if change != nil {
+		change(&sc)
 	}
 	sanity.Test(t, sc)
 
@@ -84,6 +104,9 @@ func runSanity(t *testing.T, cfg Config, params ...string) {
 	for _, s := range ts.pools.all() {
 		if entries, err := os.ReadDir(filepath.Join(s.rootPath, volumesDir)); err != nil || len(entries) != 0 {
 			t.Errorf("pool %s: volume directories left after the suite: %d (%v)", s.pool, len(entries), err)
+		}
+		if entries, err := os.ReadDir(filepath.Join(s.rootPath, imagesDir)); err == nil && len(entries) != 0 {
+			t.Errorf("pool %s: image or block files left after the suite: %d", s.pool, len(entries))
 		}
 	}
 }

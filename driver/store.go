@@ -118,7 +118,7 @@ var (
 type Volume struct {
 	ID string `json:"id"`
 	// Backend names what holds the volume's data: BackendDirectory,
-	// BackendBtrfs or BackendImage. Records written before there were backends have none
+	// BackendBtrfs, BackendImage or BackendBlock. Records written before there were backends have none
 	// and load as BackendDirectory.
 	Backend string `json:"backend"`
 	// Pool names the pool whose data root holds the volume (pools.go).
@@ -141,6 +141,9 @@ type Volume struct {
 	// Targets are the paths the volume is published at (or is being
 	// published at: a target is recorded before it is mounted).
 	Targets []Target `json:"targets,omitempty"`
+	// Ephemeral marks a CSI inline ephemeral volume (ephemeral.go): made
+	// by NodePublishVolume and deleted by NodeUnpublishVolume, with no PV.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 }
 
 // Target is one NodePublishVolume target of a volume.
@@ -175,6 +178,8 @@ type volumeSpec struct {
 	Size   int64              // bytes to allocate for a new volume
 	Range  *csi.CapacityRange // an existing volume must fit it
 	Params volumeParams
+	// Ephemeral asks for an inline ephemeral volume (Volume.Ephemeral).
+	Ephemeral bool
 }
 
 type store struct {
@@ -391,6 +396,7 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 		PVCName:       spec.Params.PVCName,
 		PVCNamespace:  spec.Params.PVCNamespace,
 		PVName:        spec.Params.PVName,
+		Ephemeral:     spec.Ephemeral,
 		Created:       time.Now().UTC().Truncate(time.Second),
 	}
 	if err := s.reserve(v); err != nil {
@@ -406,6 +412,12 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 }
 
 func compatible(v Volume, spec volumeSpec) error {
+	if block := v.Backend == BackendBlock; block != spec.Params.Block {
+		return fmt.Errorf("%w: it is %s, the request asks for %s", errIncompatible, blockNote(block), blockNote(spec.Params.Block))
+	}
+	if v.Ephemeral != spec.Ephemeral {
+		return fmt.Errorf("%w: it is %s, the request asks for %s", errIncompatible, ephemeralNote(v.Ephemeral), ephemeralNote(spec.Ephemeral))
+	}
 	if !fitsRange(v.CapacityBytes, spec.Range) {
 		return fmt.Errorf("%w: it has %d bytes, the request asks for required_bytes=%d, limit_bytes=%d",
 			errIncompatible, v.CapacityBytes, spec.Range.GetRequiredBytes(), spec.Range.GetLimitBytes())
@@ -426,15 +438,20 @@ func compatible(v Volume, spec volumeSpec) error {
 }
 
 // backendFor returns the backend that makes a volume with parameters p:
-// the image backend for volumeType image, else the pool's own.
+// the block backend for a block volume, the image backend for volumeType
+// image, else the pool's own.
 func (s *store) backendFor(p volumeParams) (backend, error) {
-	if !p.Image {
+	name := BackendImage
+	switch {
+	case p.Block:
+		name = BackendBlock
+	case !p.Image:
 		return s.defaultBackend, nil
 	}
-	if b, ok := s.backends[BackendImage]; ok {
+	if b, ok := s.backends[name]; ok {
 		return b, nil
 	}
-	return nil, fmt.Errorf("%w: this data root has no %s backend", errUnsupported, BackendImage)
+	return nil, fmt.Errorf("%w: this data root has no %s backend", errUnsupported, name)
 }
 
 func fsTypeNote(fsType string) string {

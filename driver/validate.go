@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -113,8 +114,11 @@ type volumeParams struct {
 	// Pool is the pool parameter; "" means DefaultPool (see pool).
 	Pool string
 	// Image: volumeType is image; FsType is then its file system.
-	Image        bool
-	FsType       string
+	Image  bool
+	FsType string
+	// Block: the capabilities ask for the block access type (blockAccess),
+	// not a parameter.
+	Block        bool
 	PVCName      string
 	PVCNamespace string
 	PVName       string
@@ -270,21 +274,20 @@ func fitsRange(size int64, r *csi.CapacityRange) bool {
 }
 
 // checkCapability reports why a capability is not supported, or nil.
-// Supported: a mount access type with a single-node access mode. The fs
-// type is ignored, since a bind mount has no file system of its own to
-// choose; mount flags are limited to what a bind mount can apply
-// (parseMountFlags).
+// Supported: the mount or the block access type with a single-node access
+// mode. A mount's fs type is ignored, since a bind mount has no file
+// system of its own to choose (an image volume's comes from the class);
+// mount flags are limited to what a bind mount can apply
+// (parseMountFlags). A block capability has neither: CSI keeps fs type and
+// mount flags in the mount access type only.
 func checkCapability(c *csi.VolumeCapability) error {
 	if c == nil {
 		return status.Error(codes.InvalidArgument, "volume capability is required")
 	}
 	switch c.GetAccessType().(type) {
-	case *csi.VolumeCapability_Mount:
-	case *csi.VolumeCapability_Block:
-		return status.Error(codes.InvalidArgument,
-			"block access type is not supported yet: hostpath volumes are directories; use volumeMode: Filesystem")
+	case *csi.VolumeCapability_Mount, *csi.VolumeCapability_Block:
 	default:
-		return status.Error(codes.InvalidArgument, "volume capability must have the mount access type")
+		return status.Error(codes.InvalidArgument, "volume capability must have the mount or the block access type")
 	}
 	if _, _, err := parseMountFlags(c.GetMount().GetMountFlags()); err != nil {
 		return err
@@ -304,6 +307,53 @@ func checkCapability(c *csi.VolumeCapability) error {
 	default:
 		return status.Errorf(codes.InvalidArgument, "access mode %s is not supported", mode)
 	}
+}
+
+// blockAccess reports whether capabilities (checked already) ask for a
+// block volume. A volume is one or the other, so a list that mixes the two
+// access types is InvalidArgument.
+func blockAccess(caps []*csi.VolumeCapability) (bool, error) {
+	block := 0
+	for _, c := range caps {
+		if c.GetBlock() != nil {
+			block++
+		}
+	}
+	if block > 0 && block < len(caps) {
+		return false, status.Error(codes.InvalidArgument,
+			"volume capabilities mix the block and the mount access types; a volume is either a raw device or a file system")
+	}
+	return block > 0, nil
+}
+
+// checkBlockParams refuses parameters that ask a block volume for a file
+// system: it has none, and taking the class's fsType silently would hide
+// a class that was meant for file system volumes.
+func checkBlockParams(p volumeParams) error {
+	if !p.Image {
+		return nil
+	}
+	return status.Errorf(codes.InvalidArgument,
+		"block volumes are raw devices without a file system, and the parameters ask for one (%s=%s): "+
+			"use a class without %s, %s or %s for volumeMode: Block",
+		ParamFsType, p.FsType, ParamVolumeType, ParamFsType, paramStandardFsType)
+}
+
+// blockSize rounds a block volume's size up to whole 512-byte sectors,
+// which is what a loop device shows of its file: a size in between would
+// give a device smaller than the volume. A limit below the rounded size is
+// OutOfRange.
+func blockSize(size int64, r *csi.CapacityRange) (int64, error) {
+	const sector = 512
+	if size > math.MaxInt64-sector {
+		return 0, status.Errorf(codes.OutOfRange, "a block volume of %d bytes is larger than a loop device can be", size)
+	}
+	rounded := (size + sector - 1) / sector * sector
+	if limit := r.GetLimitBytes(); limit > 0 && rounded > limit {
+		return 0, status.Errorf(codes.OutOfRange,
+			"block volumes are whole 512-byte sectors; %d bytes rounds up to %d, above limit_bytes=%d", size, rounded, limit)
+	}
+	return rounded, nil
 }
 
 // checkCapabilities checks a non-empty list of capabilities.

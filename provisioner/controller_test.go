@@ -97,27 +97,37 @@ func TestControllerEndToEnd(t *testing.T) {
 		}
 	}
 
-	t.Run("refused claims (access modes, block, data source, size) get an event and nothing else", func(t *testing.T) {
+	t.Run("a volumeMode: Block claim gets a block PV", func(t *testing.T) {
 		block := v1.PersistentVolumeBlock
-		rwx, raw := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany), fixtures.Claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
+		raw := fixtures.Claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
 		raw.Spec.VolumeMode = &block
+		fixtures.CreateClaims(t, client, raw)
+		pv := waitForPV(t, client, raw)
+		if m := pv.Spec.VolumeMode; m == nil || *m != v1.PersistentVolumeBlock {
+			t.Errorf("PV volumeMode %v, want Block", m)
+		}
+		if b := pv.Spec.CSI.VolumeAttributes[driver.VolumeContextBackend]; b != driver.BackendBlock || pv.Spec.CSI.FSType != "" {
+			t.Errorf("PV backend %q, fsType %q; want %s and none", b, pv.Spec.CSI.FSType, driver.BackendBlock)
+		}
+	})
+
+	t.Run("refused claims (access modes, data source, size) get an event and nothing else", func(t *testing.T) {
+		rwx := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany)
 		// A clone of data-web-0 would have started empty.
 		clone, huge := fixtures.Claim("clone", "node-a", "1Gi", v1.ReadWriteOnce), fixtures.Claim("huge", "node-a", "1Gi", v1.ReadWriteOnce)
 		clone.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
 		huge.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("18446744073709551616")
-		fixtures.CreateClaims(t, client, rwx, raw, clone, huge)
+		fixtures.CreateClaims(t, client, rwx, clone, huge)
 		fixtures.WaitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")
-		// The library refuses Block itself, with its own words.
-		fixtures.WaitForEvent(t, client, raw, v1.EventTypeWarning, "does not support block volume provisioning")
 		fixtures.WaitForEvent(t, client, clone, v1.EventTypeWarning, "would start empty")
 		fixtures.WaitForEvent(t, client, huge, v1.EventTypeWarning, "storage request 18446744073709551616")
-		for _, c := range []*v1.PersistentVolumeClaim{rwx, raw, clone, huge} {
+		for _, c := range []*v1.PersistentVolumeClaim{rwx, clone, huge} {
 			if _, err := pvFor(t.Context(), client, c); !apierrors.IsNotFound(err) {
 				t.Errorf("%s: PV lookup = %v, want NotFound", c.Name, err)
 			}
 		}
-		if n := nodeA.createCalls(); n != 1 {
-			t.Errorf("node-a driver got %d CreateVolume calls, want 1 (data-web-0 only)", n)
+		if n := nodeA.createCalls(); n != 2 {
+			t.Errorf("node-a driver got %d CreateVolume calls, want 2 (data-web-0 and raw only)", n)
 		}
 	})
 

@@ -1,6 +1,6 @@
 // Package provisioner creates and deletes stickyvol volumes for
-// PersistentVolumeClaims. It implements the Provisioner and Qualifier
-// interfaces of sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller
+// PersistentVolumeClaims. It implements the Provisioner, Qualifier and
+// BlockProvisioner interfaces of sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller
 // and talks to the node's CSI driver only through a csi.ControllerClient, so it
 // works the same against the in-process driver and a remote socket.
 //
@@ -93,8 +93,8 @@ type Config struct {
 	Timeout time.Duration
 }
 
-// Provisioner implements controller.Provisioner and controller.Qualifier for
-// one node.
+// Provisioner implements controller.Provisioner, controller.Qualifier and
+// controller.BlockProvisioner for one node.
 type Provisioner struct {
 	nodeName    string
 	driverName  string
@@ -107,8 +107,9 @@ type Provisioner struct {
 }
 
 var (
-	_ controller.Provisioner = &Provisioner{}
-	_ controller.Qualifier   = &Provisioner{}
+	_ controller.Provisioner      = &Provisioner{}
+	_ controller.Qualifier        = &Provisioner{}
+	_ controller.BlockProvisioner = &Provisioner{}
 )
 
 // New checks cfg and returns a Provisioner.
@@ -161,6 +162,11 @@ func New(cfg Config) (*Provisioner, error) {
 func (p *Provisioner) ShouldProvision(_ context.Context, claim *v1.PersistentVolumeClaim) bool {
 	return SelectedNode(claim) == p.nodeName && !forPopulator(claim) && !p.refused.seen(claim, p.classOf(claim))
 }
+
+// SupportsBlock says that volumeMode: Block claims are served: the library
+// refuses them without asking Provision otherwise. The driver makes them
+// block volumes (a loop device over a sparse file).
+func (p *Provisioner) SupportsBlock(context.Context) bool { return true }
 
 // classOf returns the claim's StorageClass as the informer has it, or nil.
 func (p *Provisioner) classOf(claim *v1.PersistentVolumeClaim) *storagev1.StorageClass {

@@ -79,10 +79,6 @@ func TestRefusalsNeverReachTheDriver(t *testing.T) {
 	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
 	p := newProvisioner(t, nd)
-	block := v1.PersistentVolumeBlock
-	blockClaim := fixtures.Claim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
-	blockClaim.Spec.VolumeMode = &block
-
 	for _, tc := range []struct {
 		claim *v1.PersistentVolumeClaim
 		text  string
@@ -90,7 +86,6 @@ func TestRefusalsNeverReachTheDriver(t *testing.T) {
 		{fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany), "ReadWriteMany needs shared storage"},
 		{fixtures.Claim("readers", "node-a", "1Gi", v1.ReadOnlyMany), "ReadOnlyMany needs shared storage"},
 		{fixtures.Claim("mixed", "node-a", "1Gi", v1.ReadWriteOnce, v1.ReadWriteMany), "ReadWriteMany"},
-		{blockClaim, "volumeMode: Block is not supported"},
 	} {
 		pv, state, err := p.Provision(ctx, options(tc.claim))
 		if pv != nil || state != controller.ProvisioningFinished || err == nil || !strings.Contains(err.Error(), tc.text) {

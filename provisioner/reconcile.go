@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/stickyvol/stickyvol/driver"
 	"github.com/stickyvol/stickyvol/internal/events"
 )
 
@@ -293,7 +294,10 @@ func (r *Reconciler) claimsInProgress() (sets.Set[string], error) {
 	return ids, nil
 }
 
-// listVolumes returns the IDs of the driver's volumes, all pages.
+// listVolumes returns the IDs of the driver's volumes, all pages, but for
+// inline ephemeral volumes: they have no PV by design, the driver deletes
+// them when their pod's volume is unpublished, and sweeps those whose pod
+// went away without that when it starts.
 func (r *Reconciler) listVolumes(ctx context.Context) (sets.Set[string], error) {
 	ids := sets.New[string]()
 	token := ""
@@ -303,6 +307,9 @@ func (r *Reconciler) listVolumes(ctx context.Context) (sets.Set[string], error) 
 			return nil, fmt.Errorf("listing the driver's volumes: %w", err)
 		}
 		for _, e := range resp.GetEntries() {
+			if e.GetVolume().GetVolumeContext()[driver.VolumeContextEphemeral] == "true" {
+				continue
+			}
 			ids.Insert(e.GetVolume().GetVolumeId())
 		}
 		if token = resp.GetNextToken(); token == "" {

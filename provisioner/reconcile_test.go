@@ -1,12 +1,16 @@
 package provisioner_test
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -21,7 +25,8 @@ import (
 // TestReconcile: on node-a the driver has a volume with a PV, one a Pending
 // claim waits for, and one with neither (the agent stopped before saving
 // the PV and the claim was deleted); a PV names node-a's volume that the
-// driver does not have.
+// driver does not have. An inline ephemeral volume, which never has a PV,
+// is never an orphan.
 func TestReconcile(t *testing.T) {
 	nd := startDriver(t, "node-a", 10<<30)
 	for _, id := range []string{"pvc-kept", "pvc-uid-waiting", "pvc-leaked"} {
@@ -41,7 +46,7 @@ func TestReconcile(t *testing.T) {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	const grace = 10 * time.Minute
 	r, err := provisioner.NewReconciler(provisioner.ReconcilerConfig{NodeName: "node-a", DriverName: driver.Name,
-		TopologyKey: driver.TopologyKey, ControllerClient: nd.controller, Client: client, Informers: factory,
+		TopologyKey: driver.TopologyKey, ControllerClient: withInline{nd.controller}, Client: client, Informers: factory,
 		Grace: grace, DeleteOrphansAfter: 2 * grace})
 	if err != nil {
 		t.Fatal(err)
@@ -90,4 +95,24 @@ func TestReconcile(t *testing.T) {
 		Grace: grace, DeleteOrphansAfter: time.Minute}); err == nil {
 		t.Error("deleting orphans sooner than the grace period was accepted")
 	}
+}
+
+// withInline is a driver that also lists an inline ephemeral volume,
+// csi-inline, and refuses to delete it: it is in use.
+type withInline struct{ csi.ControllerClient }
+
+func (c withInline) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest, opts ...grpc.CallOption) (*csi.ListVolumesResponse, error) {
+	resp, err := c.ControllerClient.ListVolumes(ctx, req, opts...)
+	if err == nil && req.GetStartingToken() == "" {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: &csi.Volume{
+			VolumeId: "csi-inline", VolumeContext: map[string]string{driver.VolumeContextEphemeral: "true"}}})
+	}
+	return resp, err
+}
+
+func (c withInline) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest, opts ...grpc.CallOption) (*csi.DeleteVolumeResponse, error) {
+	if req.GetVolumeId() == "csi-inline" {
+		return nil, status.Error(codes.FailedPrecondition, "csi-inline is published")
+	}
+	return c.ControllerClient.DeleteVolume(ctx, req, opts...)
 }

@@ -22,8 +22,9 @@ const (
 	refuseROX = "stickyvol volumes live on one node's disk; ReadOnlyMany needs shared storage " +
 		"that pods on several nodes can reach. Use accessModes: [ReadWriteOnce] and mount the " +
 		"volume readOnly in the pod, or a StorageClass backed by shared storage"
-	refuseBlock = "stickyvol volumes are directories on the node's disk; volumeMode: Block is not " +
-		"supported. Use volumeMode: Filesystem (the default)"
+	// refuseBlockMountOptions is followed by the class's name.
+	refuseBlockMountOptions = "a volumeMode: Block claim gets a raw device, which is not mounted, and StorageClass %q " +
+		"has mountOptions; use a class without mountOptions for block claims"
 	refuseNoModes = "the claim lists no accessModes; use accessModes: [ReadWriteOnce]"
 	// refuseDataSource is followed by the source's kind and name.
 	refuseDataSource = "stickyvol cannot fill a new volume from a data source yet (no clones, no snapshot " +
@@ -39,15 +40,13 @@ const (
 // for claims stickyvol cannot serve.
 func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*csi.CreateVolumeRequest, error) {
 	claim := opts.PVC
-	if claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode == v1.PersistentVolumeBlock {
-		// The library already refuses Block claims before calling Provision
-		// (this Provisioner does not implement BlockProvisioner); this
-		// check keeps Provision correct on its own.
-		return nil, fmt.Errorf("%s", refuseBlock)
-	}
+	block := claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode == v1.PersistentVolumeBlock
 	var mountFlags []string
 	if opts.StorageClass != nil {
 		mountFlags = opts.StorageClass.MountOptions
+	}
+	if block && len(mountFlags) > 0 {
+		return nil, fmt.Errorf(refuseBlockMountOptions, opts.StorageClass.Name)
 	}
 	if kind, name, ok := dataSource(claim); ok {
 		return nil, fmt.Errorf(refuseDataSource, kind, name)
@@ -57,7 +56,7 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 			return nil, fmt.Errorf(refuseNodeLossPolicy, policy)
 		}
 	}
-	caps, err := volumeCapabilities(claim.Spec.AccessModes, mountFlags)
+	caps, err := volumeCapabilities(claim.Spec.AccessModes, mountFlags, block)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +85,9 @@ func (p *Provisioner) nodeTopology() *csi.Topology {
 }
 
 // volumeCapabilities maps the claim's access modes to CSI capabilities, one
-// per mode, all mounted filesystems.
+// per mode, all mounted filesystems or, for a volumeMode: Block claim
+// (block), all of the block access type, which the driver serves as a
+// loop device over a sparse file.
 //
 // ReadWriteOnce means "one node, any number of pods on it", which is CSI's
 // SINGLE_NODE_MULTI_WRITER (the driver advertises that capability), not
@@ -94,7 +95,7 @@ func (p *Provisioner) nodeTopology() *csi.Topology {
 // anyway. ReadWriteOncePod is SINGLE_NODE_SINGLE_WRITER, which the driver
 // enforces at publish. Modes that span nodes are refused here with a message
 // for people, before the driver could refuse them with one for programs.
-func volumeCapabilities(modes []v1.PersistentVolumeAccessMode, mountFlags []string) ([]*csi.VolumeCapability, error) {
+func volumeCapabilities(modes []v1.PersistentVolumeAccessMode, mountFlags []string, block bool) ([]*csi.VolumeCapability, error) {
 	if len(modes) == 0 {
 		return nil, fmt.Errorf("%s", refuseNoModes)
 	}
@@ -113,10 +114,14 @@ func volumeCapabilities(modes []v1.PersistentVolumeAccessMode, mountFlags []stri
 		default:
 			return nil, fmt.Errorf("access mode %q is unknown to stickyvol; use ReadWriteOnce", mode)
 		}
-		caps = append(caps, &csi.VolumeCapability{
+		c := &csi.VolumeCapability{
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{MountFlags: mountFlags}},
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csiMode},
-		})
+		}
+		if block {
+			c.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
+		}
+		caps = append(caps, c)
 	}
 	return caps, nil
 }

@@ -36,7 +36,7 @@ func TestVolumeCapabilities(t *testing.T) {
 		{"unknown refused", []v1.PersistentVolumeAccessMode{"ReadWriteSometimes"}, nil, "unknown"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			caps, err := volumeCapabilities(tc.modes, []string{"noatime"})
+			caps, err := volumeCapabilities(tc.modes, []string{"noatime"}, false)
 			if tc.refusal != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.refusal) {
 					t.Fatalf("error %v, want one containing %q", err, tc.refusal)
@@ -98,14 +98,30 @@ func TestCreateVolumeRequest(t *testing.T) {
 	}
 }
 
-func TestCreateVolumeRequestRefusesBlock(t *testing.T) {
+// A volumeMode: Block claim asks the driver for the block access type, in
+// every capability; a class with mountOptions cannot serve it, since a raw
+// device is not mounted.
+func TestCreateVolumeRequestBlock(t *testing.T) {
 	p := &Provisioner{nodeName: "node-a", topologyKey: "topo/node"}
-	claim := testClaim("raw", "node-a", "1Gi", v1.ReadWriteOnce)
+	claim := testClaim("raw", "node-a", "1Gi", v1.ReadWriteOnce, v1.ReadWriteOncePod)
 	block := v1.PersistentVolumeBlock
 	claim.Spec.VolumeMode = &block
-	_, err := p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim})
-	if err == nil || !strings.Contains(err.Error(), "volumeMode: Filesystem") {
-		t.Fatalf("error %v, want the Block refusal", err)
+	req, err := p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req.GetVolumeCapabilities()) != 2 {
+		t.Fatalf("capabilities %v, want one per access mode", req.GetVolumeCapabilities())
+	}
+	for _, c := range req.GetVolumeCapabilities() {
+		if c.GetBlock() == nil {
+			t.Errorf("capability %v, want the block access type", c)
+		}
+	}
+	class := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "tuned"}, MountOptions: []string{"noatime"}}
+	_, err = p.createVolumeRequest(controller.ProvisionOptions{PVName: "pvc-1", PVC: claim, StorageClass: class})
+	if err == nil || !strings.Contains(err.Error(), `StorageClass "tuned" has mountOptions`) {
+		t.Fatalf("error %v, want the refusal of mountOptions for a block claim", err)
 	}
 }
 
