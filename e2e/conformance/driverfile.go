@@ -86,7 +86,8 @@ func findDecodedDriver(log io.Reader) (string, error) {
 }
 
 // setting is one leaf of the driver file, as %+v prints it: a scalar as
-// Key:value, a list of scalars as Key:[a b].
+// Key:value, a list of scalars as Key:[a b]. A list of maps (InlineVolumes)
+// gives the leaves of each map, which %+v prints inside the list's structs.
 type setting struct {
 	path, key, value string
 }
@@ -99,6 +100,12 @@ func settings(prefix string, m map[string]any) []setting {
 		case map[string]any:
 			out = append(out, settings(path, v)...)
 		case []any:
+			if maps := mapsOf(v); maps != nil {
+				for i, item := range maps {
+					out = append(out, settings(fmt.Sprintf("%s[%d]", path, i), item)...)
+				}
+				continue
+			}
 			items := make([]string, len(v))
 			for i, item := range v {
 				items[i] = fmt.Sprint(item)
@@ -109,6 +116,19 @@ func settings(prefix string, m map[string]any) []setting {
 		default:
 			out = append(out, setting{path, key, fmt.Sprint(v)})
 		}
+	}
+	return out
+}
+
+// mapsOf returns the items of list when every one is a map, else nil.
+func mapsOf(list []any) []map[string]any {
+	var out []map[string]any
+	for _, item := range list {
+		m, ok := item.(map[string]any)
+		if !ok {
+			return nil
+		}
+		out = append(out, m)
 	}
 	return out
 }

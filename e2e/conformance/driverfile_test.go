@@ -50,6 +50,8 @@ func TestCheckDriverFile(t *testing.T) {
 		{"misspelt capability", "    persistence: true", "    Persistence: true", "DriverInfo.Capabilities.Persistence is not a capability"},
 		// A value the binary did not log, e.g. the file changed after the run.
 		{"different value", "Max: 1Gi", "Max: 2Gi", "DriverInfo.SupportedSizeRange.Max (Max:2Gi)"},
+		// A list of maps: each map's settings are checked.
+		{"inline volume attribute", "    size: 16Mi", "    Size: 16Mi", "InlineVolumes[0].Attributes.Size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			text := strings.Replace(string(good), tc.from, tc.to, 1)
@@ -81,7 +83,8 @@ func TestDriverFileMatchesDeployment(t *testing.T) {
 			TopologyKeys []string
 			Capabilities map[string]bool
 		}
-		StorageClass struct{ FromExistingClassName string }
+		StorageClass  struct{ FromExistingClassName string }
+		InlineVolumes []struct{ Attributes map[string]string }
 	}
 	readYAML(t, "test-driver.yaml", &def)
 	var csiDriver storagev1.CSIDriver
@@ -104,6 +107,11 @@ func TestDriverFileMatchesDeployment(t *testing.T) {
 	fsGroup := csiDriver.Spec.FSGroupPolicy != nil && *csiDriver.Spec.FSGroupPolicy != storagev1.NoneFSGroupPolicy
 	if info.Capabilities["fsGroup"] != fsGroup {
 		t.Errorf("capability fsGroup=%v, but the CSIDriver's fsGroupPolicy is %v", info.Capabilities["fsGroup"], csiDriver.Spec.FSGroupPolicy)
+	}
+	ephemeral := slices.Contains(csiDriver.Spec.VolumeLifecycleModes, storagev1.VolumeLifecycleEphemeral)
+	if (len(def.InlineVolumes) > 0) != ephemeral {
+		t.Errorf("%d inline volumes declared, but the CSIDriver's volumeLifecycleModes are %v: they go together",
+			len(def.InlineVolumes), csiDriver.Spec.VolumeLifecycleModes)
 	}
 	// What the issue requires stickyvol to pass.
 	for _, c := range []string{"persistence", "exec", "multipods", "singleNodeVolume", "topology", "fsGroup", "readWriteOncePod"} {

@@ -18,13 +18,15 @@ import (
 // features and feature gates a default cluster does not have.
 //
 // Every spec of the (xfs) test pattern is marked Slow, because the pattern
-// as a whole is; those run all the same, since they are the only specs of
-// image volumes and of NodeExpandVolume. Go's regexps have no lookahead, so
-// the skip names the patterns whose Slow specs are left out instead.
+// as a whole is, and so are the multi-volume specs of block volumes; those
+// run all the same, since they are the only specs of image volumes, of
+// NodeExpandVolume and of block volumes shared by pods. Go's regexps have no
+// lookahead, so the skip names the patterns whose Slow specs are left out
+// instead.
 const (
 	DefaultFocus = `External.Storage.*hostpath\.stickyvol\.dev`
 	DefaultSkip  = `\[Serial\]|\[Disruptive\]|\[Feature:|\[FeatureGate:|` +
-		`Dynamic PV \((default fs|filesystem volmode|block volmode)\)[^\]]*\].*\[Slow\]`
+		`Dynamic PV \((default fs|filesystem volmode)\)[^\]]*\].*\[Slow\]`
 )
 
 // E2EConfig says how RunE2E runs the storage e2e binary.
