@@ -168,14 +168,13 @@ func (s *nodeServer) publishTarget(ctx context.Context, st *store, v Volume, req
 		AccessMode:   mode.String(),
 		MountOptions: strings.Join(options, ","),
 	}
-	if block && want.ReadOnly {
-		// A read-only mount does not stop writes to a device node (the
-		// kernel checks a mount's ro flag for regular files and
-		// directories only), and the one loop device is every target's.
-		return status.Errorf(codes.InvalidArgument,
-			"volume %s is a block volume, which cannot be published read-only (readonly or %s): its one device is writable for every target",
-			v.ID, csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY)
-	}
+	// A read-only block target gets the device like any other: a read-only
+	// mount does not stop writes to a device node (the kernel checks a
+	// mount's ro flag for regular files and directories only). What stops
+	// them is kubelet, which hands a read-only block volume to the
+	// container runtime with device permission "r" instead of "mrw"
+	// (makeBlockVolumes in pkg/kubelet/kubelet_pods.go), so the container's
+	// device cgroup refuses writes; the one loop device serves every target.
 	exists, err := s.checkTarget(target, block)
 	if err != nil {
 		return err
