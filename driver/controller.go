@@ -62,6 +62,11 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 // the node's free capacity; AlreadyExists for the same name with an
 // incompatible size, directoryMode or access type, or an ID that another
 // pool holds.
+// With a volume content source it is a clone of that volume (clone.go):
+// NotFound when the source is not a ready volume of this node,
+// InvalidArgument when the request contradicts the source's access type,
+// backend or pool, OutOfRange when limit_bytes is below the source's size;
+// the response names the source. A snapshot source is InvalidArgument.
 // The volume goes to the pool its class names (ParamPool); a node without
 // that pool answers ResourceExhausted, as for a node without room.
 //
