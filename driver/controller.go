@@ -218,7 +218,7 @@ func contentSource(req *csi.CreateVolumeRequest) (string, error) {
 	case src == nil:
 		return "", nil
 	case src.GetSnapshot() != nil:
-		return "", status.Error(codes.InvalidArgument, "snapshots are not supported: a volume content source may only be a volume (a clone)")
+		return "", status.Error(codes.InvalidArgument, "snapshots are not supported: volume content sources may only be volumes (clones)")
 	case src.GetVolume() == nil:
 		return "", status.Error(codes.InvalidArgument, "volume_content_source names neither a volume nor a snapshot")
 	}
