@@ -33,11 +33,10 @@ const (
 // Each volume's record names its backend, so one data root can hold volumes
 // of several backends and a new default does not orphan older volumes.
 //
-// Snapshots and clones are not here yet. They will come as a source in
-// newVolume (clone) and as an interface of their own that a backend may
-// also implement (snapshots); a handler that finds the volume's backend
-// without it answers with an error that names the backend, never with a
-// copy made some other way.
+// Clones are the optional cloner interface (clone.go), snapshots will be
+// another; a handler that finds the volume's backend without it answers
+// with an error that names the backend, never with a copy made some other
+// way.
 type backend interface {
 	// Name is what records store for the volumes of this backend.
 	Name() string

@@ -59,6 +59,10 @@ var (
 	// BTRFS_IOC_SNAP_DESTROY_V2: delete a subvolume, here by its ID
 	// (CAP_SYS_ADMIN).
 	ioctlSnapDestroyV2 = btrfsIoc(iocWrite, 63, unsafe.Sizeof(btrfsVolArgsV2{}))
+	// BTRFS_IOC_SNAP_CREATE_V2: snapshot the subvolume open at args.Fd as
+	// args.Name in the directory the ioctl is called on (writable unless
+	// Flags asks for read-only).
+	ioctlSnapCreateV2 = btrfsIoc(iocWrite, 23, unsafe.Sizeof(btrfsSnapArgs{}))
 )
 
 // btrfsVolArgs is struct btrfs_ioctl_vol_args (4096 bytes): fd (unused by
@@ -79,6 +83,19 @@ type btrfsVolArgsV2 struct {
 	Unused   [4]uint64
 	SubvolID uint64
 	Rest     [4032]byte
+}
+
+// btrfsSnapArgs is struct btrfs_ioctl_vol_args_v2 (4096 bytes) as
+// BTRFS_IOC_SNAP_CREATE_V2 reads it: Fd is the source subvolume, Flags 0
+// makes a writable snapshot without qgroup inheritance, and Name (the
+// union btrfsVolArgsV2 reads as SubvolID) is the new subvolume's name,
+// NUL-terminated, at most 4039 bytes.
+type btrfsSnapArgs struct {
+	Fd      int64
+	TransID uint64
+	Flags   uint64
+	Unused  [4]uint64
+	Name    [4040]byte
 }
 
 // btrfsInoLookupArgs is struct btrfs_ioctl_ino_lookup_args (4096 bytes).

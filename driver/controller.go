@@ -41,6 +41,7 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: t},
@@ -61,6 +62,11 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 // the node's free capacity; AlreadyExists for the same name with an
 // incompatible size, directoryMode or access type, or an ID that another
 // pool holds.
+// With a volume content source it is a clone of that volume (clone.go):
+// NotFound when the source is not a ready volume of this node,
+// InvalidArgument when the request contradicts the source's access type,
+// backend or pool, OutOfRange when limit_bytes is below the source's size;
+// the response names the source. A snapshot source is InvalidArgument.
 // The volume goes to the pool its class names (ParamPool); a node without
 // that pool answers ResourceExhausted, as for a node without room.
 //
@@ -81,8 +87,10 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
-	if err := checkEnforcement(st, spec.Params); err != nil {
-		return nil, err
+	if spec.Source == "" {
+		if err := checkEnforcement(st, spec.Params); err != nil {
+			return nil, err
+		}
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), "volumeID", spec.ID)
 	unlock, err := s.locks.lock(spec.ID)
@@ -94,6 +102,16 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, status.Errorf(codes.AlreadyExists,
 			"volume %s exists in pool %s, and the request asks for %s=%s", spec.ID, other.pool, ParamPool, st.pool)
 	}
+	if _, err := st.get(spec.ID); spec.Source != "" && err != nil {
+		// A new clone (a repeated request finds the volume made, and
+		// needs its source no more).
+		unlockSource, err := s.cloneSource(&spec, st)
+		if err != nil {
+			return nil, err
+		}
+		defer unlockSource()
+		logger = logger.WithValues("source", spec.Source)
+	}
 	v, err := st.create(spec)
 	if err != nil {
 		return nil, statusFor(err, "creating volume "+spec.ID)
@@ -101,6 +119,29 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	logger.V(2).Info("Volume ready", "capacityBytes", v.CapacityBytes, "pool", v.Pool, "pvc", klog.KRef(v.PVCNamespace, v.PVCName))
 	s.volumesChanged(true)
 	return &csi.CreateVolumeResponse{Volume: s.csiVolume(v)}, nil
+}
+
+// cloneSource locks and looks up the volume spec asks to clone, checks it
+// (checkCloneSource) and fills in spec's source and size. The returned
+// function releases the source's lock, which is held until the copy is
+// made: a DeleteVolume of the source meanwhile answers Aborted.
+func (s *controllerServer) cloneSource(spec *volumeSpec, st *store) (unlock func(), err error) {
+	unlock, err = s.locks.lock(spec.Source)
+	if err != nil {
+		return nil, err
+	}
+	src, err := s.pools.of(spec.Source).get(spec.Source)
+	if err == nil {
+		spec.Size, err = checkCloneSource(src, st, *spec)
+	} else {
+		err = status.Errorf(codes.NotFound, "source volume %s is not a volume of node %s: %v", spec.Source, s.nodeID, err)
+	}
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	spec.source = &src
+	return unlock, nil
 }
 
 // pool returns the store of the pool the parameters name. A node without
@@ -155,9 +196,9 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 			return volumeSpec{}, err
 		}
 	}
-	if req.GetVolumeContentSource() != nil {
-		return volumeSpec{}, status.Error(codes.InvalidArgument,
-			"volume content sources (snapshots, clones) are not supported")
+	source, err := contentSource(req)
+	if err != nil {
+		return volumeSpec{}, err
 	}
 	if len(req.GetMutableParameters()) > 0 {
 		return volumeSpec{}, status.Error(codes.InvalidArgument,
@@ -166,7 +207,29 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 	if size, err = imageSize(size, req.GetCapacityRange(), params); err != nil {
 		return volumeSpec{}, err
 	}
-	return volumeSpec{ID: req.GetName(), Size: size, Range: req.GetCapacityRange(), Params: params}, nil
+	return volumeSpec{ID: req.GetName(), Size: size, Range: req.GetCapacityRange(), Params: params, Source: source}, nil
+}
+
+// contentSource returns the ID of the volume the request clones, or "".
+// Snapshots are not supported (the driver has no CREATE_DELETE_SNAPSHOT).
+func contentSource(req *csi.CreateVolumeRequest) (string, error) {
+	src := req.GetVolumeContentSource()
+	switch {
+	case src == nil:
+		return "", nil
+	case src.GetSnapshot() != nil:
+		return "", status.Error(codes.InvalidArgument, "snapshots are not supported: volume content sources may only be volumes (clones)")
+	case src.GetVolume() == nil:
+		return "", status.Error(codes.InvalidArgument, "volume_content_source names neither a volume nor a snapshot")
+	}
+	id := src.GetVolume().GetVolumeId()
+	if err := validateVolumeID(id, "volume_content_source.volume.volume_id"); err != nil {
+		return "", err
+	}
+	if id == req.GetName() {
+		return "", status.Errorf(codes.InvalidArgument, "volume %s cannot be a clone of itself", id)
+	}
+	return id, nil
 }
 
 // imageSize raises the size of an image volume to the least its file
@@ -251,7 +314,13 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 	if v.Ephemeral {
 		vctx[VolumeContextEphemeral] = "true"
 	}
+	var source *csi.VolumeContentSource
+	if v.ClonedFrom != "" {
+		source = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: v.ClonedFrom}}}
+	}
 	return &csi.Volume{
+		ContentSource:      source,
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}},

@@ -124,8 +124,25 @@ func (b imageBackend) Activate(id, fsType string) error {
 		if exclusive, err = b.mount(id, fsType); err != nil {
 			return err
 		}
+	} else if err := b.thawMounted(id, fsType); err != nil {
+		return err
 	}
 	return b.grow(id, fsType, exclusive)
+}
+
+// thawMounted thaws the volume's mounted file system, which an agent that
+// died while cloning it (clone.go) left frozen.
+func (b imageBackend) thawMounted(id, fsType string) error {
+	fsys, ok := imageFileSystems[fsType]
+	if !ok {
+		return fmt.Errorf("%w: file system %q for an image volume", errUnsupported, fsType)
+	}
+	dir, err := b.openMounted(id, fsys)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return thaw(dir)
 }
 
 // mount mounts the image at the volume's path. fresh reports that it
@@ -146,7 +163,7 @@ func (b imageBackend) mount(id, fsType string) (fresh bool, err error) {
 		defer held.Close()
 		fresh = true
 	}
-	if err := unix.Mount(dev, mp, fsType, 0, ""); err != nil {
+	if err := unix.Mount(dev, mp, fsType, 0, imageFileSystems[fsType].mountData); err != nil {
 		return false, fmt.Errorf("mounting %s (%s) at %s: %w", dev, fsType, mp, err)
 	}
 	return fresh, nil

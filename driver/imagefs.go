@@ -37,6 +37,9 @@ type imageFS struct {
 	// minSize is the smallest file system mkfs makes: a smaller request
 	// gets this size.
 	minSize int64
+	// mountData is the file system's mount options as mount(2) takes
+	// them.
+	mountData string
 	// mkfs is the program and its arguments; the image's path follows.
 	mkfs []string
 	// size reads the file system's size in bytes from the open mounted
@@ -66,7 +69,10 @@ var imageFileSystems = map[string]imageFS{
 		name:  FsXFS,
 		magic: unix.XFS_SUPER_MAGIC,
 		// mkfs.xfs refuses file systems below 300 MiB (xfsprogs 5.19 on).
-		minSize:    300 << 20,
+		minSize: 300 << 20,
+		// A clone (clone.go) has its source's UUID, and xfs refuses to
+		// mount a second file system with a UUID already mounted.
+		mountData:  "nouuid",
 		mkfs:       []string{"mkfs.xfs", "-q", "-f", "-K"},
 		size:       xfsSize,
 		growOnline: xfsGrowOnline,

@@ -144,6 +144,9 @@ type Volume struct {
 	// Ephemeral marks a CSI inline ephemeral volume (ephemeral.go): made
 	// by NodePublishVolume and deleted by NodeUnpublishVolume, with no PV.
 	Ephemeral bool `json:"ephemeral,omitempty"`
+	// ClonedFrom is the ID of the volume this one was made a copy of
+	// (clone.go), which CreateVolume reports as its content source.
+	ClonedFrom string `json:"clonedFrom,omitempty"`
 }
 
 // Target is one NodePublishVolume target of a volume.
@@ -180,6 +183,12 @@ type volumeSpec struct {
 	Params volumeParams
 	// Ephemeral asks for an inline ephemeral volume (Volume.Ephemeral).
 	Ephemeral bool
+	// Source is the ID of the volume to clone, from the request's content
+	// source; source is its record, which the caller looked up (and
+	// checked, checkCloneSource) under its lock. A spec with a Source and
+	// no source may only find its volume made already.
+	Source string
+	source *Volume
 }
 
 type store struct {
@@ -364,7 +373,10 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 	s.mu.Unlock()
 	switch {
 	case exists && oldVolume.State == stateReady:
-		return oldVolume, compatible(oldVolume, spec)
+		if err := compatible(oldVolume, spec); err != nil {
+			return oldVolume, err
+		}
+		return oldVolume, sameSource(oldVolume, spec)
 	case exists && oldVolume.State == stateDeleting:
 		return Volume{}, errDeleting
 	case exists:
@@ -382,6 +394,9 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 	}
 
 	b, err := s.backendFor(spec.Params)
+	if spec.Source != "" {
+		b, err = s.clonerFor(spec)
+	}
 	if err != nil {
 		return Volume{}, err
 	}
@@ -397,6 +412,7 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 		PVCNamespace:  spec.Params.PVCNamespace,
 		PVName:        spec.Params.PVName,
 		Ephemeral:     spec.Ephemeral,
+		ClonedFrom:    spec.Source,
 		Created:       time.Now().UTC().Truncate(time.Second),
 	}
 	if err := s.reserve(v); err != nil {
@@ -409,6 +425,34 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 		return Volume{}, err
 	}
 	return v.clone(), nil
+}
+
+// sameSource checks that a volume that exists was made from the content
+// source the request names, or from none if it names none.
+func sameSource(v Volume, spec volumeSpec) error {
+	if v.ClonedFrom == spec.Source {
+		return nil
+	}
+	note := func(id string) string {
+		if id == "" {
+			return "no content source"
+		}
+		return "a clone of volume " + id
+	}
+	return fmt.Errorf("%w: it is %s, the request asks for %s", errIncompatible, note(v.ClonedFrom), note(spec.Source))
+}
+
+// clonerFor returns the backend that clones spec's source: the source's
+// own.
+func (s *store) clonerFor(spec volumeSpec) (backend, error) {
+	if spec.source == nil {
+		return nil, fmt.Errorf("%w: source volume %s was not looked up", errNotFound, spec.Source)
+	}
+	b, ok := s.backends[spec.source.Backend]
+	if _, can := b.(cloner); !ok || !can {
+		return nil, fmt.Errorf("%w: the %s backend cannot make clones", errUnsupported, spec.source.Backend)
+	}
+	return b, nil
 }
 
 func compatible(v Volume, spec volumeSpec) error {
@@ -538,7 +582,18 @@ func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 		return err
 	}
 	s.step("create:intent")
-	if err := s.backend(*v).Create(newVolume{ID: v.ID, Size: v.CapacityBytes, Mode: mode, FsType: v.FsType}); err != nil {
+	nv := newVolume{ID: v.ID, Size: v.CapacityBytes, Mode: mode, FsType: v.FsType}
+	var err error
+	c, canClone := s.backend(*v).(cloner)
+	switch {
+	case v.ClonedFrom == "":
+		err = s.backend(*v).Create(nv)
+	case canClone:
+		err = c.Clone(v.ClonedFrom, nv)
+	default:
+		err = fmt.Errorf("%w: the %s backend cannot make clones", errUnsupported, v.Backend)
+	}
+	if err != nil {
 		return err
 	}
 	s.step("create:mkdir")

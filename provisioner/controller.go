@@ -96,6 +96,8 @@ func NewController(ctx context.Context, cfg ControllerConfig) (*Controller, erro
 		}), informers.WithTransform(cachetrim.Node))
 	cfg.Provisioner.Nodes = node.Core().V1().Nodes().Lister()
 	cfg.Provisioner.Classes = cfg.Informers.Storage().V1().StorageClasses().Lister()
+	cfg.Provisioner.Claims = cfg.Informers.Core().V1().PersistentVolumeClaims().Lister()
+	cfg.Provisioner.Volumes = cfg.Informers.Core().V1().PersistentVolumes().Lister()
 	p, err := New(cfg.Provisioner)
 	if err != nil {
 		return nil, err

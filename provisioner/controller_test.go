@@ -113,9 +113,10 @@ func TestControllerEndToEnd(t *testing.T) {
 
 	t.Run("refused claims (access modes, data source, size) get an event and nothing else", func(t *testing.T) {
 		rwx := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany)
-		// A clone of data-web-0 would have started empty.
+		// A snapshot restore would have started empty.
 		clone, huge := fixtures.Claim("clone", "node-a", "1Gi", v1.ReadWriteOnce), fixtures.Claim("huge", "node-a", "1Gi", v1.ReadWriteOnce)
-		clone.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
+		snapshotGroup := "snapshot.storage.k8s.io"
+		clone.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly"}
 		huge.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("18446744073709551616")
 		fixtures.CreateClaims(t, client, rwx, clone, huge)
 		fixtures.WaitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")

@@ -89,6 +89,10 @@ type Config struct {
 	// since the claim was refused (see refusals). NewController fills it;
 	// nil means a class change alone never retries a refused claim.
 	Classes storagelisters.StorageClassLister
+	// Claims and Volumes find the source claim of a clone and its PV;
+	// NewController fills them. Without them clones are refused.
+	Claims  corelisters.PersistentVolumeClaimLister
+	Volumes corelisters.PersistentVolumeLister
 	// Timeout bounds each CSI call; zero means DefaultTimeout.
 	Timeout time.Duration
 }
@@ -102,6 +106,8 @@ type Provisioner struct {
 	csi         csi.ControllerClient
 	nodes       corelisters.NodeLister
 	classes     storagelisters.StorageClassLister
+	claims      corelisters.PersistentVolumeClaimLister
+	volumes     corelisters.PersistentVolumeLister
 	timeout     time.Duration
 	refused     *refusals
 }
@@ -137,6 +143,8 @@ func New(cfg Config) (*Provisioner, error) {
 		csi:         cfg.ControllerClient,
 		nodes:       cfg.Nodes,
 		classes:     cfg.Classes,
+		claims:      cfg.Claims,
+		volumes:     cfg.Volumes,
 		timeout:     timeout,
 		refused:     newRefusals(),
 	}, nil
@@ -214,6 +222,9 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 		// Refused before any call to the driver: no volume, no directory.
 		p.refused.add(opts.PVC, opts.StorageClass)
 		return nil, controller.ProvisioningFinished, err
+	}
+	if state, err := p.cloneSource(opts, req); err != nil {
+		return nil, state, err
 	}
 
 	callCtx, cancel := context.WithTimeout(ctx, p.timeout)

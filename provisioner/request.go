@@ -27,9 +27,9 @@ const (
 		"has mountOptions; use a class without mountOptions for block claims"
 	refuseNoModes = "the claim lists no accessModes; use accessModes: [ReadWriteOnce]"
 	// refuseDataSource is followed by the source's kind and name.
-	refuseDataSource = "stickyvol cannot fill a new volume from a data source yet (no clones, no snapshot " +
-		"restores): the volume would start empty. Remove dataSource and dataSourceRef from the claim " +
-		"to get an empty volume; source: %s %q"
+	refuseDataSource = "stickyvol can fill a new volume only from another claim of its own in the same " +
+		"namespace (a clone), not from this data source (snapshot restores are not built yet): the volume " +
+		"would start empty. Remove dataSource and dataSourceRef from the claim to get an empty volume; source: %s %q"
 	// refuseNodeLossPolicy is followed by the value given.
 	refuseNodeLossPolicy = "StorageClass parameter " + ParamNodeLossPolicy + "=%q: want Keep (the default) or Recreate"
 	// refuseSize is followed by the request or limit as written.
@@ -49,7 +49,9 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 		return nil, fmt.Errorf(refuseBlockMountOptions, opts.StorageClass.Name)
 	}
 	if kind, name, ok := dataSource(claim); ok {
-		return nil, fmt.Errorf(refuseDataSource, kind, name)
+		if _, clone := cloneSourceClaim(claim); !clone {
+			return nil, fmt.Errorf(refuseDataSource, kind, name)
+		}
 	}
 	if opts.StorageClass != nil {
 		if policy, ok := opts.StorageClass.Parameters[ParamNodeLossPolicy]; ok && policy != NodeLossKeep && policy != NodeLossRecreate {

@@ -142,9 +142,9 @@ func TestCreateVolumeRequestRefuses(t *testing.T) {
 		{"a limit past int64", func(c *v1.PersistentVolumeClaim) {
 			c.Spec.Resources.Limits = v1.ResourceList{v1.ResourceStorage: resource.MustParse("9223372036854775808")}
 		}, []string{"storage limit 9223372036854775808"}},
-		{"a clone", func(c *v1.PersistentVolumeClaim) {
-			c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
-			c.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0"}
+		{"a clone from another namespace", func(c *v1.PersistentVolumeClaim) {
+			other := "other"
+			c.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0", Namespace: &other}
 		}, []string{"would start empty", `PersistentVolumeClaim "data-web-0"`}},
 		{"a snapshot restore", func(c *v1.PersistentVolumeClaim) {
 			c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly"}

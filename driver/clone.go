@@ -1,0 +1,257 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Clones: CreateVolume with a volume content source makes the new volume
+// a copy of a ready volume of this node.
+//
+// "Same backend" means the clone is made by the source's backend, in the
+// source's pool: the copy is cheap only there (a btrfs snapshot and a
+// reflink both need the same file system), and a volume's kind is part of
+// its data (an image holds a file system of one type, a block volume raw
+// sectors). So the request must agree with the source on what it can say:
+// block or mount access type; for an image source, volumeType image and
+// the same fsType; for a directory or btrfs source, no volumeType; and the
+// pool. A request that contradicts the source is InvalidArgument, with a
+// message that names both. A directory source is cloned as a directory even
+// when new volumes of its pool are btrfs subvolumes, and the other way
+// round.
+//
+// The size is the larger of the source's and required_bytes; a limit_bytes
+// below the source's size is OutOfRange (the clone cannot be smaller than
+// its data). A larger image clone gets its file system grown to the new
+// size before CreateVolume answers.
+//
+// The source's lock is held for the copy, so the source is not deleted,
+// expanded or published meanwhile (those calls answer Aborted and are
+// retried). The clone takes the same path through the store as a new
+// volume (intent record, backend, commit), so a crash during the copy
+// leaves a creating record that start-up rolls back.
+
+// cloner is a backend that can make a volume as a copy of another of its
+// volumes. v is the new volume; its FsType is the source's.
+type cloner interface {
+	Clone(src string, v newVolume) error
+}
+
+// checkCloneSource checks that volume src can be cloned into a volume with
+// the spec's parameters, in pool st. It returns the clone's size.
+func checkCloneSource(src Volume, st *store, spec volumeSpec) (int64, error) {
+	p := spec.Params
+	switch {
+	case src.Ephemeral:
+		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is an inline ephemeral volume, which cannot be cloned", src.ID)
+	case (src.Backend == BackendBlock) != p.Block:
+		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is %s and the request asks for %s; a clone has its source's access type",
+			src.ID, blockNote(src.Backend == BackendBlock), blockNote(p.Block))
+	case src.Pool != st.pool:
+		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is in pool %s and the request asks for %s=%s; a clone is made in its source's pool",
+			src.ID, src.Pool, ParamPool, st.pool)
+	case !p.Block && (src.Backend == BackendImage) != p.Image,
+		src.Backend == BackendImage && p.FsType != src.FsType:
+		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is a %s volume%s and the request asks for %s; "+
+			"a clone is made by its source's backend, so use the source's StorageClass (or one with the same %s and %s)",
+			src.ID, src.Backend, fsTypeNote(src.FsType), requestedType(p), ParamVolumeType, ParamFsType)
+	case p.SizeRequired && src.Backend == BackendDirectory:
+		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is a directory volume, whose size is not enforced, and the request asks %s=%s",
+			src.ID, ParamSizeEnforcement, SizeEnforcementRequired)
+	}
+	r := spec.Range
+	if limit := r.GetLimitBytes(); limit > 0 && limit < src.CapacityBytes {
+		return 0, status.Errorf(codes.OutOfRange, "source volume %s has %d bytes, more than limit_bytes=%d: a clone is at least as large as its source",
+			src.ID, src.CapacityBytes, limit)
+	}
+	if _, ok := st.backends[src.Backend].(cloner); !ok {
+		return 0, status.Errorf(codes.InvalidArgument, "the %s backend of source volume %s cannot make clones", src.Backend, src.ID)
+	}
+	if r.GetRequiredBytes() > src.CapacityBytes {
+		return spec.Size, nil // rounded for block and image volumes by createSpec
+	}
+	return src.CapacityBytes, nil
+}
+
+// Clone makes the new subvolume a writable snapshot of the source's
+// (O(1): the two share every extent until either writes), then limits its
+// qgroup to the new size and commits. Subvolumes a pod made inside the
+// source are not part of a snapshot: they show as empty directories.
+func (b *btrfsBackend) Clone(src string, v newVolume) error {
+	err := b.withSubvolume(src, func(s *os.File, _ uint64) error {
+		dir, err := b.root.Open(volumesDir)
+		if err != nil {
+			return err
+		}
+		defer dir.Close()
+		args := btrfsSnapArgs{Fd: int64(s.Fd())}
+		if len(v.ID) >= len(args.Name) {
+			return fmt.Errorf("name %q is too long for a subvolume", v.ID)
+		}
+		copy(args.Name[:], v.ID)
+		if err := btrfsIoctl(dir, ioctlSnapCreateV2, unsafe.Pointer(&args)); err != nil {
+			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+				err = fmt.Errorf("%w: %w", errNoSpace, err)
+			}
+			return fmt.Errorf("snapshotting btrfs subvolume %s as %s (BTRFS_IOC_SNAP_CREATE_V2): %w", b.Path(src), b.Path(v.ID), err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return b.Expand(v.ID, v.Size)
+}
+
+// Clone copies the source directory's tree into the new volume's directory
+// (copyTree: reflinked files where the data root's file system can, sparse
+// copies elsewhere), then flushes the data root's file system, so the copy
+// is durable before the record commits. The new top directory takes the
+// source's owner, mode and times, as a copy does.
+func (b directoryBackend) Clone(src string, v newVolume) error {
+	if err := b.root.Mkdir(volumeName(v.ID), 0o700); err != nil {
+		return fmt.Errorf("creating volume directory: %w", err)
+	}
+	if err := copyTree(b.Path(src), b.Path(v.ID)); err != nil {
+		return fmt.Errorf("copying volume %s: %w", src, err)
+	}
+	if err := syncFS(b.Path(v.ID)); err != nil {
+		return err
+	}
+	return syncDir(b.root, volumesDir)
+}
+
+// Clone copies the source's image with its file system frozen (FIFREEZE),
+// so the copy is that file system at one moment, clean as after a sync,
+// even while pods write to it: writers wait for the copy, which a reflink
+// makes short. The copy is then made the new size, mounted, and its file
+// system grown to fill it.
+//
+// An xfs clone has its source's UUID, which xfs refuses to mount twice;
+// image volumes of xfs are mounted with nouuid (imagefs.go).
+func (b imageBackend) Clone(src string, v newVolume) error {
+	fsys, ok := imageFileSystems[v.FsType]
+	if !ok {
+		return fmt.Errorf("%w: file system %q for an image volume", errUnsupported, v.FsType)
+	}
+	// Checked to be the image's own file system: freezing the data
+	// root's, which the copy writes to, would never end.
+	dir, err := b.openMounted(src, fsys)
+	if err != nil {
+		return err
+	}
+	err = withFrozen(dir, func() error {
+		return copyImage(b.root, src, v.ID, v.Size)
+	})
+	_ = dir.Close()
+	if err != nil {
+		return fmt.Errorf("copying the image of volume %s: %w", src, err)
+	}
+	if err := b.root.Mkdir(volumeName(v.ID), 0o700); err != nil {
+		return fmt.Errorf("creating mount point: %w", err)
+	}
+	fresh, err := b.mount(v.ID, fsys.name)
+	if err != nil {
+		return err
+	}
+	if err := b.grow(v.ID, fsys.name, fresh); err != nil {
+		return err
+	}
+	if err := syncFS(b.Path(v.ID)); err != nil {
+		return err
+	}
+	if err := syncDir(b.root, imagesDir); err != nil {
+		return err
+	}
+	return syncDir(b.root, volumesDir)
+}
+
+// Clone copies the source's file. While a pod has the source attached,
+// its loop device is flushed first, so what the pod wrote before the clone
+// started is in the copy; a pod writing during the copy may leave it torn,
+// as a raw device cannot be frozen: stop the writer first for a
+// consistent clone.
+func (b blockBackend) Clone(src string, v newVolume) error {
+	dev, err := b.Device(src)
+	if err != nil {
+		return err
+	}
+	if dev != "" {
+		f, err := os.OpenFile(dev, os.O_RDONLY, 0)
+		if err != nil {
+			return fmt.Errorf("opening %s to flush it: %w", dev, err)
+		}
+		err = f.Sync()
+		_ = f.Close()
+		if err != nil {
+			return fmt.Errorf("flushing %s: %w", dev, err)
+		}
+	}
+	if err := copyImage(b.root, src, v.ID, v.Size); err != nil {
+		return fmt.Errorf("copying the file of volume %s: %w", src, err)
+	}
+	return syncDir(b.root, imagesDir)
+}
+
+// copyImage copies images/<src> to the new images/<dst>, at least size
+// bytes long, and syncs the copy.
+func copyImage(root *os.Root, src, dst string, size int64) error {
+	if err := root.MkdirAll(imagesDir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", imagesDir, err)
+	}
+	s, err := root.Open(path.Join(imagesDir, src))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	d, err := root.OpenFile(path.Join(imagesDir, dst), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	err = copyFile(int(s.Fd()), int(d.Fd()), size)
+	if err == nil {
+		err = d.Sync()
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EFBIG) {
+		return fmt.Errorf("%w: %w", errNoSpace, err)
+	}
+	return err
+}
+
+// FIFREEZE and FITHAW, _IOWR('X', 119, int) and _IOWR('X', 120, int) of
+// <linux/fs.h>, which golang.org/x/sys/unix lacks.
+const (
+	ioctlFreeze = 0xc0045877
+	ioctlThaw   = 0xc0045878
+)
+
+// withFrozen calls fn with the file system of the open directory dir
+// frozen: its writers wait, and what they wrote before is on its device.
+// It is thawed after fn, whatever fn returns. An agent that dies while it
+// is frozen thaws it at start (imageBackend.Activate).
+func withFrozen(dir *os.File, fn func() error) error {
+	if err := unix.IoctlSetInt(int(dir.Fd()), ioctlFreeze, 0); err != nil {
+		return fmt.Errorf("freezing the file system at %s (FIFREEZE): %w", dir.Name(), err)
+	}
+	ferr := fn()
+	if err := unix.IoctlSetInt(int(dir.Fd()), ioctlThaw, 0); err != nil {
+		return errors.Join(ferr, fmt.Errorf("thawing the file system at %s (FITHAW): %w", dir.Name(), err))
+	}
+	return ferr
+}
+
+// thaw thaws the file system of the open directory dir if it is frozen.
+func thaw(dir *os.File) error {
+	if err := unix.IoctlSetInt(int(dir.Fd()), ioctlThaw, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("thawing the file system at %s (FITHAW): %w", dir.Name(), err)
+	}
+	return nil
+}
