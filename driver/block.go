@@ -66,25 +66,8 @@ func (b blockBackend) Path(id string) string { return path.Join(b.rootPath, imag
 
 // Create makes the sparse file, as large as the volume.
 func (b blockBackend) Create(v newVolume) error {
-	if err := b.root.MkdirAll(imagesDir, 0o700); err != nil {
-		return fmt.Errorf("creating %s: %w", imagesDir, err)
-	}
-	f, err := b.root.OpenFile(path.Join(imagesDir, v.ID), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("creating the block volume's file: %w", err)
-	}
-	err = f.Truncate(v.Size)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EFBIG) {
-		return fmt.Errorf("%w: sizing the block volume's file to %d bytes: %w", errNoSpace, v.Size, err)
-	}
-	if err != nil {
-		return fmt.Errorf("sizing the block volume's file: %w", err)
+	if err := makeSparse(b.root, v.ID, v.Size, "the block volume's file"); err != nil {
+		return err
 	}
 	return syncDir(b.root, imagesDir)
 }

@@ -68,25 +68,8 @@ func (b imageBackend) Create(v newVolume) error {
 	if _, err := findTool(fsys.mkfs[0]); err != nil {
 		return err
 	}
-	if err := b.root.MkdirAll(imagesDir, 0o700); err != nil {
-		return fmt.Errorf("creating %s: %w", imagesDir, err)
-	}
-	f, err := b.root.OpenFile(path.Join(imagesDir, v.ID), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("creating image: %w", err)
-	}
-	err = f.Truncate(v.Size)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EFBIG) {
-		return fmt.Errorf("%w: sizing the image to %d bytes: %w", errNoSpace, v.Size, err)
-	}
-	if err != nil {
-		return fmt.Errorf("sizing the image: %w", err)
+	if err := makeSparse(b.root, v.ID, v.Size, "the image"); err != nil {
+		return err
 	}
 	if err := run(fsys.mkfs[0], append(fsys.mkfs[1:], b.image(v.ID))...); err != nil {
 		return fmt.Errorf("formatting the image %s: %w", v.FsType, err)
@@ -329,6 +312,33 @@ func (b imageBackend) Usage(id string) (volumeUsage, error) {
 		UsedInodes: int64(st.Files - st.Ffree),
 		FreeInodes: int64(st.Ffree),
 	}, nil
+}
+
+// makeSparse creates images/<id>, size bytes long and holding no blocks
+// yet, and makes it durable (not its directory entry: the caller syncs
+// images/ once it is done). what names the file in errors.
+func makeSparse(root *os.Root, id string, size int64, what string) error {
+	if err := root.MkdirAll(imagesDir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", imagesDir, err)
+	}
+	f, err := root.OpenFile(path.Join(imagesDir, id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", what, err)
+	}
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EFBIG) {
+		return fmt.Errorf("%w: sizing %s to %d bytes: %w", errNoSpace, what, size, err)
+	}
+	if err != nil {
+		return fmt.Errorf("sizing %s: %w", what, err)
+	}
+	return nil
 }
 
 // syncFS flushes the file system that holds p.
