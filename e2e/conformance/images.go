@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/stickyvol/stickyvol/e2e/cluster"
@@ -36,7 +34,7 @@ const (
 
 // imageRecipe is part of every image's cache key: change it when the way the
 // images are put together changes and the inputs the key hashes do not.
-const imageRecipe = "2"
+const imageRecipe = "1"
 
 // Image is an image tarball EnsureImages made.
 type Image struct {
@@ -53,9 +51,6 @@ func EnsureImages(ctx context.Context, cacheDir, agnhost string) ([]Image, error
 	for _, ref := range []string{BusyboxImage, AgnhostImage, NginxImage, GlibcDNSTestingImage} {
 		spec, err := cluster.BusyboxSpec(ctx, ref)
 		if err != nil {
-			return nil, err
-		}
-		if err := withGNUdd(&spec); err != nil {
 			return nil, err
 		}
 		if ref == AgnhostImage {
@@ -81,29 +76,6 @@ func EnsureImages(ctx context.Context, cacheDir, agnhost string) ([]Image, error
 		images = append(images, Image{Ref: ref, Tarball: path})
 	}
 	return images, nil
-}
-
-// withGNUdd replaces busybox's dd applet with the host's GNU dd and the
-// libraries it needs. The suites write to block volumes with
-// `dd oflag=nocache`, which upstream's test images take and busybox's dd
-// refuses ("invalid argument 'nocache' to 'oflag'").
-func withGNUdd(spec *image.Spec) error {
-	dd, err := exec.LookPath("dd")
-	if err != nil {
-		return fmt.Errorf("the test images need the host's GNU dd: %w", err)
-	}
-	files, err := image.HostPrograms(dd)
-	if err != nil {
-		return err
-	}
-	spec.Symlinks = slices.DeleteFunc(spec.Symlinks, func(l image.Symlink) bool { return l.Path == "/bin/dd" })
-	for _, f := range files {
-		if f.Path == dd {
-			f.Path = "/bin/dd"
-		}
-		spec.Files = append(spec.Files, f)
-	}
-	return nil
 }
 
 // imageFileName turns registry/path/name:tag into name-tag.
