@@ -55,6 +55,7 @@ func teardown(ctx context.Context, dir string, out io.Writer) error {
 	add("stopping the control plane", stopProcs(ctx, pick(st.Procs, "kube-controller-manager", "kube-scheduler", "kube-apiserver"), stopGrace))
 	add("stopping etcd", stopProcs(ctx, pick(st.Procs, "etcd"), stopGrace))
 	add("stopping leftover processes", stopProcs(ctx, markedProcs(dir), stopGrace))
+	detachVolumeLoops(dir, out)
 	add("unmounting", unmountUnder(dir))
 
 	cgroups := ourCgroups(st.Cgroups)
