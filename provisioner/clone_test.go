@@ -20,6 +20,12 @@ import (
 // and PVs), as NewController's informers would.
 func cloneProvisioner(t *testing.T, nd *nodeDriver, objs ...any) *provisioner.Provisioner {
 	t.Helper()
+	return restoreProvisioner(t, nd, nil, objs...)
+}
+
+// restoreProvisioner is cloneProvisioner reading snapshots from snaps.
+func restoreProvisioner(t *testing.T, nd *nodeDriver, snaps provisioner.SnapshotReader, objs ...any) *provisioner.Provisioner {
+	t.Helper()
 	f := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	claims, pvs := f.Core().V1().PersistentVolumeClaims(), f.Core().V1().PersistentVolumes()
 	for _, o := range objs {
@@ -34,7 +40,7 @@ func cloneProvisioner(t *testing.T, nd *nodeDriver, objs ...any) *provisioner.Pr
 	p, err := provisioner.New(provisioner.Config{
 		NodeName: nd.name, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
 		ControllerClient: nd.controller, Nodes: nodeLister(t, fixtures.ReadyNode(nd.name)),
-		Claims: claims.Lister(), Volumes: pvs.Lister(),
+		Claims: claims.Lister(), Volumes: pvs.Lister(), Snapshots: snaps,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -93,6 +93,9 @@ type Config struct {
 	// NewController fills them. Without them clones are refused.
 	Claims  corelisters.PersistentVolumeClaimLister
 	Volumes corelisters.PersistentVolumeLister
+	// Snapshots reads the VolumeSnapshot a claim restores (snapshot.go).
+	// Nil refuses restores: the cluster has no snapshot API.
+	Snapshots SnapshotReader
 	// Timeout bounds each CSI call; zero means DefaultTimeout.
 	Timeout time.Duration
 }
@@ -108,6 +111,7 @@ type Provisioner struct {
 	classes     storagelisters.StorageClassLister
 	claims      corelisters.PersistentVolumeClaimLister
 	volumes     corelisters.PersistentVolumeLister
+	snapshots   SnapshotReader
 	timeout     time.Duration
 	refused     *refusals
 }
@@ -145,6 +149,7 @@ func New(cfg Config) (*Provisioner, error) {
 		classes:     cfg.Classes,
 		claims:      cfg.Claims,
 		volumes:     cfg.Volumes,
+		snapshots:   cfg.Snapshots,
 		timeout:     timeout,
 		refused:     newRefusals(),
 	}, nil
@@ -224,6 +229,9 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 		return nil, controller.ProvisioningFinished, err
 	}
 	if state, err := p.cloneSource(opts, req); err != nil {
+		return nil, state, err
+	}
+	if state, err := p.snapshotSource(ctx, opts, req); err != nil {
 		return nil, state, err
 	}
 

@@ -27,8 +27,8 @@ const (
 		"has mountOptions; use a class without mountOptions for block claims"
 	refuseNoModes = "the claim lists no accessModes; use accessModes: [ReadWriteOnce]"
 	// refuseDataSource is followed by the source's kind and name.
-	refuseDataSource = "stickyvol can fill a new volume only from another claim of its own in the same " +
-		"namespace (a clone), not from this data source (snapshot restores are not built yet): the volume " +
+	refuseDataSource = "stickyvol can fill a new volume only from another claim of its own (a clone) or a " +
+		"VolumeSnapshot (a restore), both in the claim's namespace, not from this data source: the volume " +
 		"would start empty. Remove dataSource and dataSourceRef from the claim to get an empty volume; source: %s %q"
 	// refuseNodeLossPolicy is followed by the value given.
 	refuseNodeLossPolicy = "StorageClass parameter " + ParamNodeLossPolicy + "=%q: want Keep (the default) or Recreate"
@@ -49,7 +49,9 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 		return nil, fmt.Errorf(refuseBlockMountOptions, opts.StorageClass.Name)
 	}
 	if kind, name, ok := dataSource(claim); ok {
-		if _, clone := cloneSourceClaim(claim); !clone {
+		_, clone := cloneSourceClaim(claim)
+		_, restore := snapshotSourceName(claim)
+		if !clone && !restore {
 			return nil, fmt.Errorf(refuseDataSource, kind, name)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -26,6 +27,7 @@ import (
 	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 	"github.com/stickyvol/stickyvol/resizer"
+	"github.com/stickyvol/stickyvol/snapshotter"
 )
 
 // agent is everything `stickyvol node` runs, built and ready to start.
@@ -37,15 +39,17 @@ type agent struct {
 	informers    informers.SharedInformerFactory
 	controller   *provisioner.Controller
 	reconciler   *provisioner.Reconciler
-	registration *registration.Server // nil without kubelet
-	capacity     *capacity.Publisher  // nil with --publish-capacity=false
-	resizer      *resizer.Resizer     // nil with --expand-volumes=false
+	registration *registration.Server     // nil without kubelet
+	capacity     *capacity.Publisher      // nil with --publish-capacity=false
+	resizer      *resizer.Resizer         // nil with --expand-volumes=false
+	snapshotter  *snapshotter.Snapshotter // nil with --snapshots=false
 	kube         kubernetes.Interface
 }
 
 // newAgent builds the parts; nothing runs yet. The driver reloads its
 // records here, so a broken data root fails before anything is served.
-func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*agent, error) {
+// snaps is nil with --snapshots=false.
+func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface, snaps snapclientset.Interface) (*agent, error) {
 	a := &agent{opts: o, kube: kube}
 	dcfg := o.driverConfig()
 	dcfg.Logger = klog.FromContext(ctx)
@@ -71,20 +75,25 @@ func newAgent(ctx context.Context, o *nodeOptions, kube kubernetes.Interface) (*
 	// else can go).
 	a.informers = informers.NewSharedInformerFactoryWithOptions(kube, provisioner.DefaultResyncPeriod,
 		informers.WithTransform(cachetrim.ManagedFields))
-	if err := a.build(ctx, kube); err != nil {
+	if err := a.build(ctx, kube, snaps); err != nil {
 		return nil, errors.Join(err, conn.Close(), d.Close())
 	}
 	return a, nil
 }
 
-func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
+func (a *agent) build(ctx context.Context, kube kubernetes.Interface, snaps snapclientset.Interface) error {
 	o := a.opts
+	var snapshotReader provisioner.SnapshotReader
+	if snaps != nil {
+		snapshotReader = provisioner.ClientSnapshots(snaps)
+	}
 	ctrl, err := provisioner.NewController(ctx, provisioner.ControllerConfig{
 		Provisioner: provisioner.Config{
 			NodeName:         o.nodeName,
 			DriverName:       driver.Name,
 			TopologyKey:      driver.TopologyKey,
 			ControllerClient: csi.NewControllerClient(a.csiConn),
+			Snapshots:        snapshotReader,
 			Timeout:          o.operationTimeout,
 		},
 		Client:      kube,
@@ -118,6 +127,14 @@ func (a *agent) build(ctx context.Context, kube kubernetes.Interface) error {
 			NodeName: o.nodeName, DriverName: driver.Name, TopologyKey: driver.TopologyKey,
 			ControllerClient: csi.NewControllerClient(a.csiConn), Client: kube, Informers: a.informers,
 			Timeout: o.operationTimeout,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if snaps != nil {
+		a.snapshotter, err = snapshotter.New(snapshotter.Config{
+			NodeName: o.nodeName, DriverName: driver.Name, Conn: a.csiConn, Client: kube, Snapshots: snaps,
 		})
 		if err != nil {
 			return err
@@ -184,6 +201,9 @@ func (a *agent) runParts(ctx context.Context) error {
 	}
 	if a.resizer != nil {
 		g.Go(func() error { return a.resizer.Run(ctx) })
+	}
+	if a.snapshotter != nil {
+		g.Go(func() error { return a.snapshotter.Run(ctx) })
 	}
 	if a.registration != nil {
 		// Only now: kubelet calls NodeGetInfo on the CSI socket as soon as

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"path/filepath"
 	"strings"
 	"time"
@@ -42,6 +43,7 @@ type nodeOptions struct {
 	namespace           string
 	capacityOwner       string
 	expandVolumes       bool
+	snapshots           bool
 }
 
 func newNodeCommand(env environment) *cobra.Command {
@@ -86,6 +88,7 @@ func newNodeCommand(env environment) *cobra.Command {
 	f.StringVar(&o.namespace, "namespace", env.namespaceOr("stickyvol"), "Namespace of the CSIStorageCapacity objects: the driver's, where the scheduler and the controller read them; defaults to $POD_NAMESPACE when set.")
 	f.StringVar(&o.capacityOwner, "capacity-owner", env.podName, "The agent's own pod, in --namespace; its controller (the DaemonSet) owns the CSIStorageCapacity objects, so they go with the install. Defaults to $POD_NAME. Empty: no owner (an agent outside a pod); the objects stay until deleted by hand or with their Node.")
 	f.BoolVar(&o.expandVolumes, "expand-volumes", true, "Grow this node's volumes when their claims ask for more (classes with allowVolumeExpansion), as external-resizer would.")
+	f.BoolVar(&o.snapshots, "snapshots", true, "Make and delete this node's VolumeSnapshots, as csi-snapshotter would, and restore claims from them. Needs the VolumeSnapshot CRDs and the snapshot-controller with --enable-distributed-snapshotting; without the CRDs the agent waits for them.")
 	return cmd
 }
 
@@ -246,7 +249,13 @@ func runNode(ctx context.Context, o *nodeOptions) error {
 	if err != nil {
 		return err
 	}
-	a, err := newAgent(ctx, o, kube)
+	var snaps snapclientset.Interface
+	if o.snapshots {
+		if snaps, err = snapclientset.NewForConfig(cfg); err != nil {
+			return err
+		}
+	}
+	a, err := newAgent(ctx, o, kube, snaps)
 	if err != nil {
 		return err
 	}
