@@ -147,12 +147,19 @@ func (s *Snapshotter) Run(ctx context.Context) error {
 		false, // no extra create metadata: the driver takes no parameters
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute),
 		false, nil, nil, nil)
-	contents.Start(ctx.Done())
-	classes.Start(ctx.Done())
-	defer contents.Shutdown()
-	defer classes.Shutdown()
-	logger.Info("Making this node's snapshots", "selector", node)
+	strays := snapinformers.NewSharedInformerFactoryWithOptions(cfg.Snapshots, cfg.ResyncPeriod,
+		snapinformers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = unlabelled }))
+	claims, err := newClaimer(cfg, strays)
+	if err != nil {
+		return err
+	}
+	for _, f := range []snapinformers.SharedInformerFactory{contents, classes, strays} {
+		f.Start(ctx.Done())
+		defer f.Shutdown()
+	}
 	var wg sync.WaitGroup
+	wg.Go(func() { claims.run(klog.NewContext(ctx, logger)) })
+	logger.Info("Making this node's snapshots", "selector", node)
 	ctrl.Run(cfg.Workers, ctx.Done(), &wg)
 	wg.Wait()
 	return nil

@@ -118,6 +118,25 @@ func TestSnapshotsOfThisNode(t *testing.T) {
 	if c := get("snapcontent-theirs"); c.Status != nil {
 		t.Errorf("another node's content got status %+v", c.Status)
 	}
+
+	// Pre-provisioned contents of no node: the one whose snapshot this
+	// node's driver holds is claimed and checked, the other left alone.
+	for name, handle := range map[string]string{"snapcontent-by-hand": "snapshot-uid-mine", "snapcontent-unknown": "snapshot-elsewhere"} {
+		c := content(name, "", "", "uid-"+name)
+		delete(c.Labels, provisioner.ManagedByLabel)
+		c.Spec.Source = snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(handle)}
+		c.Spec.DeletionPolicy = snapv1.VolumeSnapshotContentRetain
+		if _, err := snaps.SnapshotV1().VolumeSnapshotContents().Create(ctx, c, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fixtures.Eventually(t, "the pre-provisioned content of this node's snapshot checked", func(context.Context) (bool, error) {
+		c := get("snapcontent-by-hand")
+		return c.Labels[provisioner.ManagedByLabel] == "node-a" && c.Status != nil && ptr.Deref(c.Status.ReadyToUse, false), nil
+	})
+	if c := get("snapcontent-unknown"); len(c.Labels) != 0 || c.Status != nil {
+		t.Errorf("a content of a snapshot no node holds: labels %v, status %+v; want it left alone", c.Labels, c.Status)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)

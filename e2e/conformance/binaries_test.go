@@ -3,6 +3,7 @@ package conformance
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -82,5 +83,22 @@ func TestE2EArgs(t *testing.T) {
 	}
 	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "-kubeconfig") }) {
 		t.Errorf("a dry run needs no cluster, but args %q name one", args)
+	}
+}
+
+// TestDefaultSkipKeepsSnapshots: the default skip leaves out the specs of
+// every feature the local cluster lacks, but not the snapshot specs.
+func TestDefaultSkipKeepsSnapshots(t *testing.T) {
+	skip := regexp.MustCompile(DefaultSkip)
+	for _, tag := range []string{"Windows", "SELinux", "VolumeGroupSnapshotDataSource", "VolumeAttributesClass",
+		"VolumeSourceXFS", "Volumes", "SnapshotMetadata", "Vol"} {
+		name := "External Storage [Driver: hostpath.stickyvol.dev] x [Feature:" + tag + "] y"
+		if !skip.MatchString(name) {
+			t.Errorf("[Feature:%s] is not skipped", tag)
+		}
+	}
+	snap := "External Storage [Driver: hostpath.stickyvol.dev] [Testpattern: Dynamic Snapshot (delete policy)] snapshottable [Feature:VolumeSnapshotDataSource] volume snapshot controller should check snapshot fields"
+	if skip.MatchString(snap) {
+		t.Errorf("the snapshot spec is skipped: %s", snap)
 	}
 }

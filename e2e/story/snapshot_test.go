@@ -1,0 +1,131 @@
+//go:build e2e
+
+package story
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/stickyvol/stickyvol/provisioner"
+)
+
+// TestSnapshot: a VolumeSnapshot (class stickyvol) of a StatefulSet pod's
+// claim becomes ready, made by the agent of the pod's node; the pod writes
+// more; a claim restoring the snapshot has the data of the moment of the
+// snapshot, on that node, and a restore whose pod is pinned to the other
+// node is refused there with a Warning naming the snapshot's node. Deleting
+// the VolumeSnapshot deletes the snapshot from the node's data root.
+func TestSnapshot(t *testing.T) {
+	ctx, e := start(t, 4*time.Minute)
+	snaps, err := snapclientset.NewForConfig(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := e.createStatefulSet(ctx, statefulSet("db", 1))[0]
+	sb := e.bindingOf(ctx, src)
+	before := e.writeBlob(ctx, src.Name)
+
+	e.step("a VolumeSnapshot of %s, made on %s", sb.claim, sb.node)
+	snap := &snapv1.VolumeSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: "before"},
+		Spec: snapv1.VolumeSnapshotSpec{
+			VolumeSnapshotClassName: ptr.To("stickyvol"),
+			Source:                  snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(sb.claim)},
+		},
+	}
+	if _, err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	content := e.readySnapshot(ctx, snaps, "before")
+	if node := content.Labels[provisioner.ManagedByLabel]; node != sb.node {
+		t.Errorf("content %s is labelled for node %q, want %s", content.Name, node, sb.node)
+	}
+	handle := *content.Status.SnapshotHandle
+	if !e.hasSnapshot(sb.node, handle) {
+		t.Errorf("snapshot %s is not in the data root of %s", handle, sb.node)
+	}
+
+	e.step("the pod writes more; a claim restoring the snapshot has the data of before")
+	if e.writeBlob(ctx, src.Name) == before {
+		t.Fatal("the new blob has the old checksum")
+	}
+	restoreOf := func(name string) v1.PersistentVolumeClaim {
+		c := claim(name, "32Mi", v1.ReadWriteOnce)
+		c.Spec.DataSource = &v1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "before"}
+		return c
+	}
+	e.createClaim(ctx, restoreOf("restored"))
+	e.createPod(ctx, "restored", "restored", onNode(sb.node))
+	rb := e.bindingOf(ctx, e.podReady(ctx, "restored"))
+	if rb.node != sb.node || rb.pv == sb.pv {
+		t.Fatalf("restore %s, want a PV of its own on %s", rb, sb.node)
+	}
+	e.checkBlob(ctx, "restored", before, "in the restore")
+
+	other := e.otherNode(sb.node)
+	e.step("a restore with its pod pinned to %s: refused there, naming %s", other, sb.node)
+	e.createClaim(ctx, restoreOf("stray"))
+	e.createPod(ctx, "stray", "stray", onNode(other))
+	ev, err := e.WaitForEvent(ctx, e.ns, "PersistentVolumeClaim", "stray", func(ev *v1.Event) bool {
+		return ev.Type == v1.EventTypeWarning && strings.Contains(ev.Message, "which is on node "+sb.node)
+	})
+	if err != nil {
+		t.Fatalf("no Warning event naming the snapshot's node: %v", err)
+	}
+	t.Logf("refused: %s", ev.Message)
+
+	e.step("the VolumeSnapshot deleted: its snapshot leaves %s", sb.node)
+	if err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Delete(ctx, "before", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, content.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err) && !e.hasSnapshot(sb.node, handle), nil
+	})
+	if err != nil {
+		t.Errorf("content %s or snapshot %s still there a minute after the VolumeSnapshot was deleted", content.Name, handle)
+	}
+	e.checkBlob(ctx, "restored", before, "in the restore after its snapshot is gone")
+}
+
+// readySnapshot waits until VolumeSnapshot name is ready and returns its
+// content.
+func (e *env) readySnapshot(ctx context.Context, snaps snapclientset.Interface, name string) *snapv1.VolumeSnapshotContent {
+	e.t.Helper()
+	var content *snapv1.VolumeSnapshotContent
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		s, err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil || s.Status == nil || !ptr.Deref(s.Status.ReadyToUse, false) || s.Status.BoundVolumeSnapshotContentName == nil {
+			return false, nil
+		}
+		content, err = snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, *s.Status.BoundVolumeSnapshotContentName, metav1.GetOptions{})
+		return err == nil && content.Status != nil && content.Status.SnapshotHandle != nil, nil
+	})
+	if err != nil {
+		s, _ := snaps.SnapshotV1().VolumeSnapshots(e.ns).Get(ctx, name, metav1.GetOptions{})
+		e.t.Fatalf("VolumeSnapshot %s not ready within 2 minutes: %+v", name, s)
+	}
+	return content
+}
+
+// hasSnapshot tells whether the node's data root holds snapshot id.
+func (e *env) hasSnapshot(node, id string) bool {
+	e.t.Helper()
+	_, err := os.Lstat(filepath.Join(e.node(node).DataDir, "snapshots", id))
+	if err != nil && !os.IsNotExist(err) {
+		e.t.Fatal(err)
+	}
+	return err == nil
+}
