@@ -85,61 +85,89 @@ func checkCloneSource(src Volume, st *store, spec volumeSpec) (int64, error) {
 // qgroup to the new size and commits. Subvolumes a pod made inside the
 // source are not part of a snapshot: they show as empty directories.
 func (b *btrfsBackend) Clone(src string, v newVolume) error {
-	err := b.withSubvolume(src, func(s *os.File, _ uint64) error {
-		dir, err := b.root.Open(volumesDir)
-		if err != nil {
-			return err
-		}
-		defer dir.Close()
-		args := btrfsSnapArgs{Fd: int64(s.Fd())}
-		if len(v.ID) >= len(args.Name) {
-			return fmt.Errorf("name %q is too long for a subvolume", v.ID)
-		}
-		copy(args.Name[:], v.ID)
-		if err := btrfsIoctl(dir, ioctlSnapCreateV2, unsafe.Pointer(&args)); err != nil {
-			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-				err = fmt.Errorf("%w: %w", errNoSpace, err)
-			}
-			return fmt.Errorf("snapshotting btrfs subvolume %s as %s (BTRFS_IOC_SNAP_CREATE_V2): %w", b.Path(src), b.Path(v.ID), err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.snapshotInto(volumeName(src), volumesDir, v.ID, 0); err != nil {
 		return err
 	}
 	return b.Expand(v.ID, v.Size)
 }
 
-// Clone copies the source directory's tree into the new volume's directory
-// (copyTree: reflinked files where the data root's file system can, sparse
-// copies elsewhere), then flushes the data root's file system, so the copy
-// is durable before the record commits. The new top directory takes the
-// source's owner, mode and times, as a copy does.
-func (b directoryBackend) Clone(src string, v newVolume) error {
-	if err := b.root.Mkdir(volumeName(v.ID), 0o700); err != nil {
-		return fmt.Errorf("creating volume directory: %w", err)
-	}
-	if err := copyTree(b.Path(src), b.Path(v.ID)); err != nil {
-		return fmt.Errorf("copying volume %s: %w", src, err)
-	}
-	if err := syncFS(b.Path(v.ID)); err != nil {
-		return err
-	}
-	return syncDir(b.root, volumesDir)
+// snapshotInto makes a snapshot of the subvolume at name (a path relative
+// to the data root) as the new subvolume dst in the directory dir:
+// read-only when flags has btrfsSubvolRdonly, else writable. It does not
+// commit.
+func (b *btrfsBackend) snapshotInto(name, dir, dst string, flags uint64) error {
+	return b.withSubvolumeAt(name, func(s *os.File, _ uint64) error {
+		d, err := b.root.Open(dir)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		args := btrfsSnapArgs{Fd: int64(s.Fd()), Flags: flags}
+		if len(dst) >= len(args.Name) {
+			return fmt.Errorf("name %q is too long for a subvolume", dst)
+		}
+		copy(args.Name[:], dst)
+		if err := btrfsIoctl(d, ioctlSnapCreateV2, unsafe.Pointer(&args)); err != nil {
+			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+				err = fmt.Errorf("%w: %w", errNoSpace, err)
+			}
+			return fmt.Errorf("snapshotting btrfs subvolume %s as %s (BTRFS_IOC_SNAP_CREATE_V2): %w",
+				path.Join(b.rootPath, name), path.Join(b.rootPath, dir, dst), err)
+		}
+		return nil
+	})
 }
 
-// Clone copies the source's image with its file system frozen (FIFREEZE),
-// so the copy is that file system at one moment, clean as after a sync,
-// even while pods write to it: writers wait for the copy, which a reflink
-// makes short. The copy is then made the new size, mounted, and its file
-// system grown to fill it.
+// Clone copies the source directory's tree into the new volume's directory
+// (copyDir).
+func (b directoryBackend) Clone(src string, v newVolume) error {
+	return b.copyDir(volumeName(src), volumesDir, v.ID)
+}
+
+// copyDir copies the tree at src (a path relative to the data root) into
+// the new directory dst of the directory dir with copyTree (reflinked
+// files where the data root's file system can, sparse copies elsewhere),
+// then flushes the data root's file system and syncs dir, so the copy is
+// durable before a record names it. The new top directory takes the
+// source's owner, mode and times, as a copy does.
+func (b directoryBackend) copyDir(src, dir, dst string) error {
+	name := path.Join(dir, dst)
+	if err := b.root.Mkdir(name, 0o700); err != nil {
+		return fmt.Errorf("creating directory %s: %w", name, err)
+	}
+	to := path.Join(b.rootPath, name)
+	if err := copyTree(path.Join(b.rootPath, src), to); err != nil {
+		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	if err := syncFS(to); err != nil {
+		return err
+	}
+	return syncDir(b.root, dir)
+}
+
+// Clone copies the source's image with its file system frozen
+// (frozenCopy), then mounts the copy and grows it to the new size
+// (mountCopy).
 //
 // An xfs clone has its source's UUID, which xfs refuses to mount twice;
 // image volumes of xfs are mounted with nouuid (imagefs.go).
 func (b imageBackend) Clone(src string, v newVolume) error {
-	fsys, ok := imageFileSystems[v.FsType]
+	if err := b.frozenCopy(src, v.FsType, path.Join(imagesDir, v.ID), v.Size); err != nil {
+		return err
+	}
+	return b.mountCopy(v)
+}
+
+// frozenCopy copies the image of volume src, of file system fsType, to
+// dst (a path relative to the data root; at least size bytes long) with
+// its file system frozen (FIFREEZE), so the copy is that file system at
+// one moment, clean as after a sync, even while pods write to it: writers
+// wait for the copy, which a reflink makes short. The copy is synced, not
+// its directory.
+func (b imageBackend) frozenCopy(src, fsType, dst string, size int64) error {
+	fsys, ok := imageFileSystems[fsType]
 	if !ok {
-		return fmt.Errorf("%w: file system %q for an image volume", errUnsupported, v.FsType)
+		return fmt.Errorf("%w: file system %q for an image volume", errUnsupported, fsType)
 	}
 	// Checked to be the image's own file system: freezing the data
 	// root's, which the copy writes to, would never end.
@@ -148,20 +176,27 @@ func (b imageBackend) Clone(src string, v newVolume) error {
 		return err
 	}
 	err = withFrozen(dir, func() error {
-		return copyImage(b.root, src, v.ID, v.Size)
+		return copyImage(b.root, path.Join(imagesDir, src), dst, size)
 	})
 	_ = dir.Close()
 	if err != nil {
 		return fmt.Errorf("copying the image of volume %s: %w", src, err)
 	}
+	return nil
+}
+
+// mountCopy finishes a new volume v whose image is a copy, in place at
+// images/<id>: it mounts the image, grows its file system to the image's
+// size and makes it all durable.
+func (b imageBackend) mountCopy(v newVolume) error {
 	if err := b.root.Mkdir(volumeName(v.ID), 0o700); err != nil {
 		return fmt.Errorf("creating mount point: %w", err)
 	}
-	fresh, err := b.mount(v.ID, fsys.name)
+	fresh, err := b.mount(v.ID, v.FsType)
 	if err != nil {
 		return err
 	}
-	if err := b.grow(v.ID, fsys.name, fresh); err != nil {
+	if err := b.grow(v.ID, v.FsType, fresh); err != nil {
 		return err
 	}
 	if err := syncFS(b.Path(v.ID)); err != nil {
@@ -173,12 +208,21 @@ func (b imageBackend) Clone(src string, v newVolume) error {
 	return syncDir(b.root, volumesDir)
 }
 
-// Clone copies the source's file. While a pod has the source attached,
-// its loop device is flushed first, so what the pod wrote before the clone
-// started is in the copy; a pod writing during the copy may leave it torn,
-// as a raw device cannot be frozen: stop the writer first for a
-// consistent clone.
+// Clone copies the source's file (flushedCopy).
 func (b blockBackend) Clone(src string, v newVolume) error {
+	if err := b.flushedCopy(src, path.Join(imagesDir, v.ID), v.Size); err != nil {
+		return err
+	}
+	return syncDir(b.root, imagesDir)
+}
+
+// flushedCopy copies the file of volume src to dst (a path relative to the
+// data root; at least size bytes long) and syncs the copy. While a pod has
+// the source attached, its loop device is flushed first, so what the pod
+// wrote before the copy started is in it; a pod writing during the copy
+// may leave it torn, as a raw device cannot be frozen: stop the writer
+// first for a consistent copy.
+func (b blockBackend) flushedCopy(src, dst string, size int64) error {
 	dev, err := b.Device(src)
 	if err != nil {
 		return err
@@ -194,24 +238,25 @@ func (b blockBackend) Clone(src string, v newVolume) error {
 			return fmt.Errorf("flushing %s: %w", dev, err)
 		}
 	}
-	if err := copyImage(b.root, src, v.ID, v.Size); err != nil {
+	if err := copyImage(b.root, path.Join(imagesDir, src), dst, size); err != nil {
 		return fmt.Errorf("copying the file of volume %s: %w", src, err)
 	}
-	return syncDir(b.root, imagesDir)
+	return nil
 }
 
-// copyImage copies images/<src> to the new images/<dst>, at least size
+// copyImage copies the file src to the new file dst (both paths relative
+// to the data root; dst's directory is made if missing), at least size
 // bytes long, and syncs the copy.
 func copyImage(root *os.Root, src, dst string, size int64) error {
-	if err := root.MkdirAll(imagesDir, 0o700); err != nil {
-		return fmt.Errorf("creating %s: %w", imagesDir, err)
+	if err := root.MkdirAll(path.Dir(dst), 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", path.Dir(dst), err)
 	}
-	s, err := root.Open(path.Join(imagesDir, src))
+	s, err := root.Open(src)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	d, err := root.OpenFile(path.Join(imagesDir, dst), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	d, err := root.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
