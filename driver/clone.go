@@ -44,40 +44,76 @@ type cloner interface {
 	Clone(src string, v newVolume) error
 }
 
-// checkCloneSource checks that volume src can be cloned into a volume with
-// the spec's parameters, in pool st. It returns the clone's size.
-func checkCloneSource(src Volume, st *store, spec volumeSpec) (int64, error) {
+// copySource is what checkCopySource needs to know of the content source
+// of a new volume: a volume to clone or a snapshot to restore.
+type copySource struct {
+	// name says what the source is in messages: "source volume <id>" or
+	// "snapshot <id>".
+	name      string
+	backend   string
+	pool      string
+	fsType    string
+	size      int64
+	ephemeral bool
+	// can reports whether a backend can make the copy.
+	can func(backend) bool
+	// verb is what can checks, for its message: "make clones".
+	verb string
+}
+
+func volumeCopySource(v Volume) copySource {
+	return copySource{
+		name: "source volume " + v.ID, backend: v.Backend, pool: v.Pool, fsType: v.FsType,
+		size: v.CapacityBytes, ephemeral: v.Ephemeral, verb: "make clones",
+		can: func(b backend) bool { _, ok := b.(cloner); return ok },
+	}
+}
+
+func snapshotCopySource(sn Snapshot) copySource {
+	return copySource{
+		name: "snapshot " + sn.ID, backend: sn.Backend, pool: sn.Pool, fsType: sn.FsType,
+		size: sn.SizeBytes, verb: "restore snapshots",
+		can: func(b backend) bool { _, ok := b.(snapshotter); return ok },
+	}
+}
+
+// checkCopySource checks that src can be copied into a volume with the
+// spec's parameters, in pool st: a clone or a restored volume is made by
+// its source's backend, in its source's pool, with its source's access
+// type and at least its size. It returns the new volume's size.
+func checkCopySource(src copySource, st *store, spec volumeSpec) (int64, error) {
 	p := spec.Params
+	block := src.backend == BackendBlock
 	switch {
-	case src.Ephemeral:
-		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is an inline ephemeral volume, which cannot be cloned", src.ID)
-	case (src.Backend == BackendBlock) != p.Block:
-		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is %s and the request asks for %s; a clone has its source's access type",
-			src.ID, blockNote(src.Backend == BackendBlock), blockNote(p.Block))
-	case src.Pool != st.pool:
-		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is in pool %s and the request asks for %s=%s; a clone is made in its source's pool",
-			src.ID, src.Pool, ParamPool, st.pool)
-	case !p.Block && (src.Backend == BackendImage) != p.Image,
-		src.Backend == BackendImage && p.FsType != src.FsType:
-		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is a %s volume%s and the request asks for %s; "+
-			"a clone is made by its source's backend, so use the source's StorageClass (or one with the same %s and %s)",
-			src.ID, src.Backend, fsTypeNote(src.FsType), requestedType(p), ParamVolumeType, ParamFsType)
-	case p.SizeRequired && src.Backend == BackendDirectory:
-		return 0, status.Errorf(codes.InvalidArgument, "source volume %s is a directory volume, whose size is not enforced, and the request asks %s=%s",
-			src.ID, ParamSizeEnforcement, SizeEnforcementRequired)
+	case src.ephemeral:
+		return 0, status.Errorf(codes.InvalidArgument, "%s is an inline ephemeral volume, which cannot be cloned", src.name)
+	case block != p.Block:
+		return 0, status.Errorf(codes.InvalidArgument, "%s is %s and the request asks for %s; a volume made from it has its access type",
+			src.name, blockNote(block), blockNote(p.Block))
+	case src.pool != st.pool:
+		return 0, status.Errorf(codes.InvalidArgument, "%s is in pool %s and the request asks for %s=%s; a volume made from it is in its pool",
+			src.name, src.pool, ParamPool, st.pool)
+	case !p.Block && (src.backend == BackendImage) != p.Image,
+		src.backend == BackendImage && p.FsType != src.fsType:
+		return 0, status.Errorf(codes.InvalidArgument, "%s is of a %s volume%s and the request asks for %s; "+
+			"a volume made from it is made by its backend, so use the source's StorageClass (or one with the same %s and %s)",
+			src.name, src.backend, fsTypeNote(src.fsType), requestedType(p), ParamVolumeType, ParamFsType)
+	case p.SizeRequired && src.backend == BackendDirectory:
+		return 0, status.Errorf(codes.InvalidArgument, "%s is of a directory volume, whose size is not enforced, and the request asks %s=%s",
+			src.name, ParamSizeEnforcement, SizeEnforcementRequired)
 	}
 	r := spec.Range
-	if limit := r.GetLimitBytes(); limit > 0 && limit < src.CapacityBytes {
-		return 0, status.Errorf(codes.OutOfRange, "source volume %s has %d bytes, more than limit_bytes=%d: a clone is at least as large as its source",
-			src.ID, src.CapacityBytes, limit)
+	if limit := r.GetLimitBytes(); limit > 0 && limit < src.size {
+		return 0, status.Errorf(codes.OutOfRange, "%s has %d bytes, more than limit_bytes=%d: a volume made from it is at least as large",
+			src.name, src.size, limit)
 	}
-	if _, ok := st.backends[src.Backend].(cloner); !ok {
-		return 0, status.Errorf(codes.InvalidArgument, "the %s backend of source volume %s cannot make clones", src.Backend, src.ID)
+	if b, ok := st.backends[src.backend]; !ok || !src.can(b) {
+		return 0, status.Errorf(codes.InvalidArgument, "the %s backend of %s cannot %s", src.backend, src.name, src.verb)
 	}
-	if r.GetRequiredBytes() > src.CapacityBytes {
+	if r.GetRequiredBytes() > src.size {
 		return spec.Size, nil // rounded for block and image volumes by createSpec
 	}
-	return src.CapacityBytes, nil
+	return src.size, nil
 }
 
 // Clone makes the new subvolume a writable snapshot of the source's

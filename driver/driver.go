@@ -254,17 +254,26 @@ type volumeLocks struct {
 }
 
 // lock takes the lock of volume id or returns an Aborted status.
-func (l *volumeLocks) lock(id string) (unlock func(), err error) {
+func (l *volumeLocks) lock(id string) (unlock func(), err error) { return l.take(id, "volume "+id) }
+
+// lockSnapshot takes the lock of snapshot id, which is not the lock of a
+// volume of the same ID: the key has a '/', which no ID has.
+func (l *volumeLocks) lockSnapshot(id string) (unlock func(), err error) {
+	return l.take("snapshot/"+id, "snapshot "+id)
+}
+
+// take takes the lock key, or returns an Aborted status that names what.
+func (l *volumeLocks) take(key, what string) (unlock func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held[id] {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	if l.held[key] {
+		return nil, status.Errorf(codes.Aborted, "an operation on %s is already in progress", what)
 	}
-	l.held[id] = true
+	l.held[key] = true
 	return func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		delete(l.held, id)
+		delete(l.held, key)
 	}, nil
 }
 
