@@ -37,6 +37,11 @@ import (
 // retried). The clone takes the same path through the store as a new
 // volume (intent record, backend, commit), so a crash during the copy
 // leaves a creating record that start-up rolls back.
+//
+// A volume restored from a snapshot (snapshot.go) follows the same rules,
+// with the snapshot in the source's place: it has the access type,
+// backend, file system and pool its snapshot's volume had, and at least
+// its size (checkCopySource); the snapshot's lock is held for the copy.
 
 // cloner is a backend that can make a volume as a copy of another of its
 // volumes. v is the new volume; its FsType is the source's.

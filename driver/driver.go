@@ -28,6 +28,10 @@
 //     stops a pod from writing more than its size into a directory volume.
 //   - ControllerExpandVolume raises a volume's size (and reservation);
 //     sizes never shrink.
+//   - CreateSnapshot keeps a copy of a volume at one moment, next to it
+//     (a read-only btrfs snapshot, or a copy that reserves its size);
+//     CreateVolume makes a volume from a snapshot or clones a volume, on
+//     the source's node and backend (snapshot.go, clone.go).
 //   - Every RPC on a volume takes that volume's lock; a second RPC on a
 //     busy volume gets Aborted and the CO retries.
 //   - Handlers return only gRPC status errors. Store errors are sentinels

@@ -450,6 +450,19 @@ func (s *store) makeData(v Volume, nv newVolume) error {
 	return b.Create(nv)
 }
 
+// restorerFor returns the backend that restores spec's snapshot: the
+// snapshot's own.
+func (s *store) restorerFor(spec volumeSpec) (backend, error) {
+	if spec.snapshot == nil {
+		return nil, fmt.Errorf("%w: snapshot %s was not looked up", errNotFound, spec.Snapshot)
+	}
+	b, ok := s.backends[spec.snapshot.Backend]
+	if _, can := b.(snapshotter); !ok || !can {
+		return nil, fmt.Errorf("%w: the %s backend cannot restore snapshots", errUnsupported, spec.snapshot.Backend)
+	}
+	return b, nil
+}
+
 // snapshotStore returns the store that holds snapshot id in any state, or
 // nil.
 func (p *pools) snapshotStore(id string) *store {

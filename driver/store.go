@@ -22,6 +22,9 @@ import (
 //	<data-root>/volumes/<id>/      the data, bind-mounted into pods
 //	<data-root>/meta/<id>.json     the record (Volume as JSON)
 //
+// Snapshots of volumes live in snapshots/, with records of their own and
+// their own crash scheme (snapshot.go).
+//
 // The data is made, resized, measured and removed by the volume's backend
 // (backend.go), which the record names: a plain directory, or a btrfs
 // subvolume with a qgroup limit.
@@ -478,19 +481,6 @@ func (s *store) clonerFor(spec volumeSpec) (backend, error) {
 	b, ok := s.backends[spec.source.Backend]
 	if _, can := b.(cloner); !ok || !can {
 		return nil, fmt.Errorf("%w: the %s backend cannot make clones", errUnsupported, spec.source.Backend)
-	}
-	return b, nil
-}
-
-// restorerFor returns the backend that restores spec's snapshot: the
-// snapshot's own.
-func (s *store) restorerFor(spec volumeSpec) (backend, error) {
-	if spec.snapshot == nil {
-		return nil, fmt.Errorf("%w: snapshot %s was not looked up", errNotFound, spec.Snapshot)
-	}
-	b, ok := s.backends[spec.snapshot.Backend]
-	if _, can := b.(snapshotter); !ok || !can {
-		return nil, fmt.Errorf("%w: the %s backend cannot restore snapshots", errUnsupported, spec.snapshot.Backend)
 	}
 	return b, nil
 }
