@@ -33,10 +33,10 @@ const (
 // Each volume's record names its backend, so one data root can hold volumes
 // of several backends and a new default does not orphan older volumes.
 //
-// Clones are the optional cloner interface (clone.go), snapshots will be
-// another; a handler that finds the volume's backend without it answers
-// with an error that names the backend, never with a copy made some other
-// way.
+// Clones are the optional cloner interface (clone.go), snapshots the
+// snapshotter interface (snapshotbackend.go); a handler that finds the
+// volume's backend without it answers with an error that names the
+// backend, never with a copy made some other way.
 type backend interface {
 	// Name is what records store for the volumes of this backend.
 	Name() string
@@ -201,10 +201,16 @@ func (s *store) openBackends(logger klog.Logger, choice string, extra []backend)
 	return nil
 }
 
-// uses reports whether a loaded record names backend name.
+// uses reports whether a loaded record of a volume or snapshot names
+// backend name.
 func (s *store) uses(name string) bool {
 	for _, v := range s.volumes {
 		if v.Backend == name {
+			return true
+		}
+	}
+	for _, sn := range s.snapshots {
+		if sn.Backend == name {
 			return true
 		}
 	}

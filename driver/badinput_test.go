@@ -50,6 +50,12 @@ func TestBadInput(t *testing.T) {
 		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 	}
+	createSnapshot := func(name, src string, params map[string]string) func() error {
+		return func() error {
+			_, err := ts.controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: src, Parameters: params})
+			return err
+		}
+	}
 	create := func(change func(*csi.CreateVolumeRequest)) func() error {
 		return func() error {
 			req := createRequest("pvc-new")
@@ -173,7 +179,37 @@ func TestBadInput(t *testing.T) {
 			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "snap"},
 			}}
-		}), codes.InvalidArgument, "content sources", nil},
+		}), codes.NotFound, "snapshot snap is not a snapshot of node node-1", nil},
+		{"create: from a snapshot with a bad ID", create(func(r *csi.CreateVolumeRequest) {
+			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "../snap"},
+			}}
+		}), codes.InvalidArgument, "volume_content_source.snapshot.snapshot_id", nil},
+		{"snapshot: no name", createSnapshot("", existing, nil), codes.InvalidArgument, "name is required", nil},
+		{"snapshot: traversal name", createSnapshot("../x", existing, nil), codes.InvalidArgument, "is not valid", nil},
+		{"snapshot: no source", createSnapshot("snap", "", nil), codes.InvalidArgument, "source_volume_id is required", nil},
+		{"snapshot: missing source", createSnapshot("snap", "pvc-none", nil), codes.NotFound, "source volume pvc-none is not a volume of node node-1", nil},
+		{"snapshot: parameter", createSnapshot("snap", existing, map[string]string{"type": "fast"}),
+			codes.InvalidArgument, `unknown VolumeSnapshotClass parameter "type"`, nil},
+		{"snapshot: over capacity", func() error {
+			// The existing volume's 1 MiB fits; a second volume takes
+			// the rest, so its copy does not.
+			big := createRequest("pvc-big")
+			big.CapacityRange.RequiredBytes = 100<<30 - 2<<20
+			if _, err := ts.controller.CreateVolume(ctx, big); err != nil {
+				return err
+			}
+			defer func() { _, _ = ts.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "pvc-big"}) }()
+			return createSnapshot("snap", "pvc-big", nil)()
+		}, codes.ResourceExhausted, "not enough capacity", nil},
+		{"delete snapshot: no ID", func() error {
+			_, err := ts.controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{})
+			return err
+		}, codes.InvalidArgument, "snapshot ID is required", nil},
+		{"list snapshots: foreign token", func() error {
+			_, err := ts.controller.ListSnapshots(ctx, &csi.ListSnapshotsRequest{StartingToken: "7"})
+			return err
+		}, codes.Aborted, "was not returned by ListSnapshots", nil},
 		{"create: file system mount option", create(mountFlags("noexec", "size=1G")),
 			codes.InvalidArgument, `"size=1G" is not supported`, nil},
 		{"create: uid mount option", create(mountFlags("uid=0")),

@@ -70,7 +70,7 @@ func (b *btrfsBackend) Path(id string) string { return path.Join(b.rootPath, vol
 // the store's record still says "creating", a subvolume that start-up
 // deletes.
 func (b *btrfsBackend) Create(v newVolume) error {
-	if err := b.volumesCall(ioctlSubvolCreate, v.ID); err != nil {
+	if err := b.entryCall(volumesDir, ioctlSubvolCreate, v.ID); err != nil {
 		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 			err = fmt.Errorf("%w: %w", errNoSpace, err)
 		}
@@ -111,10 +111,22 @@ func (b *btrfsBackend) Delete(id string) error {
 	case err != nil:
 		return err
 	}
-	if err := b.volumesCall(ioctlSnapDestroy, id); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("deleting btrfs subvolume %s (BTRFS_IOC_SNAP_DESTROY): %w", b.Path(id), err)
+	return b.destroy(volumesDir, id)
+}
+
+// destroy deletes the subvolume name of the directory dir (one with no
+// subvolumes inside it), read-only or not, and commits. A missing one is
+// fine.
+func (b *btrfsBackend) destroy(dir, name string) error {
+	if err := b.entryCall(dir, ioctlSnapDestroy, name); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("deleting btrfs subvolume %s (BTRFS_IOC_SNAP_DESTROY): %w", path.Join(b.rootPath, dir, name), err)
 	}
-	f, err := b.root.Open(volumesDir)
+	return b.commitIn(dir)
+}
+
+// commitIn commits the transaction of the file system holding dir.
+func (b *btrfsBackend) commitIn(dir string) error {
+	f, err := b.root.Open(dir)
 	if err != nil {
 		return err
 	}
@@ -141,42 +153,55 @@ func (b *btrfsBackend) Usage(id string) (volumeUsage, error) {
 	return u, err
 }
 
-// volumesCall calls a BTRFS_IOC_SUBVOL_CREATE-like request, whose argument
-// names an entry, with id on the volumes directory.
-func (b *btrfsBackend) volumesCall(req uintptr, id string) error {
-	f, err := b.root.Open(volumesDir)
+// entryCall calls a BTRFS_IOC_SUBVOL_CREATE-like request, whose argument
+// names an entry, with name on the directory dir of the data root.
+func (b *btrfsBackend) entryCall(dir string, req uintptr, name string) error {
+	f, err := b.root.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	var args btrfsVolArgs
-	if len(id) >= len(args.Name) {
-		return fmt.Errorf("name %q is too long for a subvolume", id)
+	if len(name) >= len(args.Name) {
+		return fmt.Errorf("name %q is too long for a subvolume", name)
 	}
-	copy(args.Name[:], id)
+	copy(args.Name[:], name)
 	return btrfsIoctl(f, req, unsafe.Pointer(&args))
 }
 
 // withSubvolume opens volume id's subvolume and calls fn with it and the
 // ID of its qgroup, which is the subvolume's ID (BTRFS_IOC_INO_LOOKUP).
 func (b *btrfsBackend) withSubvolume(id string, fn func(f *os.File, qgroup uint64) error) error {
-	f, err := b.root.Open(volumeName(id))
+	return b.withSubvolumeAt(volumeName(id), fn)
+}
+
+// withSubvolumeAt is withSubvolume for the subvolume at name, a path
+// relative to the data root.
+func (b *btrfsBackend) withSubvolumeAt(name string, fn func(f *os.File, qgroup uint64) error) error {
+	f, err := b.root.Open(name)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	p := path.Join(b.rootPath, name)
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return fmt.Errorf("stat %s: %w", b.Path(id), err)
+		return fmt.Errorf("stat %s: %w", p, err)
 	}
-	if st.Ino != btrfsFirstFreeObjectID || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("%s: %w", b.Path(id), errNotSubvolume)
+	if !isSubvolumeTop(&st) {
+		return fmt.Errorf("%s: %w", p, errNotSubvolume)
 	}
 	args := btrfsInoLookupArgs{ObjectID: btrfsFirstFreeObjectID}
 	if err := btrfsIoctl(f, ioctlInoLookup, unsafe.Pointer(&args)); err != nil {
-		return fmt.Errorf("finding the subvolume ID of %s (BTRFS_IOC_INO_LOOKUP): %w", b.Path(id), err)
+		return fmt.Errorf("finding the subvolume ID of %s (BTRFS_IOC_INO_LOOKUP): %w", p, err)
 	}
 	return fn(f, args.TreeID)
+}
+
+// isSubvolumeTop reports whether st, of a file on btrfs, is the top
+// directory of a subvolume (inode 256).
+func isSubvolumeTop(st *unix.Stat_t) bool {
+	return st.Ino == btrfsFirstFreeObjectID && st.Mode&unix.S_IFMT == unix.S_IFDIR
 }
 
 // errNotSubvolume marks a volume of the btrfs backend whose path is not

@@ -87,7 +87,8 @@ type btrfsVolArgsV2 struct {
 
 // btrfsSnapArgs is struct btrfs_ioctl_vol_args_v2 (4096 bytes) as
 // BTRFS_IOC_SNAP_CREATE_V2 reads it: Fd is the source subvolume, Flags 0
-// makes a writable snapshot without qgroup inheritance, and Name (the
+// makes a writable snapshot without qgroup inheritance (btrfsSubvolRdonly
+// a read-only one), and Name (the
 // union btrfsVolArgsV2 reads as SubvolID) is the new subvolume's name,
 // NUL-terminated, at most 4039 bytes.
 type btrfsSnapArgs struct {
@@ -178,6 +179,7 @@ const (
 	btrfsQuotaCtlEnable     = 1   // BTRFS_QUOTA_CTL_ENABLE
 	btrfsQgroupLimitMaxRfer = 1   // BTRFS_QGROUP_LIMIT_MAX_RFER
 	btrfsSubvolSpecByID     = 16  // BTRFS_SUBVOL_SPEC_BY_ID
+	btrfsSubvolRdonly       = 2   // BTRFS_SUBVOL_RDONLY: a read-only snapshot
 )
 
 // struct btrfs_qgroup_info_item: le64 generation, rfer, rfer_cmpr, excl,

@@ -187,7 +187,7 @@ func TestCloneDirectory(t *testing.T) {
 		{"block clone of a mount volume", cloneRequest(block, "src"), codes.InvalidArgument},
 		{"pool this node lacks", cloneRequest(pool, "src"), codes.ResourceExhausted},
 		{"itself", cloneRequest(createRequest("self"), "self"), codes.InvalidArgument},
-		{"snapshot", snapshot, codes.InvalidArgument},
+		{"missing snapshot", snapshot, codes.NotFound},
 	} {
 		if _, err := ts.controller.CreateVolume(ctx, tc.req); status.Code(err) != tc.want {
 			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)

@@ -12,7 +12,7 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// listTokenPrefix starts every ListVolumes token: "after:<last ID of the
+// listTokenPrefix starts every ListVolumes (and ListSnapshots) token: "after:<last ID of the
 // previous page>". Because the token names a position in the sorted ID
 // order rather than an index, volumes created or deleted between pages
 // neither repeat nor shift the next page. The prefix makes tokens that were
@@ -42,6 +42,8 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: t},
@@ -66,7 +68,10 @@ func (s *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 // NotFound when the source is not a ready volume of this node,
 // InvalidArgument when the request contradicts the source's access type,
 // backend or pool, OutOfRange when limit_bytes is below the source's size;
-// the response names the source. A snapshot source is InvalidArgument.
+// the response names the source. With a snapshot content source it is
+// restored from that snapshot (snapshot.go), by the same rules: NotFound
+// when it is not a snapshot of this node, InvalidArgument or OutOfRange
+// when the request contradicts it, a size of at least the snapshot's.
 // The volume goes to the pool its class names (ParamPool); a node without
 // that pool answers ResourceExhausted, as for a node without room.
 //
@@ -87,7 +92,7 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
-	if spec.Source == "" {
+	if spec.Source == "" && spec.Snapshot == "" {
 		if err := checkEnforcement(st, spec.Params); err != nil {
 			return nil, err
 		}
@@ -102,15 +107,19 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, status.Errorf(codes.AlreadyExists,
 			"volume %s exists in pool %s, and the request asks for %s=%s", spec.ID, other.pool, ParamPool, st.pool)
 	}
-	if _, err := st.get(spec.ID); spec.Source != "" && err != nil {
-		// A new clone (a repeated request finds the volume made, and
-		// needs its source no more).
-		unlockSource, err := s.cloneSource(&spec, st)
+	if _, err := st.get(spec.ID); err != nil && (spec.Source != "" || spec.Snapshot != "") {
+		// A new clone or restore (a repeated request finds the volume
+		// made, and needs its source no more).
+		find := s.cloneSource
+		if spec.Snapshot != "" {
+			find = s.snapshotSource
+		}
+		unlockSource, err := find(&spec, st)
 		if err != nil {
 			return nil, err
 		}
 		defer unlockSource()
-		logger = logger.WithValues("source", spec.Source)
+		logger = logger.WithValues("source", spec.Source, "snapshotID", spec.Snapshot)
 	}
 	v, err := st.create(spec)
 	if err != nil {
@@ -122,7 +131,7 @@ func (s *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 }
 
 // cloneSource locks and looks up the volume spec asks to clone, checks it
-// (checkCloneSource) and fills in spec's source and size. The returned
+// (checkCopySource) and fills in spec's source and size. The returned
 // function releases the source's lock, which is held until the copy is
 // made: a DeleteVolume of the source meanwhile answers Aborted.
 func (s *controllerServer) cloneSource(spec *volumeSpec, st *store) (unlock func(), err error) {
@@ -132,7 +141,7 @@ func (s *controllerServer) cloneSource(spec *volumeSpec, st *store) (unlock func
 	}
 	src, err := s.pools.of(spec.Source).get(spec.Source)
 	if err == nil {
-		spec.Size, err = checkCloneSource(src, st, *spec)
+		spec.Size, err = checkCopySource(volumeCopySource(src), st, *spec)
 	} else {
 		err = status.Errorf(codes.NotFound, "source volume %s is not a volume of node %s: %v", spec.Source, s.nodeID, err)
 	}
@@ -196,7 +205,7 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 			return volumeSpec{}, err
 		}
 	}
-	source, err := contentSource(req)
+	source, snapshot, err := contentSource(req)
 	if err != nil {
 		return volumeSpec{}, err
 	}
@@ -207,29 +216,33 @@ func createSpec(req *csi.CreateVolumeRequest) (volumeSpec, error) {
 	if size, err = imageSize(size, req.GetCapacityRange(), params); err != nil {
 		return volumeSpec{}, err
 	}
-	return volumeSpec{ID: req.GetName(), Size: size, Range: req.GetCapacityRange(), Params: params, Source: source}, nil
+	return volumeSpec{ID: req.GetName(), Size: size, Range: req.GetCapacityRange(), Params: params, Source: source, Snapshot: snapshot}, nil
 }
 
-// contentSource returns the ID of the volume the request clones, or "".
-// Snapshots are not supported (the driver has no CREATE_DELETE_SNAPSHOT).
-func contentSource(req *csi.CreateVolumeRequest) (string, error) {
+// contentSource returns the ID of the volume the request clones or of the
+// snapshot it restores; both are "" without a content source.
+func contentSource(req *csi.CreateVolumeRequest) (volume, snapshot string, err error) {
 	src := req.GetVolumeContentSource()
 	switch {
 	case src == nil:
-		return "", nil
+		return "", "", nil
 	case src.GetSnapshot() != nil:
-		return "", status.Error(codes.InvalidArgument, "snapshots are not supported: volume content sources may only be volumes (clones)")
+		id := src.GetSnapshot().GetSnapshotId()
+		if err := validateVolumeID(id, "volume_content_source.snapshot.snapshot_id"); err != nil {
+			return "", "", err
+		}
+		return "", id, nil
 	case src.GetVolume() == nil:
-		return "", status.Error(codes.InvalidArgument, "volume_content_source names neither a volume nor a snapshot")
+		return "", "", status.Error(codes.InvalidArgument, "volume_content_source names neither a volume nor a snapshot")
 	}
 	id := src.GetVolume().GetVolumeId()
 	if err := validateVolumeID(id, "volume_content_source.volume.volume_id"); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if id == req.GetName() {
-		return "", status.Errorf(codes.InvalidArgument, "volume %s cannot be a clone of itself", id)
+		return "", "", status.Errorf(codes.InvalidArgument, "volume %s cannot be a clone of itself", id)
 	}
-	return id, nil
+	return id, "", nil
 }
 
 // imageSize raises the size of an image volume to the least its file
@@ -315,9 +328,13 @@ func (s *controllerServer) csiVolume(v Volume) *csi.Volume {
 		vctx[VolumeContextEphemeral] = "true"
 	}
 	var source *csi.VolumeContentSource
-	if v.ClonedFrom != "" {
+	switch {
+	case v.ClonedFrom != "":
 		source = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: v.ClonedFrom}}}
+	case v.RestoredFrom != "":
+		source = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: v.RestoredFrom}}}
 	}
 	return &csi.Volume{
 		ContentSource:      source,
@@ -491,13 +508,9 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 	if req.GetMaxEntries() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d must not be negative", req.GetMaxEntries())
 	}
-	after := ""
-	if token := req.GetStartingToken(); token != "" {
-		var ok bool
-		after, ok = strings.CutPrefix(token, listTokenPrefix)
-		if !ok || validateVolumeID(after, "token") != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q was not returned by ListVolumes; start again without one", token)
-		}
+	after, err := listAfter(req.GetStartingToken(), "ListVolumes")
+	if err != nil {
+		return nil, err
 	}
 	resp := &csi.ListVolumesResponse{}
 	for _, v := range s.pools.list() {
@@ -511,6 +524,19 @@ func (s *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: s.csiVolume(v)})
 	}
 	return resp, nil
+}
+
+// listAfter returns the ID a list token names (listTokenPrefix), or "" for
+// no token; a token rpc did not make is Aborted.
+func listAfter(token, rpc string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	after, ok := strings.CutPrefix(token, listTokenPrefix)
+	if !ok || validateVolumeID(after, "token") != nil {
+		return "", status.Errorf(codes.Aborted, "starting_token %q was not returned by %s; start again without one", token, rpc)
+	}
+	return after, nil
 }
 
 // GetCapacity reports the capacity still free in the pool the parameters

@@ -28,6 +28,10 @@
 //     stops a pod from writing more than its size into a directory volume.
 //   - ControllerExpandVolume raises a volume's size (and reservation);
 //     sizes never shrink.
+//   - CreateSnapshot keeps a copy of a volume at one moment, next to it
+//     (a read-only btrfs snapshot, or a copy that reserves its size);
+//     CreateVolume makes a volume from a snapshot or clones a volume, on
+//     the source's node and backend (snapshot.go, clone.go).
 //   - Every RPC on a volume takes that volume's lock; a second RPC on a
 //     busy volume gets Aborted and the CO retries.
 //   - Handlers return only gRPC status errors. Store errors are sentinels
@@ -254,17 +258,26 @@ type volumeLocks struct {
 }
 
 // lock takes the lock of volume id or returns an Aborted status.
-func (l *volumeLocks) lock(id string) (unlock func(), err error) {
+func (l *volumeLocks) lock(id string) (unlock func(), err error) { return l.take(id, "volume "+id) }
+
+// lockSnapshot takes the lock of snapshot id, which is not the lock of a
+// volume of the same ID: the key has a '/', which no ID has.
+func (l *volumeLocks) lockSnapshot(id string) (unlock func(), err error) {
+	return l.take("snapshot/"+id, "snapshot "+id)
+}
+
+// take takes the lock key, or returns an Aborted status that names what.
+func (l *volumeLocks) take(key, what string) (unlock func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held[id] {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	if l.held[key] {
+		return nil, status.Errorf(codes.Aborted, "an operation on %s is already in progress", what)
 	}
-	l.held[id] = true
+	l.held[key] = true
 	return func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		delete(l.held, id)
+		delete(l.held, key)
 	}, nil
 }
 

@@ -15,8 +15,9 @@ import (
 // TestSanity runs the CSI spec's own test suite, csi-sanity, against the
 // real driver over its unix socket, with real bind mounts. Run it with -v to
 // see Ginkgo's summary (ran, passed, skipped). Groups skip where the driver
-// does not advertise the capability (snapshots, node expansion, staging,
-// controller publish, volume health, ...).
+// does not advertise the capability (node expansion, staging, controller
+// publish, volume health, GetSnapshot, group snapshots, ...); the snapshot
+// specs run.
 func TestSanity(t *testing.T) {
 	testutil.RequireRoot(t)
 	runSanity(t, testConfig(t))
@@ -107,6 +108,9 @@ func runSanityWith(t *testing.T, cfg Config, change func(*sanity.TestConfig), pa
 		}
 		if entries, err := os.ReadDir(filepath.Join(s.rootPath, imagesDir)); err == nil && len(entries) != 0 {
 			t.Errorf("pool %s: image or block files left after the suite: %d", s.pool, len(entries))
+		}
+		if entries, err := os.ReadDir(filepath.Join(s.rootPath, snapshotsDir)); err == nil && len(entries) != 0 {
+			t.Errorf("pool %s: snapshots left after the suite: %d, first %s", s.pool, len(entries), entries[0].Name())
 		}
 	}
 }

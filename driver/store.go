@@ -22,6 +22,9 @@ import (
 //	<data-root>/volumes/<id>/      the data, bind-mounted into pods
 //	<data-root>/meta/<id>.json     the record (Volume as JSON)
 //
+// Snapshots of volumes live in snapshots/, with records of their own and
+// their own crash scheme (snapshot.go).
+//
 // The data is made, resized, measured and removed by the volume's backend
 // (backend.go), which the record names: a plain directory, or a btrfs
 // subvolume with a qgroup limit.
@@ -147,6 +150,9 @@ type Volume struct {
 	// ClonedFrom is the ID of the volume this one was made a copy of
 	// (clone.go), which CreateVolume reports as its content source.
 	ClonedFrom string `json:"clonedFrom,omitempty"`
+	// RestoredFrom is the ID of the snapshot this volume was made from
+	// (snapshot.go), which CreateVolume reports as its content source.
+	RestoredFrom string `json:"restoredFrom,omitempty"`
 }
 
 // Target is one NodePublishVolume target of a volume.
@@ -189,6 +195,11 @@ type volumeSpec struct {
 	// no source may only find its volume made already.
 	Source string
 	source *Volume
+	// Snapshot is the ID of the snapshot to restore, from the request's
+	// content source; snapshot is its record, looked up and checked as
+	// source is.
+	Snapshot string
+	snapshot *Snapshot
 }
 
 type store struct {
@@ -225,6 +236,10 @@ type store struct {
 	// (setAside), by ID, with the reason. Their directories are kept;
 	// nothing is done to them until the record is restored.
 	unavailable map[string]string
+	// snapshots are the snapshots of this pool (snapshot.go), by ID;
+	// badSnapshots those whose record cannot be read, with the reason.
+	snapshots    map[string]*Snapshot
+	badSnapshots map[string]string
 }
 
 // storeConfig is what openStore needs.
@@ -268,6 +283,7 @@ func openStore(logger klog.Logger, cfg storeConfig) (*store, error) {
 	s := &store{
 		pool: pool, root: root, rootPath: rootPath, lock: lock, metaSync: newDirSync(root, metaDir),
 		volumes: map[string]*Volume{}, unavailable: map[string]string{},
+		snapshots: map[string]*Snapshot{}, badSnapshots: map[string]string{},
 	}
 	if err := s.init(logger, cfg); err != nil {
 		_ = s.close()
@@ -295,10 +311,16 @@ func (s *store) init(logger klog.Logger, cfg storeConfig) error {
 	if err := s.load(logger); err != nil {
 		return err
 	}
+	if err := s.loadSnapshots(logger); err != nil {
+		return err
+	}
 	if err := s.openBackends(logger, cfg.Backend, cfg.Backends); err != nil {
 		return err
 	}
 	if err := s.recover(logger); err != nil {
+		return err
+	}
+	if err := s.sweepSnapshots(logger); err != nil {
 		return err
 	}
 	s.activate(logger)
@@ -394,8 +416,11 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 	}
 
 	b, err := s.backendFor(spec.Params)
-	if spec.Source != "" {
+	switch {
+	case spec.Source != "":
 		b, err = s.clonerFor(spec)
+	case spec.Snapshot != "":
+		b, err = s.restorerFor(spec)
 	}
 	if err != nil {
 		return Volume{}, err
@@ -413,6 +438,7 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 		PVName:        spec.Params.PVName,
 		Ephemeral:     spec.Ephemeral,
 		ClonedFrom:    spec.Source,
+		RestoredFrom:  spec.Snapshot,
 		Created:       time.Now().UTC().Truncate(time.Second),
 	}
 	if err := s.reserve(v); err != nil {
@@ -430,16 +456,20 @@ func (s *store) create(spec volumeSpec) (Volume, error) {
 // sameSource checks that a volume that exists was made from the content
 // source the request names, or from none if it names none.
 func sameSource(v Volume, spec volumeSpec) error {
-	if v.ClonedFrom == spec.Source {
+	if v.ClonedFrom == spec.Source && v.RestoredFrom == spec.Snapshot {
 		return nil
 	}
-	note := func(id string) string {
-		if id == "" {
-			return "no content source"
+	note := func(volume, snapshot string) string {
+		switch {
+		case volume != "":
+			return "a clone of volume " + volume
+		case snapshot != "":
+			return "restored from snapshot " + snapshot
 		}
-		return "a clone of volume " + id
+		return "no content source"
 	}
-	return fmt.Errorf("%w: it is %s, the request asks for %s", errIncompatible, note(v.ClonedFrom), note(spec.Source))
+	return fmt.Errorf("%w: it is %s, the request asks for %s",
+		errIncompatible, note(v.ClonedFrom, v.RestoredFrom), note(spec.Source, spec.Snapshot))
 }
 
 // clonerFor returns the backend that clones spec's source: the source's
@@ -583,17 +613,7 @@ func (s *store) createOnDisk(v *Volume, mode fs.FileMode) error {
 	}
 	s.step("create:intent")
 	nv := newVolume{ID: v.ID, Size: v.CapacityBytes, Mode: mode, FsType: v.FsType}
-	var err error
-	c, canClone := s.backend(*v).(cloner)
-	switch {
-	case v.ClonedFrom == "":
-		err = s.backend(*v).Create(nv)
-	case canClone:
-		err = c.Clone(v.ClonedFrom, nv)
-	default:
-		err = fmt.Errorf("%w: the %s backend cannot make clones", errUnsupported, v.Backend)
-	}
-	if err != nil {
+	if err := s.makeData(*v, nv); err != nil {
 		return err
 	}
 	s.step("create:mkdir")
