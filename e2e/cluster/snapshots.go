@@ -188,12 +188,14 @@ func snapshotControllerRole() *rbacv1.ClusterRole {
 			rule("snapshot.storage.k8s.io", "volumesnapshotclasses", read),
 			rule("snapshot.storage.k8s.io", "volumesnapshotcontents", write),
 			rule("snapshot.storage.k8s.io", "volumesnapshotcontents/status", status),
+			// The members of a group snapshot are VolumeSnapshots it
+			// creates and deletes.
 			rule("snapshot.storage.k8s.io", "volumesnapshots", write),
 			rule("snapshot.storage.k8s.io", "volumesnapshots/status", status),
 			rule("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", read),
 			rule("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", write),
 			rule("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", status),
-			rule("groupsnapshot.storage.k8s.io", "volumegroupsnapshots", write),
+			rule("groupsnapshot.storage.k8s.io", "volumegroupsnapshots", []string{"get", "list", "watch", "update", "patch"}),
 			rule("groupsnapshot.storage.k8s.io", "volumegroupsnapshots/status", status),
 		},
 	}
