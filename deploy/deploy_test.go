@@ -64,9 +64,11 @@ func TestEveryKustomizationRendersTheSameObjects(t *testing.T) {
 		"StorageClass/stickyvol",
 		"ValidatingAdmissionPolicy/stickyvol-node-capacities",
 		"ValidatingAdmissionPolicy/stickyvol-node-claims",
+		"ValidatingAdmissionPolicy/stickyvol-node-snapshotcontents",
 		"ValidatingAdmissionPolicy/stickyvol-node-volumes",
 		"ValidatingAdmissionPolicyBinding/stickyvol-node-capacities",
 		"ValidatingAdmissionPolicyBinding/stickyvol-node-claims",
+		"ValidatingAdmissionPolicyBinding/stickyvol-node-snapshotcontents",
 		"ValidatingAdmissionPolicyBinding/stickyvol-node-volumes",
 	}
 	slices.Sort(want)
