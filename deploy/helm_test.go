@@ -90,15 +90,10 @@ func renderManifestsFor(t *testing.T, values string, caps *common.Capabilities) 
 	return engine.Engine{Strict: true}.RenderWithContext(t.Context(), ch, top)
 }
 
-// renderChart renders the chart with values and decodes every object it
-// yields strictly, as render does for a kustomization.
-func renderChart(t *testing.T, values string) []object {
-	t.Helper()
-	return renderChartFor(t, values, nil)
-}
-
-// renderChartFor is renderChart on a cluster with the given capabilities.
-func renderChartFor(t *testing.T, values string, caps *common.Capabilities) []object {
+// renderChart renders the chart with values on a cluster with the given
+// capabilities (nil: Helm's defaults) and decodes every object it yields
+// strictly, as render does for a kustomization.
+func renderChart(t *testing.T, values string, caps *common.Capabilities) []object {
 	t.Helper()
 	files, err := renderManifestsFor(t, values, caps)
 	if err != nil {
@@ -329,7 +324,7 @@ func TestChartMatchesKustomize(t *testing.T) {
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			want := renderInNamespace(t, tc.dir, releaseNamespace)
-			sameObjects(t, "kustomize "+tc.dir, want, "chart", renderChartFor(t, tc.values, tc.caps))
+			sameObjects(t, "kustomize "+tc.dir, want, "chart", renderChart(t, tc.values, tc.caps))
 			if t.Failed() && tc.values != "" {
 				t.Logf("chart values standing for the overlay's changes (change them with the overlay): %s", tc.values)
 			}
@@ -387,7 +382,7 @@ func TestChartLint(t *testing.T) {
 }
 
 func TestChartCustomValues(t *testing.T) {
-	objs := renderChartFor(t, customValues, withSnapshotAPI)
+	objs := renderChart(t, customValues, withSnapshotAPI)
 	ds := get[*appsv1.DaemonSet](t, objs, agentName)
 	pod := ds.Spec.Template.Spec
 	c := pod.Containers[0]
@@ -521,7 +516,7 @@ func TestChartOptionalObjects(t *testing.T) {
 		if tc.snapshotAPI {
 			caps = withSnapshotAPI
 		}
-		objs := renderChartFor(t, tc.values, caps)
+		objs := renderChart(t, tc.values, caps)
 		if got := len(all[*storagev1.StorageClass](objs)) == 1; got != tc.class {
 			t.Errorf("values %q: StorageClass rendered %v, want %v", tc.values, got, tc.class)
 		}
