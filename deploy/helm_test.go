@@ -56,6 +56,24 @@ var helmLabels = []string{
 // a value missing from values.yaml fails instead of rendering nothing.
 func renderManifests(t *testing.T, values string) (map[string]string, error) {
 	t.Helper()
+	return renderManifestsFor(t, values, nil)
+}
+
+// withSnapshotAPI are the capabilities of a cluster that serves the
+// snapshot API, as Helm reads them from its discovery (group/version and
+// group/version/Kind): the local cluster, one with the external-snapshotter.
+var withSnapshotAPI = func() *common.Capabilities {
+	caps := *common.DefaultCapabilities
+	caps.APIVersions = append(slices.Clone(caps.APIVersions),
+		"snapshot.storage.k8s.io/v1", "snapshot.storage.k8s.io/v1/VolumeSnapshotClass")
+	return &caps
+}()
+
+// renderManifestsFor is renderManifests on a cluster with the given
+// capabilities; nil stands for Helm's defaults (`helm template`), which hold
+// no CRD's API.
+func renderManifestsFor(t *testing.T, values string, caps *common.Capabilities) (map[string]string, error) {
+	t.Helper()
 	ch, err := loader.Load(chartDir)
 	if err != nil {
 		t.Fatalf("load chart: %v", err)
@@ -65,18 +83,19 @@ func renderManifests(t *testing.T, values string) (map[string]string, error) {
 		t.Fatalf("values %q: %v", values, err)
 	}
 	release := common.ReleaseOptions{Name: releaseName, Namespace: releaseNamespace, Revision: 1, IsInstall: true}
-	top, err := chartutil.ToRenderValues(ch, vals, release, nil)
+	top, err := chartutil.ToRenderValues(ch, vals, release, caps)
 	if err != nil {
 		return nil, fmt.Errorf("values: %w", err)
 	}
 	return engine.Engine{Strict: true}.RenderWithContext(t.Context(), ch, top)
 }
 
-// renderChart renders the chart with values and decodes every object it
-// yields strictly, as render does for a kustomization.
-func renderChart(t *testing.T, values string) []object {
+// renderChart renders the chart with values on a cluster with the given
+// capabilities (nil: Helm's defaults) and decodes every object it yields
+// strictly, as render does for a kustomization.
+func renderChart(t *testing.T, values string, caps *common.Capabilities) []object {
 	t.Helper()
-	files, err := renderManifests(t, values)
+	files, err := renderManifestsFor(t, values, caps)
 	if err != nil {
 		t.Fatalf("helm template with values %q: %v", values, err)
 	}
@@ -189,6 +208,13 @@ func renderInNamespace(t *testing.T, dir, namespace string) []object {
 		if r.GetKind() == "Namespace" {
 			continue
 		}
+		// kustomize knows the scope of built-in kinds only, and moves a
+		// CRD's cluster-scoped objects into the namespace too.
+		if r.GetGvk().Group == volumeSnapshotClassKind.Group {
+			if err := r.SetNamespace(""); err != nil {
+				t.Fatal(err)
+			}
+		}
 		y, err := r.AsYAML()
 		if err != nil {
 			t.Fatalf("kustomize %s: %s: %v", dir, r.CurId(), err)
@@ -284,16 +310,21 @@ func sameObjects(t *testing.T, wantFrom string, want []object, gotFrom string, g
 // source of truth: with its defaults the chart renders the base's objects
 // field for field, apart from the Namespace (the release namespace is made
 // by `helm install --create-namespace`) and the labels that name the
-// release. The overlays' changes are a value each.
+// release. The overlays' changes are a value each. The local overlay adds
+// the VolumeSnapshotClass of deploy/snapshots, which the chart renders on a
+// cluster that serves the snapshot API, as the local cluster does.
 func TestChartMatchesKustomize(t *testing.T) {
-	for _, tc := range []struct{ dir, values string }{
-		{"base", ""},
-		{"overlays/kind", "storageClass: {defaultClass: true}"},
-		{"overlays/local", readValues(t, "helm/local-values.yaml")},
+	for _, tc := range []struct {
+		dir, values string
+		caps        *common.Capabilities
+	}{
+		{"base", "", nil},
+		{"overlays/kind", "storageClass: {defaultClass: true}", nil},
+		{"overlays/local", readValues(t, "helm/local-values.yaml"), withSnapshotAPI},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			want := renderInNamespace(t, tc.dir, releaseNamespace)
-			sameObjects(t, "kustomize "+tc.dir, want, "chart", renderChart(t, tc.values))
+			sameObjects(t, "kustomize "+tc.dir, want, "chart", renderChart(t, tc.values, tc.caps))
 			if t.Failed() && tc.values != "" {
 				t.Logf("chart values standing for the overlay's changes (change them with the overlay): %s", tc.values)
 			}
@@ -318,6 +349,7 @@ storageClass:
   reclaimPolicy: Retain
   parameters: {directoryMode: "0750"}
   mountOptions: [nosuid, nodev]
+snapshotClass: {name: local-fast-snapshots, deletionPolicy: Retain}
 nodeSelector: {stickyvol.dev/disk: ssd}
 tolerations:
 - {key: dedicated, operator: Equal, value: storage, effect: NoSchedule}
@@ -350,7 +382,7 @@ func TestChartLint(t *testing.T) {
 }
 
 func TestChartCustomValues(t *testing.T) {
-	objs := renderChart(t, customValues)
+	objs := renderChart(t, customValues, withSnapshotAPI)
 	ds := get[*appsv1.DaemonSet](t, objs, agentName)
 	pod := ds.Spec.Template.Spec
 	c := pod.Containers[0]
@@ -431,6 +463,11 @@ func TestChartCustomValues(t *testing.T) {
 			sc.Name, sc.Provisioner, sc.Annotations, show(sc.VolumeBindingMode), show(sc.ReclaimPolicy), sc.Parameters, sc.MountOptions)
 	}
 
+	vsc := get[*volumeSnapshotClass](t, objs, "local-fast-snapshots")
+	if vsc.Driver != driverName || vsc.DeletionPolicy != "Retain" {
+		t.Errorf("VolumeSnapshotClass %s: driver %s, deletionPolicy %s; want %s, Retain", vsc.Name, vsc.Driver, vsc.DeletionPolicy, driverName)
+	}
+
 	// Prometheus finds the Service by the ServiceMonitor's selector, the
 	// agents' pods through the Service, and scrapes the port named alike.
 	svc := get[*corev1.Service](t, objs, "stickyvol-node-metrics")
@@ -460,18 +497,31 @@ func TestChartCustomValues(t *testing.T) {
 }
 
 // TestChartOptionalObjects checks which objects appear only when asked.
+// The VolumeSnapshotClass needs the cluster to serve the snapshot API:
+// without it, `helm install` would fail on a kind the API server does not
+// know.
 func TestChartOptionalObjects(t *testing.T) {
 	for _, tc := range []struct {
-		values         string
-		class, monitor bool
+		values                        string
+		snapshotAPI                   bool
+		class, snapshotClass, monitor bool
 	}{
 		{values: "", class: true},
+		{values: "", snapshotAPI: true, class: true, snapshotClass: true},
 		{values: "storageClass: {create: false}"},
+		{values: "snapshotClass: {create: false}", snapshotAPI: true, class: true},
 		{values: "metrics: {serviceMonitor: {enabled: true}}", class: true, monitor: true},
 	} {
-		objs := renderChart(t, tc.values)
+		caps := (*common.Capabilities)(nil)
+		if tc.snapshotAPI {
+			caps = withSnapshotAPI
+		}
+		objs := renderChart(t, tc.values, caps)
 		if got := len(all[*storagev1.StorageClass](objs)) == 1; got != tc.class {
 			t.Errorf("values %q: StorageClass rendered %v, want %v", tc.values, got, tc.class)
+		}
+		if got := len(all[*volumeSnapshotClass](objs)) == 1; got != tc.snapshotClass {
+			t.Errorf("values %q, snapshot API served %v: VolumeSnapshotClass rendered %v, want %v", tc.values, tc.snapshotAPI, got, tc.snapshotClass)
 		}
 		if got := len(all[*serviceMonitor](objs)) == 1 && len(all[*corev1.Service](objs)) == 1; got != tc.monitor {
 			t.Errorf("values %q: Service and ServiceMonitor rendered %v, want %v", tc.values, got, tc.monitor)
@@ -493,6 +543,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"publishCapacity: \"no\"", "publishCapacity"},
 		{"storageClass: {parameters: {directoryMode: 0750}}", "directoryMode"},
 		{"storageClass: {volumeBindingMode: WaitForFirstconsumer}", "volumeBindingMode"},
+		{"snapshotClass: {deletionPolicy: delete}", "deletionPolicy"},
+		{"snapshotClass: {name: \"\"}", "name"},
 		{"metrics: {port: 0}", "port"},
 	} {
 		_, err := renderManifests(t, tc.values)

@@ -8,11 +8,12 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 )
 
-// Every write RBAC grants the agents on PVs and claims, subresources
-// included, goes through a ValidatingAdmissionPolicy, bound to deny, that
-// can hold it to the agent's own node: RBAC alone lets every agent write
-// every node's. A new verb or subresource for the agents (the resizer's
-// persistentvolumeclaims/status) must come with a policy that matches it.
+// Every write RBAC grants the agents on PVs, claims and
+// VolumeSnapshotContents, subresources included, goes through a
+// ValidatingAdmissionPolicy, bound to deny, that can hold it to the agent's
+// own node: RBAC alone lets every agent write every node's. A new verb or
+// subresource for the agents (the resizer's persistentvolumeclaims/status)
+// must come with a policy that matches it.
 func TestNodePolicyCoversEveryAgentWrite(t *testing.T) {
 	objs := render(t, "base")
 	operation := map[string]admissionv1.OperationType{
@@ -26,20 +27,25 @@ func TestNodePolicyCoversEveryAgentWrite(t *testing.T) {
 			enforced = append(enforced, p)
 		}
 	}
-	checked := 0
+	// The objects of one node: a volume, its claim, its snapshots.
+	nodeObjects := map[string][]string{
+		"":                        {"persistentvolumes", "persistentvolumeclaims"},
+		"snapshot.storage.k8s.io": {"volumesnapshotcontents"},
+	}
+	checked := map[string]bool{}
 	for _, g := range granted(t, clusterRole(t, objs, agentName).Rules) {
 		op, write := operation[g.verb]
 		resource, _, _ := strings.Cut(g.resource, "/")
-		if !write || g.group != "" || (resource != "persistentvolumes" && resource != "persistentvolumeclaims") {
+		if !write || !slices.Contains(nodeObjects[g.group], resource) {
 			continue
 		}
-		checked++
+		checked[resource] = true
 		if !slices.ContainsFunc(enforced, func(p *admissionv1.ValidatingAdmissionPolicy) bool { return matches(p, g.group, g.resource, op) }) {
 			t.Errorf("the agents may %s %q, but no policy bound to deny matches %s on it", g.verb, g.resource, op)
 		}
 	}
-	if checked == 0 {
-		t.Error("no agent writes on PVs or claims found; is the ClusterRole rendered?")
+	if len(checked) != 3 {
+		t.Errorf("agent writes found on %v only; is the ClusterRole rendered?", checked)
 	}
 }
 

@@ -30,6 +30,13 @@ var (
 		grants("storage.k8s.io", "storageclasses", "get", "list", "watch"),
 		grants("", "nodes", "get", "list", "watch"),
 		grants("", "events", "create", "patch"),
+		// The snapshotter: its own node's VolumeSnapshotContents
+		// (node-policy.yaml holds it to them) and their classes. The
+		// provisioner: the VolumeSnapshot a claim is restored from.
+		grants("snapshot.storage.k8s.io", "volumesnapshotcontents", "get", "list", "watch", "update", "patch"),
+		grants("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "update", "patch"),
+		grants("snapshot.storage.k8s.io", "volumesnapshotclasses", "get", "list", "watch"),
+		grants("snapshot.storage.k8s.io", "volumesnapshots", "get", "list", "watch"),
 	)
 	// `stickyvol node` in its own namespace: its node's CSIStorageCapacity
 	// objects (node-policy.yaml holds it to them) and its own pod, whose

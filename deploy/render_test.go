@@ -84,6 +84,10 @@ func decodeFile(t *testing.T, path string) []object {
 
 func decode(t *testing.T, where string, y []byte) object {
 	t.Helper()
+	var meta metav1.TypeMeta
+	if err := yaml.Unmarshal(y, &meta); err == nil && meta.GroupVersionKind() == volumeSnapshotClassKind {
+		return decodeVolumeSnapshotClass(t, where, y)
+	}
 	obj, gvk, err := strict.Decode(y, nil, nil)
 	if err != nil {
 		t.Fatalf("%s: not a valid typed object: %v", where, err)

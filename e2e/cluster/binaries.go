@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/module"
 	"k8s.io/klog/v2"
 )
 
@@ -21,11 +22,23 @@ const (
 	EtcdVersion       = "v3.6.16"
 	CoreDNSVersion    = "v1.15.0"
 	KwokVersion       = "v0.8.0"
+	// SnapshotterVersion is the release of the external-snapshotter whose
+	// snapshot-controller the cluster runs and whose CRDs it installs.
+	SnapshotterVersion = "v8.7.0"
 )
 
 // Binaries holds the absolute paths of the cluster's programs.
 type Binaries struct {
 	Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kubelet, KubeProxy, Kubectl, CoreDNS, Kwok string
+	// SnapshotController makes a VolumeSnapshotContent for each
+	// VolumeSnapshot, for the driver's agents to take.
+	SnapshotController string
+	// SnapshotCRDDir holds the CustomResourceDefinitions of the snapshot
+	// APIs the snapshot-controller serves, from the external-snapshotter's
+	// client module: VolumeSnapshot, VolumeSnapshotContent and
+	// VolumeSnapshotClass, and their VolumeGroupSnapshot counterparts (one
+	// YAML file each).
+	SnapshotCRDDir string
 	// KwokStageDir holds the kwok Stage configs the fake nodes and their
 	// pods go through: node-initialize, node-heartbeat-with-lease,
 	// pod-ready, pod-complete and pod-delete (one YAML file each).
@@ -69,7 +82,18 @@ var (
 	etcdModule       = goModule{name: "etcd", path: "go.etcd.io/etcd/server/v3", version: EtcdVersion}
 	coreDNSModule    = goModule{name: "coredns", path: "github.com/coredns/coredns", version: CoreDNSVersion}
 	kwokModule       = goModule{name: "kwok", path: "sigs.k8s.io/kwok", version: KwokVersion}
+	// The external-snapshotter's go.mod points its client module at
+	// ./client, a replace that only holds in its own repository, and
+	// requires an older client release: the helper module requires the
+	// client of the same release, which is also where the CRDs come from.
+	snapshotterModule = goModule{
+		name: "external-snapshotter", path: "github.com/kubernetes-csi/external-snapshotter/v8", version: SnapshotterVersion,
+		requires: []module.Version{{Path: snapshotClientModule, Version: SnapshotterVersion}},
+	}
 )
+
+// snapshotClientModule holds the snapshot APIs' Go types and their CRDs.
+const snapshotClientModule = "github.com/kubernetes-csi/external-snapshotter/client/v8"
 
 // command is one program built from a module, and the Binaries field that
 // receives its path.
@@ -79,6 +103,10 @@ type command struct {
 	mod  goModule
 	dst  *string
 	test bool // a test binary of pkg (go test -c)
+	// versionVar is the package variable, such as main.version, that the
+	// program reports its version from; the build sets it to the module's
+	// version.
+	versionVar string
 }
 
 func (c command) version() string { return c.mod.version }
@@ -99,27 +127,68 @@ func (b *Binaries) commands() []command {
 		k8s("kubelet", &b.Kubelet),
 		k8s("kube-proxy", &b.KubeProxy),
 		k8s("kubectl", &b.Kubectl),
+		{name: "snapshot-controller", pkg: snapshotterModule.path + "/cmd/snapshot-controller", mod: snapshotterModule,
+			dst: &b.SnapshotController, versionVar: "main.version"},
 	}
 }
 
-// kwokStages maps each Stage file EnsureBinaries provides to its path in the
-// kwok module. kwok's "fast" stages move pods straight to Ready and nodes
+// moduleFiles are files EnsureBinaries copies out of a module in the module
+// cache into a directory of the cache: files maps each file's name there to
+// its path in the module.
+type moduleFiles struct {
+	// from is the helper module whose download brings the module.
+	from goModule
+	// module is the module's path; its version is the one from resolves.
+	module string
+	files  map[string]string
+}
+
+// kwokStages are the Stage configs the fake nodes and their pods go
+// through. kwok's "fast" stages move pods straight to Ready and nodes
 // straight to Ready, with node heartbeats through Leases like a kubelet.
-var kwokStages = map[string]string{
+// `kwok` itself does not embed them (kwokctl does).
+var kwokStages = moduleFiles{from: kwokModule, module: kwokModule.path, files: map[string]string{
 	"node-initialize.yaml":           "kustomize/stage/node/fast/node-initialize.yaml",
 	"node-heartbeat-with-lease.yaml": "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
 	"pod-ready.yaml":                 "kustomize/stage/pod/fast/pod-ready.yaml",
 	"pod-complete.yaml":              "kustomize/stage/pod/fast/pod-complete.yaml",
 	"pod-delete.yaml":                "kustomize/stage/pod/fast/pod-delete.yaml",
+}}
+
+// snapshotCRDs are the CustomResourceDefinitions of the snapshot APIs, all
+// of them: snapshot-controller v8.7 serves the group snapshot APIs by
+// default (its CSIVolumeGroupSnapshot gate is GA) and only logs a warning
+// without their CRDs.
+var snapshotCRDs = moduleFiles{from: snapshotterModule, module: snapshotClientModule, files: crdFiles(
+	"snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+	"snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
+	"snapshot.storage.k8s.io_volumesnapshots.yaml",
+	"groupsnapshot.storage.k8s.io_volumegroupsnapshotclasses.yaml",
+	"groupsnapshot.storage.k8s.io_volumegroupsnapshotcontents.yaml",
+	"groupsnapshot.storage.k8s.io_volumegroupsnapshots.yaml",
+)}
+
+// crdFiles maps each CRD file of the client module's config/crd/ to itself.
+func crdFiles(names ...string) map[string]string {
+	files := map[string]string{}
+	for _, n := range names {
+		files[n] = "config/crd/" + n
+	}
+	return files
 }
 
 // EnsureBinaries returns the cluster's programs under cacheDir/bin, named
 // <name>-<version>, building those that are missing from the Go module proxy
-// one at a time. Progress and build times go to out. With everything built it
+// one at a time, and the files it needs from their modules under
+// cacheDir/share. Progress and build times go to out. With everything built it
 // only looks at the files, so it returns at once; a cold build of Kubernetes
 // takes many minutes and a few GB of Go build cache.
 func EnsureBinaries(ctx context.Context, cacheDir string, out io.Writer) (*Binaries, error) {
-	bins := &Binaries{KwokStageDir: filepath.Join(cacheDir, "share", "kwok-stages-"+KwokVersion)}
+	bins := &Binaries{
+		KwokStageDir:   filepath.Join(cacheDir, "share", "kwok-stages-"+KwokVersion),
+		SnapshotCRDDir: filepath.Join(cacheDir, "share", "snapshot-crds-"+SnapshotterVersion),
+	}
+	shares := map[string]moduleFiles{bins.KwokStageDir: kwokStages, bins.SnapshotCRDDir: snapshotCRDs}
 	var missing []command
 	for _, c := range bins.commands() {
 		*c.dst = binaryPath(cacheDir, c.name, c.version())
@@ -127,7 +196,15 @@ func EnsureBinaries(ctx context.Context, cacheDir string, out io.Writer) (*Binar
 			missing = append(missing, c)
 		}
 	}
-	if len(missing) == 0 && hasKwokStages(bins.KwokStageDir) {
+	missingShares := func() bool {
+		for dir, mf := range shares {
+			if !mf.present(dir) {
+				return true
+			}
+		}
+		return false
+	}
+	if len(missing) == 0 && !missingShares() {
 		return bins, nil
 	}
 
@@ -149,9 +226,11 @@ func EnsureBinaries(ctx context.Context, cacheDir string, out io.Writer) (*Binar
 			return nil, err
 		}
 	}
-	if !hasKwokStages(bins.KwokStageDir) {
-		if err := b.copyKwokStages(ctx, bins.KwokStageDir); err != nil {
-			return nil, err
+	for dir, mf := range shares {
+		if !mf.present(dir) {
+			if err := b.copyModuleFiles(ctx, mf, dir); err != nil {
+				return nil, err
+			}
 		}
 	}
 	klog.FromContext(ctx).V(2).Info("Binaries ready", "cacheDir", cacheDir)
@@ -169,8 +248,9 @@ func IsExecutable(path string) bool {
 	return err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 && info.Size() > 0
 }
 
-func hasKwokStages(dir string) bool {
-	for name := range kwokStages {
+// present tells whether dir holds every file of mf.
+func (mf moduleFiles) present(dir string) bool {
+	for name := range mf.files {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			return false
 		}
@@ -214,12 +294,16 @@ func (b *builder) build(ctx context.Context, c command) error {
 	return nil
 }
 
-// ldflags strips debug info and, for Kubernetes, stamps the version the way
-// Kubernetes' own build does (hack/lib/version.sh sets the same variables in
-// both packages), so `kubectl version` and the API server's /version report
-// the release instead of v0.0.0-master.
+// ldflags strips debug info and stamps the version into a command's
+// versionVar and, for Kubernetes, the way Kubernetes' own build does
+// (hack/lib/version.sh sets the same variables in both packages), so
+// `kubectl version` and the API server's /version report the release instead
+// of v0.0.0-master.
 func ldflags(c command, buildTime time.Time) []string {
 	flags := []string{"-s", "-w"}
+	if c.versionVar != "" {
+		flags = append(flags, "-X", c.versionVar+"="+c.mod.version)
+	}
 	if c.mod.path != kubernetesModule.path {
 		return flags
 	}
@@ -240,16 +324,16 @@ func ldflags(c command, buildTime time.Time) []string {
 	return flags
 }
 
-// copyKwokStages copies the Stage configs out of the kwok module in the
-// module cache, as `kwok` itself only embeds them in kwokctl.
-func (b *builder) copyKwokStages(ctx context.Context, dst string) error {
-	dir, err := b.prepareModule(ctx, kwokModule)
+// copyModuleFiles copies the files of mf out of the module cache into dst,
+// through a temporary directory renamed into place.
+func (b *builder) copyModuleFiles(ctx context.Context, mf moduleFiles, dst string) error {
+	dir, err := b.prepareModule(ctx, mf.from)
 	if err != nil {
 		return err
 	}
-	modDir, err := b.goCmd(ctx, dir, "list", "-m", "-f", "{{.Dir}}", kwokModule.path)
+	modDir, err := b.goCmd(ctx, dir, "list", "-m", "-f", "{{.Dir}}", mf.module)
 	if err != nil {
-		return fmt.Errorf("locating %s in the module cache: %w", kwokModule.path, err)
+		return fmt.Errorf("locating %s in the module cache: %w", mf.module, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
@@ -259,10 +343,10 @@ func (b *builder) copyKwokStages(ctx context.Context, dst string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp) // fails harmlessly once renamed
-	for name, src := range kwokStages {
+	for name, src := range mf.files {
 		data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(modDir)), filepath.FromSlash(src)))
 		if err != nil {
-			return fmt.Errorf("kwok %s stage config: %w", KwokVersion, err)
+			return fmt.Errorf("%s (from the %s %s build module): %w", mf.module, mf.from.name, mf.from.version, err)
 		}
 		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
 			return err

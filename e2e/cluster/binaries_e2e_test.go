@@ -46,6 +46,9 @@ func TestEnsureBinaries(t *testing.T) {
 		bins.Etcd:                  "etcd Version: " + strings.TrimPrefix(EtcdVersion, "v"),
 		bins.CoreDNS:               "CoreDNS-" + strings.TrimPrefix(CoreDNSVersion, "v"),
 		bins.Kwok:                  KwokVersion,
+		// It prints its path and then the version the build stamped; the
+		// path ends in the version too, hence the space.
+		bins.SnapshotController: " " + SnapshotterVersion,
 	} {
 		if !filepath.IsAbs(path) {
 			t.Errorf("%s is not an absolute path", path)
@@ -69,7 +72,7 @@ func TestEnsureBinaries(t *testing.T) {
 		t.Errorf("kubectl version --client: %s (%v); want gitVersion %s", out, err, KubernetesVersion)
 	}
 
-	for name := range kwokStages {
+	for name := range kwokStages.files {
 		data, err := os.ReadFile(filepath.Join(bins.KwokStageDir, name))
 		if err != nil {
 			t.Errorf("kwok stage: %v", err)
@@ -77,6 +80,19 @@ func TestEnsureBinaries(t *testing.T) {
 		}
 		if want := "name: " + strings.TrimSuffix(name, ".yaml"); !strings.Contains(string(data), "kind: Stage") || !strings.Contains(string(data), want) {
 			t.Errorf("%s is not the kwok Stage %q:\n%s", name, want, data)
+		}
+	}
+
+	for name := range snapshotCRDs.files {
+		data, err := os.ReadFile(filepath.Join(bins.SnapshotCRDDir, name))
+		if err != nil {
+			t.Errorf("snapshot CRD: %v", err)
+			continue
+		}
+		group, plural, _ := strings.Cut(strings.TrimSuffix(name, ".yaml"), "_")
+		if want := "name: " + plural + "." + group; !strings.Contains(string(data), "kind: CustomResourceDefinition") ||
+			!strings.Contains(string(data), want) {
+			t.Errorf("%s is not the CRD %q", name, want)
 		}
 	}
 

@@ -184,6 +184,7 @@ func writeClusterPKI(dir string, nodes []node) (*pki, error) {
 		"controller-manager":       {commonName: "system:kube-controller-manager", client: true},
 		"scheduler":                {commonName: "system:kube-scheduler", client: true},
 		"kube-proxy":               {commonName: "system:kube-proxy", client: true},
+		snapshotControllerUser:     {commonName: snapshotControllerUser, client: true},
 	}
 	for _, n := range nodes {
 		specs["kubelet-"+n.Name] = certSpec{commonName: "system:node:" + n.Name, orgs: []string{"system:nodes"}, client: true}

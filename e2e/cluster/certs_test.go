@@ -48,17 +48,22 @@ func TestClusterPKI(t *testing.T) {
 	}
 	verify("kubelet-node-1-serving", nodeIP(1), x509.ExtKeyUsageServerAuth)
 	for name, want := range map[string][2]string{
-		"admin":              {"kubernetes-admin", "system:masters"},
-		"controller-manager": {"system:kube-controller-manager", ""},
-		"scheduler":          {"system:kube-scheduler", ""},
-		"kube-proxy":         {"system:kube-proxy", ""},
-		"kubelet-node-1":     {"system:node:node-1", "system:nodes"},
+		"admin":               {"kubernetes-admin", "system:masters"},
+		"controller-manager":  {"system:kube-controller-manager", ""},
+		"scheduler":           {"system:kube-scheduler", ""},
+		"kube-proxy":          {"system:kube-proxy", ""},
+		"kubelet-node-1":      {"system:node:node-1", "system:nodes"},
+		"snapshot-controller": {snapshotControllerUser, ""},
 	} {
 		verify(name, "", x509.ExtKeyUsageClientAuth)
 		c := load(name)
 		if c.Subject.CommonName != want[0] || (want[1] != "" && !slices.Contains(c.Subject.Organization, want[1])) {
 			t.Errorf("%s: subject %v, want CN=%s O=%s", name, c.Subject, want[0], want[1])
 		}
+	}
+	// Only its ClusterRole's rights: no group that RBAC grants more to.
+	if orgs := load("snapshot-controller").Subject.Organization; len(orgs) != 0 {
+		t.Errorf("snapshot-controller: organizations %v, want none", orgs)
 	}
 	for _, f := range []string{"ca.key", "sa.key"} {
 		st, err := os.Stat(filepath.Join(dir, f))

@@ -292,6 +292,9 @@ func (c *Cluster) startAll(ctx context.Context) error {
 		if c.hasKubeProxy() {
 			starts = append(starts, c.startKubeProxy)
 		}
+		// Its CRDs take a second or two to be served: meanwhile the rest
+		// starts.
+		g.Go(func() error { return c.startSnapshotController(gctx) })
 		for _, start := range append(starts, c.startCoreDNS) {
 			if err := start(gctx); err != nil {
 				return err

@@ -2,7 +2,8 @@
 // a kind cluster but with no container image for the nodes and no registry.
 //
 // The control plane (etcd, kube-apiserver, kube-controller-manager,
-// kube-scheduler), one kube-proxy and CoreDNS run as host processes. Each real
+// kube-scheduler, and the external-snapshotter's snapshot-controller with the
+// snapshot CRDs), one kube-proxy and CoreDNS run as host processes. Each real
 // node is a private mount namespace with its own /var/lib/kubelet (rshared),
 // /var/lib/stickyvol, /var/log, /var/lib/cni and /run/containerd, bound from a
 // per-node directory, and runs its own containerd and kubelet on its own

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/mod/modfile"
+	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -31,6 +32,10 @@ type goModule struct {
 	// only hold in its own repository, so a module that requires it must
 	// pin each staging module to its published v0.x release itself.
 	stagingReplaces bool
+	// requires are modules the helper module requires besides m, at
+	// versions above those m's own go.mod asks for: a module m replaces with
+	// a directory of its repository must be pinned to its release by hand.
+	requires []module.Version
 	// pkgs are the packages the helper module's tools.go imports; nil: the
 	// commands EnsureBinaries builds from this module.
 	pkgs []string
@@ -149,6 +154,9 @@ func helperGoMod(m goModule, upstream []byte) ([]byte, error) {
 		}
 	}
 	f.AddNewRequire(m.path, m.version, false)
+	for _, r := range m.requires {
+		f.AddNewRequire(r.Path, r.Version, false)
+	}
 	if m.stagingReplaces {
 		version, err := stagingVersion(m.version)
 		if err != nil {

@@ -94,6 +94,37 @@ func TestHelperGoModWithoutStaging(t *testing.T) {
 	}
 }
 
+// The external-snapshotter's own go.mod asks for an older client module and
+// replaces it with ./client; the helper module requires the client of the
+// same release instead.
+func TestHelperGoModRequiresTheSnapshotClientOfItsRelease(t *testing.T) {
+	upstream := "module github.com/kubernetes-csi/external-snapshotter/v8\n\ngo 1.26.0\n\n" +
+		"require github.com/kubernetes-csi/external-snapshotter/client/v8 v8.6.0\n\n" +
+		"replace github.com/kubernetes-csi/external-snapshotter/client/v8 => ./client\n"
+	data, err := helperGoMod(snapshotterModule, []byte(upstream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := modfile.Parse("go.mod", data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range f.Require {
+		got = append(got, r.Mod.String())
+	}
+	want := []string{
+		"github.com/kubernetes-csi/external-snapshotter/v8@" + SnapshotterVersion,
+		"github.com/kubernetes-csi/external-snapshotter/client/v8@" + SnapshotterVersion,
+	}
+	if !slices.Equal(got, want) || len(f.Replace) != 0 {
+		t.Errorf("require %q, replace %+v; want require %q and no replace", got, f.Replace, want)
+	}
+	if pkgs := modulePackages(snapshotterModule); !slices.Equal(pkgs, []string{snapshotterModule.path + "/cmd/snapshot-controller"}) {
+		t.Errorf("tools.go would import %q, want only the snapshot-controller", pkgs)
+	}
+}
+
 func TestStagingVersion(t *testing.T) {
 	for in, want := range map[string]string{"v1.37.2": "v0.37.2", "v1.38.0-rc.1": "v0.38.0-rc.1", "v2.0.0": "", "1.37.2": ""} {
 		got, err := stagingVersion(in)
@@ -143,6 +174,10 @@ func TestLdflagsStampKubernetesVersion(t *testing.T) {
 			if strings.Contains(flags, want) != isKube {
 				t.Errorf("%s: ldflags %q: contains %q = %v, want %v", c.name, flags, want, !isKube, isKube)
 			}
+		}
+		stamped := strings.Contains(flags, "-X main.version="+c.version())
+		if wantStamp := c.name == "snapshot-controller"; stamped != wantStamp {
+			t.Errorf("%s: ldflags %q: stamps main.version %v, want %v", c.name, flags, stamped, wantStamp)
 		}
 		if !strings.HasPrefix(flags, "-s -w") {
 			t.Errorf("%s: ldflags %q do not strip debug info", c.name, flags)

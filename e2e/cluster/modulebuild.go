@@ -73,7 +73,7 @@ func NewModuleBuild(ctx context.Context, cfg ModuleBuildConfig) (*ModuleBuild, e
 }
 
 func (cfg ModuleBuildConfig) module() (goModule, error) {
-	for _, own := range []goModule{kubernetesModule, etcdModule, coreDNSModule, kwokModule} {
+	for _, own := range []goModule{kubernetesModule, etcdModule, coreDNSModule, kwokModule, snapshotterModule} {
 		if cfg.Name == own.name {
 			return goModule{}, fmt.Errorf("helper module name %q is the cluster's own", cfg.Name)
 		}

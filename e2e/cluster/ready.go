@@ -67,6 +67,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		"kube-controller-manager": healthz(insecure, "https://"+hostPort("127.0.0.1", c.st.Ports.ControllerMgr)+"/healthz"),
 		"kube-scheduler":          healthz(insecure, "https://"+hostPort("127.0.0.1", c.st.Ports.Scheduler)+"/healthz"),
 		"coredns":                 healthz(plain, "http://"+hostPort("127.0.0.1", c.st.Ports.DNSReady)+"/ready"),
+		"snapshot-controller":     healthz(plain, c.snapshotControllerMetrics()),
 		"nodes and API objects":   c.clusterReady(cs),
 	}
 	if c.hasKubeProxy() {

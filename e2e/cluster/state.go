@@ -76,6 +76,8 @@ type ports struct {
 	ProxyMetrics  int `json:"proxyMetrics"`
 	DNSReady      int `json:"dnsReady"`
 	KwokServer    int `json:"kwokServer,omitempty"`
+	// SnapshotCtrl is the snapshot-controller's metrics port.
+	SnapshotCtrl int `json:"snapshotController,omitempty"`
 }
 
 // readState reads the state file in dir. It returns an error wrapping

@@ -52,7 +52,7 @@ func teardown(ctx context.Context, dir string, out io.Writer) error {
 		c.cleanupKubeProxy(ctx)
 	}
 	add("stopping nodes", c.stopNodes())
-	add("stopping the control plane", stopProcs(ctx, pick(st.Procs, "kube-controller-manager", "kube-scheduler", "kube-apiserver"), stopGrace))
+	add("stopping the control plane", stopProcs(ctx, pick(st.Procs, "kube-controller-manager", "snapshot-controller", "kube-scheduler", "kube-apiserver"), stopGrace))
 	add("stopping etcd", stopProcs(ctx, pick(st.Procs, "etcd"), stopGrace))
 	add("stopping leftover processes", stopProcs(ctx, markedProcs(dir), stopGrace))
 	detachVolumeLoops(dir, out)

@@ -55,7 +55,8 @@ func (c *Cluster) up(ctx context.Context, cfg Config) error {
 // with the host's sysctls and KUBE-* chains as they are before any change.
 func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 	nodes := cfg.realNodes()
-	p, err := freePorts(9 + 2*nodes)
+	const clusterPorts = 10 // then two per node
+	p, err := freePorts(clusterPorts + 2*nodes)
 	if err != nil {
 		return err
 	}
@@ -71,7 +72,7 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 		Procs:          map[string]proc{},
 		Ports: ports{
 			EtcdClient: p[0], EtcdPeer: p[1], APIServer: p[2], ControllerMgr: p[3], Scheduler: p[4],
-			ProxyHealthz: p[5], ProxyMetrics: p[6], DNSReady: p[7], KwokServer: p[8],
+			ProxyHealthz: p[5], ProxyMetrics: p[6], DNSReady: p[7], KwokServer: p[8], SnapshotCtrl: p[9],
 		},
 		Sysctls:    readSysctls(savedSysctls),
 		KubeChains: kubeChains(ctx),
@@ -83,8 +84,8 @@ func (c *Cluster) initState(ctx context.Context, cfg Config, v2 bool) error {
 			IP:          nodeIP(i),
 			Bridge:      nodeBridge(i),
 			CgroupRoot:  namePrefix + nodeName(i),
-			KubeletPort: p[9+2*(i-1)],
-			HealthzPort: p[10+2*(i-1)],
+			KubeletPort: p[clusterPorts+2*(i-1)],
+			HealthzPort: p[clusterPorts+1+2*(i-1)],
 		})
 	}
 	c.st = st
@@ -101,7 +102,7 @@ func (c *Cluster) writePKI() error {
 	if err != nil {
 		return err
 	}
-	users := []string{"admin", "controller-manager", "scheduler", "kube-proxy"}
+	users := []string{"admin", "controller-manager", "scheduler", "kube-proxy", snapshotControllerUser}
 	for _, n := range c.st.Nodes {
 		users = append(users, "kubelet-"+n.Name)
 	}
