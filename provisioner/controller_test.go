@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"k8s.io/utils/ptr"
 	"slices"
 	"testing"
 	"time"
@@ -113,10 +114,10 @@ func TestControllerEndToEnd(t *testing.T) {
 
 	t.Run("refused claims (access modes, data source, size) get an event and nothing else", func(t *testing.T) {
 		rwx := fixtures.Claim("shared", "node-a", "1Gi", v1.ReadWriteMany)
-		// A snapshot restore would have started empty.
+		// A restore of another namespace's snapshot would have started empty.
 		clone, huge := fixtures.Claim("clone", "node-a", "1Gi", v1.ReadWriteOnce), fixtures.Claim("huge", "node-a", "1Gi", v1.ReadWriteOnce)
 		snapshotGroup := "snapshot.storage.k8s.io"
-		clone.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly"}
+		clone.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly", Namespace: ptr.To("other")}
 		huge.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("18446744073709551616")
 		fixtures.CreateClaims(t, client, rwx, clone, huge)
 		fixtures.WaitForEvent(t, client, rwx, v1.EventTypeWarning, "ReadWriteMany needs shared storage")

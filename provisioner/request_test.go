@@ -130,7 +130,7 @@ func TestCreateVolumeRequestBlock(t *testing.T) {
 // claim asked for.
 func TestCreateVolumeRequestRefuses(t *testing.T) {
 	p := &Provisioner{nodeName: "node-a", topologyKey: "topo/node"}
-	snapshotGroup := "snapshot.storage.k8s.io"
+	snapshotGroup, other := "snapshot.storage.k8s.io", "other"
 	for _, tc := range []struct {
 		name  string
 		edit  func(*v1.PersistentVolumeClaim)
@@ -146,8 +146,8 @@ func TestCreateVolumeRequestRefuses(t *testing.T) {
 			other := "other"
 			c.Spec.DataSourceRef = &v1.TypedObjectReference{Kind: "PersistentVolumeClaim", Name: "data-web-0", Namespace: &other}
 		}, []string{"would start empty", `PersistentVolumeClaim "data-web-0"`}},
-		{"a snapshot restore", func(c *v1.PersistentVolumeClaim) {
-			c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly"}
+		{"a restore of another namespace's snapshot", func(c *v1.PersistentVolumeClaim) {
+			c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapshotGroup, Kind: "VolumeSnapshot", Name: "nightly", Namespace: &other}
 		}, []string{`VolumeSnapshot "nightly"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
