@@ -8,7 +8,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
-	snapfake "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/fake"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -83,7 +82,7 @@ func TestProvisionRestore(t *testing.T) {
 	foreign, foreignContent := boundSnapshot("foreign", "node-a", "other.csi.example.com", "x", 1<<30)
 	pending, _ := boundSnapshot("pending", "node-a", driver.Name, "snapshot-2", 1<<30)
 	pending.Status.ReadyToUse = ptr.To(false)
-	snaps := provisioner.ClientSnapshots(snapfake.NewSimpleClientset(labelled, labelledContent, unlabelled, unlabelledContent,
+	snaps := provisioner.ClientSnapshots(fixtures.SnapshotClientset(labelled, labelledContent, unlabelled, unlabelledContent,
 		foreign, foreignContent, pending))
 	p := restoreProvisioner(t, nd, snaps, srcPV)
 

@@ -130,7 +130,7 @@ func New(cfg Config) (*Snapshotter, error) {
 // snapshots until ctx is done.
 func (s *Snapshotter) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("snapshotter")
-	if err := s.waitForAPI(ctx, logger); err != nil {
+	if err := s.waitForAPI(klog.NewContext(ctx, logger)); err != nil {
 		return nil // ctx done
 	}
 	cfg := s.cfg
@@ -167,7 +167,8 @@ func (s *Snapshotter) Run(ctx context.Context) error {
 
 // waitForAPI returns when the API server serves VolumeSnapshotContents and
 // VolumeSnapshotClasses, or ctx's error.
-func (s *Snapshotter) waitForAPI(ctx context.Context, logger klog.Logger) error {
+func (s *Snapshotter) waitForAPI(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
 	told := false
 	return wait.PollUntilContextCancel(ctx, s.cfg.CRDInterval, true, func(ctx context.Context) (bool, error) {
 		err := hasSnapshotAPI(s.cfg.Snapshots.Discovery())

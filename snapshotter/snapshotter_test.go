@@ -9,7 +9,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
-	snapfake "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/fake"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -69,7 +68,7 @@ func TestSnapshotsOfThisNode(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(d.DataRoot, "volumes", vol.GetVolume().GetVolumeId(), "data"), []byte("v1"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	snaps := snapfake.NewSimpleClientset(
+	snaps := fixtures.SnapshotClientset(
 		content("snapcontent-mine", "node-a", "pvc-1", "uid-mine"),
 		content("snapcontent-theirs", "node-b", "pvc-2", "uid-theirs"),
 		&snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: "stickyvol", ResourceVersion: "1"},

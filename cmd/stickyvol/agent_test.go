@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	snapfake "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/fake"
+	"github.com/stickyvol/stickyvol/internal/fixtures"
 	"io"
 	"net"
 	"net/http"
@@ -109,7 +109,7 @@ func TestNodeAgent(t *testing.T) {
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(false)))
 	ctx, cancel := context.WithCancel(klog.NewContext(t.Context(), logger))
 	defer cancel()
-	a, err := newAgent(ctx, o, kube, snapfake.NewSimpleClientset())
+	a, err := newAgent(ctx, o, kube, fixtures.SnapshotClientset())
 	if err != nil {
 		t.Fatal(err)
 	}
