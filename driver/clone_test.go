@@ -271,24 +271,31 @@ func TestCloneCrashConsistency(t *testing.T) {
 	}
 }
 
-// TestCloneBtrfs: a btrfs clone is a snapshot made in O(1): 48 MiB written
-// to the source are shared, not copied (the clone's qgroup holds almost
-// nothing exclusively), the clone's limit is its own size, and the two
-// part ways on the first write.
-func TestCloneBtrfs(t *testing.T) {
+// btrfsSource starts a driver on a btrfs data root with volume "src" of
+// 64 MiB holding a 48 MiB file, and returns its directory and tree sum.
+func btrfsSource(t *testing.T) (*testServer, *btrfsFS, string, string) {
+	t.Helper()
 	cfg, fsys := btrfsConfig(t)
 	ts := startServer(t, cfg)
-	ctx := testContext(t)
 	req := createRequest("src")
 	req.CapacityRange.RequiredBytes = 64 << 20
-	if _, err := ts.controller.CreateVolume(ctx, req); err != nil {
+	if _, err := ts.controller.CreateVolume(testContext(t), req); err != nil {
 		t.Fatal(err)
 	}
 	srcDir := filepath.Join(ts.dataRoot, volumesDir, "src")
 	if _, err := writeFile(filepath.Join(srcDir, "big"), 48<<20); err != nil {
 		t.Fatal(err)
 	}
-	want := treeSum(t, srcDir)
+	return ts, fsys, srcDir, treeSum(t, srcDir)
+}
+
+// TestCloneBtrfs: a btrfs clone is a snapshot made in O(1): 48 MiB written
+// to the source are shared, not copied (the clone's qgroup holds almost
+// nothing exclusively), the clone's limit is its own size, and the two
+// part ways on the first write.
+func TestCloneBtrfs(t *testing.T) {
+	ts, fsys, srcDir, want := btrfsSource(t)
+	ctx := testContext(t)
 	clone := createRequest("clone")
 	clone.CapacityRange.RequiredBytes = 96 << 20
 	if _, err := ts.controller.CreateVolume(ctx, cloneRequest(clone, "src")); err != nil {

@@ -304,19 +304,8 @@ func TestSnapshotHoldsLocks(t *testing.T) {
 // writable subvolume with its own limit; deleting the snapshot deletes
 // the subvolume and, once btrfs has freed it, its qgroup.
 func TestSnapshotBtrfs(t *testing.T) {
-	cfg, fsys := btrfsConfig(t)
-	ts := startServer(t, cfg)
+	ts, fsys, srcDir, want := btrfsSource(t)
 	ctx := testContext(t)
-	req := createRequest("src")
-	req.CapacityRange.RequiredBytes = 64 << 20
-	if _, err := ts.controller.CreateVolume(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	srcDir := filepath.Join(ts.dataRoot, volumesDir, "src")
-	if _, err := writeFile(filepath.Join(srcDir, "big"), 48<<20); err != nil {
-		t.Fatal(err)
-	}
-	want := treeSum(t, srcDir)
 	ts.takeSnapshot(t, "snap", "src")
 	if a := ts.Allocated(); a != 64<<20 {
 		t.Errorf("allocated %d after a btrfs snapshot, want the volume's %d only", a, 64<<20)
