@@ -26,7 +26,8 @@ import (
 // more; a claim restoring the snapshot has the data of the moment of the
 // snapshot, on that node, and a restore whose pod is pinned to the other
 // node is refused there with a Warning naming the snapshot's node. Deleting
-// the VolumeSnapshot deletes the snapshot from the node's data root.
+// the VolumeSnapshot (once no pending claim restores it) deletes the
+// snapshot from the node's data root; the restore keeps its data.
 func TestSnapshot(t *testing.T) {
 	ctx, e := start(t, 4*time.Minute)
 	snaps, err := snapclientset.NewForConfig(e.Config)
@@ -85,6 +86,17 @@ func TestSnapshot(t *testing.T) {
 		t.Fatalf("no Warning event naming the snapshot's node: %v", err)
 	}
 	t.Logf("refused: %s", ev.Message)
+
+	// The snapshot-controller keeps a snapshot that a pending claim
+	// restores (SnapshotDeletePending): the stray claim goes first.
+	stray, err := e.Client.CoreV1().Pods(e.ns).Get(ctx, "stray", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.deletePod(ctx, stray)
+	if err := e.Client.CoreV1().PersistentVolumeClaims(e.ns).Delete(ctx, "stray", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	e.step("the VolumeSnapshot deleted: its snapshot leaves %s", sb.node)
 	if err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Delete(ctx, "before", metav1.DeleteOptions{}); err != nil {
