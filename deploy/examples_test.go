@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"fmt"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -155,6 +156,41 @@ func TestExampleClaims(t *testing.T) {
 	}
 }
 
+// TestExampleSnapshot: the snapshot example takes web-0's claim with the
+// stickyvol class, and the restore names that snapshot, asks for at least
+// web-0's size and runs its pod next to web-0, where the snapshot is.
+func TestExampleSnapshot(t *testing.T) {
+	web := decodeFile(t, "examples/web.yaml")
+	sts := get[*appsv1.StatefulSet](t, web, "web")
+	template := sts.Spec.VolumeClaimTemplates[0]
+	snap := get[*snapv1.VolumeSnapshot](t, decodeFile(t, "examples/snapshots/snapshot.yaml"), "web-0-snap")
+	if src := snap.Spec.Source.PersistentVolumeClaimName; src == nil || *src != template.Name+"-web-0" {
+		t.Errorf("snapshot of claim %v, want %s-web-0", show(src), template.Name)
+	}
+	if c := snap.Spec.VolumeSnapshotClassName; c == nil || *c != className {
+		t.Errorf("snapshot class %v, want %s (deploy/snapshots)", show(c), className)
+	}
+	objs := decodeFile(t, "examples/snapshots/restore.yaml")
+	claim := get[*corev1.PersistentVolumeClaim](t, objs, "web-0-restored")
+	if ds := claim.Spec.DataSource; ds == nil || ds.Kind != "VolumeSnapshot" || ds.Name != snap.Name ||
+		ds.APIGroup == nil || *ds.APIGroup != snapv1.GroupName {
+		t.Errorf("restore's dataSource %+v, want VolumeSnapshot %s", ds, snap.Name)
+	}
+	if got, want := claim.Spec.Resources.Requests.Storage(), template.Spec.Resources.Requests.Storage(); got.Cmp(*want) < 0 {
+		t.Errorf("restore asks %s, less than the snapshot's %s", got, want)
+	}
+	pod := get[*corev1.Pod](t, objs, "web-0-restored")
+	examplePods(t, "pod "+pod.Name, pod.Spec)
+	a := pod.Spec.Affinity
+	if a == nil || a.PodAffinity == nil || len(a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution) != 1 {
+		t.Fatal("the restore's pod must run next to web-0: a required pod affinity")
+	}
+	term := a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0]
+	if term.TopologyKey != corev1.LabelHostname || term.LabelSelector.MatchLabels[appsv1.StatefulSetPodNameLabel] != "web-0" {
+		t.Errorf("pod affinity %+v, want web-0's host", term)
+	}
+}
+
 func TestEveryExampleFileIsTested(t *testing.T) {
 	files, err := filepath.Glob("examples/*/*.yaml")
 	if err != nil {
@@ -162,7 +198,8 @@ func TestEveryExampleFileIsTested(t *testing.T) {
 	}
 	top, _ := filepath.Glob("examples/*.yaml")
 	tested := []string{"examples/web.yaml", "examples/claims/refused-rwx.yaml", "examples/claims/refused-rox.yaml",
-		"examples/claims/rwop.yaml", "examples/claims/retain.yaml"}
+		"examples/claims/rwop.yaml", "examples/claims/retain.yaml",
+		"examples/snapshots/snapshot.yaml", "examples/snapshots/restore.yaml"}
 	for _, f := range slices.Concat(top, files) {
 		if !slices.Contains(tested, f) {
 			t.Errorf("%s is not checked by any test here", f)

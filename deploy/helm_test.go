@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	"io"
 	"os"
 	"path/filepath"
@@ -210,7 +211,7 @@ func renderInNamespace(t *testing.T, dir, namespace string) []object {
 		}
 		// kustomize knows the scope of built-in kinds only, and moves a
 		// CRD's cluster-scoped objects into the namespace too.
-		if r.GetGvk().Group == volumeSnapshotClassKind.Group {
+		if r.GetGvk().Group == snapv1.GroupName {
 			if err := r.SetNamespace(""); err != nil {
 				t.Fatal(err)
 			}
@@ -463,8 +464,8 @@ func TestChartCustomValues(t *testing.T) {
 			sc.Name, sc.Provisioner, sc.Annotations, show(sc.VolumeBindingMode), show(sc.ReclaimPolicy), sc.Parameters, sc.MountOptions)
 	}
 
-	vsc := get[*volumeSnapshotClass](t, objs, "local-fast-snapshots")
-	if vsc.Driver != driverName || vsc.DeletionPolicy != "Retain" {
+	vsc := get[*snapv1.VolumeSnapshotClass](t, objs, "local-fast-snapshots")
+	if vsc.Driver != driverName || vsc.DeletionPolicy != snapv1.VolumeSnapshotContentRetain {
 		t.Errorf("VolumeSnapshotClass %s: driver %s, deletionPolicy %s; want %s, Retain", vsc.Name, vsc.Driver, vsc.DeletionPolicy, driverName)
 	}
 
@@ -520,7 +521,7 @@ func TestChartOptionalObjects(t *testing.T) {
 		if got := len(all[*storagev1.StorageClass](objs)) == 1; got != tc.class {
 			t.Errorf("values %q: StorageClass rendered %v, want %v", tc.values, got, tc.class)
 		}
-		if got := len(all[*volumeSnapshotClass](objs)) == 1; got != tc.snapshotClass {
+		if got := len(all[*snapv1.VolumeSnapshotClass](objs)) == 1; got != tc.snapshotClass {
 			t.Errorf("values %q, snapshot API served %v: VolumeSnapshotClass rendered %v, want %v", tc.values, tc.snapshotAPI, got, tc.snapshotClass)
 		}
 		if got := len(all[*serviceMonitor](objs)) == 1 && len(all[*corev1.Service](objs)) == 1; got != tc.monitor {

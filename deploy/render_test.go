@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	snapscheme "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/scheme"
 	"io"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"os"
 	"testing"
 
@@ -25,10 +27,16 @@ type object interface {
 	metav1.Object
 }
 
-// strict decodes YAML into client-go's typed objects and fails on unknown or
-// duplicate fields: a misspelt field (mountPropogation) would otherwise be
-// dropped without a word, by this test and by the API server alike.
-var strict = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+// strict decodes YAML into client-go's typed objects, and the snapshot
+// API's, and fails on unknown or duplicate fields: a misspelt field
+// (mountPropogation) would otherwise be dropped without a word, by this test
+// and by the API server alike.
+var strict = func() runtime.Decoder {
+	s := runtime.NewScheme()
+	utilruntime.Must(scheme.AddToScheme(s))
+	utilruntime.Must(snapscheme.AddToScheme(s))
+	return serializer.NewCodecFactory(s, serializer.EnableStrict).UniversalDeserializer()
+}()
 
 // render builds a kustomization directory as `kubectl apply -k dir` does and
 // decodes every object it yields.
@@ -84,10 +92,6 @@ func decodeFile(t *testing.T, path string) []object {
 
 func decode(t *testing.T, where string, y []byte) object {
 	t.Helper()
-	var meta metav1.TypeMeta
-	if err := yaml.Unmarshal(y, &meta); err == nil && meta.GroupVersionKind() == volumeSnapshotClassKind {
-		return decodeVolumeSnapshotClass(t, where, y)
-	}
 	obj, gvk, err := strict.Decode(y, nil, nil)
 	if err != nil {
 		t.Fatalf("%s: not a valid typed object: %v", where, err)

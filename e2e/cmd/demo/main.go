@@ -3,8 +3,9 @@
 // stickyvol and example images, deploys stickyvol from deploy/overlays/local,
 // and walks through the StatefulSet story of deploy/examples/web.yaml:
 // ordered pods with a volume each, a deleted pod that comes back with the
-// same claim, node and data, and a scale 3 -> 1 -> 3 that keeps the claims.
-// It leaves the cluster running for a look around.
+// same claim, node and data, a scale 3 -> 1 -> 3 that keeps the claims, and
+// a snapshot of web-0's volume restored into a new claim
+// (deploy/examples/snapshots/). It leaves the cluster running for a look around.
 //
 //	go run ./e2e/cmd/demo [--attach] [--cache-dir DIR]
 //

@@ -46,7 +46,7 @@ type placement struct{ claim, pv, node string }
 
 func (d *demo) story(ctx context.Context) error {
 	for _, part := range []func(context.Context) error{
-		d.createWeb, d.writeNotes, d.deletePrimary, d.scaleDownUp,
+		d.createWeb, d.writeNotes, d.deletePrimary, d.scaleDownUp, d.snapshotRestore,
 	} {
 		if err := part(ctx); err != nil {
 			return err
