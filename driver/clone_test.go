@@ -271,6 +271,23 @@ func TestCloneCrashConsistency(t *testing.T) {
 	}
 }
 
+// checkGrownCopy checks an ext4 image volume copied (a clone or a restore)
+// into a 128 MiB volume mounted at dir: its size, its file name holding
+// want, and its file system grown to about the new size.
+func checkGrownCopy(t *testing.T, what string, resp *csi.CreateVolumeResponse, dir, name, want string) {
+	t.Helper()
+	if resp.GetVolume().GetCapacityBytes() != 128<<20 {
+		t.Errorf("%s has %d bytes, want %d", what, resp.GetVolume().GetCapacityBytes(), 128<<20)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(data) != want {
+		t.Errorf("%s's %s: %q, %v; want %q", what, name, data, err, want)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.EXT4_SUPER_MAGIC || int64(st.Blocks)*st.Bsize < 100<<20 {
+		t.Errorf("%s's file system: %v, type %#x, %d bytes; want ext4 grown to about 128 MiB", what, err, st.Type, int64(st.Blocks)*st.Bsize)
+	}
+}
+
 // btrfsSource starts a driver on a btrfs data root with volume "src" of
 // 64 MiB holding a 48 MiB file, and returns its directory and tree sum.
 func btrfsSource(t *testing.T) (*testServer, *btrfsFS, string, string) {
@@ -364,17 +381,8 @@ func TestCloneImageInUse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("clone: %v", err)
 	}
-	if resp.GetVolume().GetCapacityBytes() != 128<<20 {
-		t.Errorf("clone has %d bytes, want %d", resp.GetVolume().GetCapacityBytes(), 128<<20)
-	}
 	cloneDir := filepath.Join(ts.dataRoot, volumesDir, "clone")
-	if data, err := os.ReadFile(filepath.Join(cloneDir, "before")); err != nil || string(data) != "written before the clone" {
-		t.Errorf("clone's copy of a file written before it: %q, %v", data, err)
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(cloneDir, &st); err != nil || st.Type != unix.EXT4_SUPER_MAGIC || int64(st.Blocks)*st.Bsize < 100<<20 {
-		t.Errorf("clone's file system: %v, type %#x, %d bytes; want ext4 grown to about 128 MiB", err, st.Type, int64(st.Blocks)*st.Bsize)
-	}
+	checkGrownCopy(t, "clone", resp, cloneDir, "before", "written before the clone")
 	if err := os.WriteFile(filepath.Join(cloneDir, "before"), []byte("changed"), 0o600); err != nil {
 		t.Fatal(err)
 	}
