@@ -54,6 +54,9 @@ var (
 		grants("", "nodes", "get", "list", "watch"),
 		grants("storage.k8s.io", "csinodes", "list", "watch"),
 		grants("", "events", "create", "patch"),
+		// Copies: a restore's snapshot and the node of its content.
+		grants("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+		grants("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"),
 	)
 	controllerNamespaceNeeds = slices.Concat(
 		grants("coordination.k8s.io", "leases", "get", "create", "update"),

@@ -384,7 +384,7 @@ func (w *nodeLossWork) keep(ctx context.Context, claim *v1.PersistentVolumeClaim
 		"both anew), or set nodeLossPolicy: Recreate on the StorageClass", node)
 	klog.FromContext(ctx).V(2).Info("Claim of a gone node kept (nodeLossPolicy Keep)", "pvc", klog.KObj(claim))
 	w.recorder.Event(claim, v1.EventTypeWarning, "NodeGone", msg)
-	pods, err := w.podsUsing(ctx, claim)
+	pods, err := podsUsing(ctx, w.client, claim)
 	if err != nil {
 		klog.FromContext(ctx).Error(err, "Listing the pods of a claim on a gone node", "pvc", klog.KObj(claim))
 		return
@@ -403,7 +403,7 @@ func (w *nodeLossWork) keep(ctx context.Context, claim *v1.PersistentVolumeClaim
 // node; the PV is deleted once the claim is gone).
 func (w *nodeLossWork) recreate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
 	logger := klog.FromContext(ctx)
-	pods, err := w.podsUsing(ctx, claim)
+	pods, err := podsUsing(ctx, w.client, claim)
 	if err != nil {
 		return err
 	}
@@ -454,22 +454,4 @@ func statefulSetsOf(pods []*v1.Pod) []*v1.ObjectReference {
 		}
 	}
 	return refs
-}
-
-// podsUsing lists the pods of the claim's namespace that mount it.
-func (w *nodeLossWork) podsUsing(ctx context.Context, claim *v1.PersistentVolumeClaim) ([]*v1.Pod, error) {
-	list, err := w.client.CoreV1().Pods(claim.Namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	var pods []*v1.Pod
-	for i := range list.Items {
-		pod := &list.Items[i]
-		if slices.ContainsFunc(pod.Spec.Volumes, func(vol v1.Volume) bool {
-			return vol.PersistentVolumeClaim != nil && vol.PersistentVolumeClaim.ClaimName == claim.Name
-		}) {
-			pods = append(pods, pod)
-		}
-	}
-	return pods, nil
 }

@@ -2,7 +2,6 @@ package duties
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -10,9 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -227,7 +224,7 @@ func (tm *term) sync(ctx context.Context, key string) error {
 		tm.recorder.Event(claim, v1.EventTypeWarning, "PlacementFailed", err.Error())
 		return err
 	}
-	if err := tm.annotate(ctx, claim, node); err != nil {
+	if err := selectNode(ctx, tm.client, claim, node); err != nil {
 		return fmt.Errorf("setting the selected node of %s: %w", key, err)
 	}
 	tm.mu.Lock()
@@ -321,21 +318,6 @@ func (tm *term) load(node string) int {
 		n++
 	}
 	return n
-}
-
-// annotate sets the selected-node annotation, only on the claim version the
-// decision was made on.
-func (tm *term) annotate(ctx context.Context, claim *v1.PersistentVolumeClaim, node string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-		"resourceVersion": claim.ResourceVersion,
-		"annotations":     map[string]string{provisioner.AnnSelectedNode: node},
-	}})
-	if err != nil {
-		return err
-	}
-	_, err = tm.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
-		types.MergePatchType, patch, metav1.PatchOptions{})
-	return err
 }
 
 func (tm *term) forget(key string) {

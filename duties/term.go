@@ -2,13 +2,22 @@ package duties
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
+
+	"github.com/stickyvol/stickyvol/provisioner"
 )
 
 // What every duty sets up for a leadership term: informers in sync, an event
@@ -64,4 +73,41 @@ func process(ctx context.Context, queue workqueue.TypedRateLimitingInterface[str
 		}
 		queue.Done(key)
 	}
+}
+
+// selectNode sets the claim's selected-node annotation, only on the claim
+// version the decision was made on: a claim that changed meanwhile, or that
+// a former leader handled, is not handled twice.
+func selectNode(ctx context.Context, client kubernetes.Interface, claim *v1.PersistentVolumeClaim, node string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": claim.ResourceVersion,
+		"annotations":     map[string]string{provisioner.AnnSelectedNode: node},
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name,
+		types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
+// podsUsing lists the pods of the claim's namespace that use it, as a
+// claim or as the claim of a generic ephemeral volume, and are not being
+// deleted.
+func podsUsing(ctx context.Context, client kubernetes.Interface, claim *v1.PersistentVolumeClaim) ([]*v1.Pod, error) {
+	list, err := client.CoreV1().Pods(claim.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var pods []*v1.Pod
+	for i := range list.Items {
+		pod := &list.Items[i]
+		if pod.DeletionTimestamp == nil && slices.ContainsFunc(pod.Spec.Volumes, func(vol v1.Volume) bool {
+			return vol.PersistentVolumeClaim != nil && vol.PersistentVolumeClaim.ClaimName == claim.Name ||
+				vol.Ephemeral != nil && pod.Name+"-"+vol.Name == claim.Name
+		}) {
+			pods = append(pods, pod)
+		}
+	}
+	return pods, nil
 }

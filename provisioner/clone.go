@@ -14,10 +14,15 @@ import (
 // the same namespace gets a copy of that claim's volume, made by the driver
 // of the node that holds it (CreateVolume with a volume content source).
 // A node-local volume can only be copied where it is, so the clone must be
-// made on the source's node: a claim the scheduler placed on another node
-// goes back to it (ProvisioningReschedule, which makes the library remove
-// the selected-node annotation), with an event that names the source's
-// node.
+// made on the source's node. A claim the scheduler placed on another node
+// is not sent back to the scheduler: nothing tells the scheduler where the
+// source is, and it would pick the same node again (it did, for the
+// upstream suites' restores, every time). It stays selected to that node,
+// with an event that names the source's node, and the copies duty of
+// stickyvol controller (duties/copies.go) moves the selected-node
+// annotation to the source's node when the claim's pods may run there. The
+// scheduler's wait for the claim then fails, and it places the pod again:
+// with the claim bound to a volume on the source's node, there.
 //
 // No cloning-protection finalizer on the source claim (external-provisioner
 // puts one there while a clone is in progress): the clone is made within
@@ -36,9 +41,9 @@ import (
 // otherwise (another volumeType, fsType or pool) with a message that names
 // both.
 
-// cloneSourceClaim returns the name of the claim the claim clones, if its
+// CloneSourceName returns the name of the claim the claim clones, if its
 // data source is a claim.
-func cloneSourceClaim(claim *v1.PersistentVolumeClaim) (string, bool) {
+func CloneSourceName(claim *v1.PersistentVolumeClaim) (string, bool) {
 	if ref := claim.Spec.DataSourceRef; ref != nil {
 		return ref.Name, (ref.APIGroup == nil || *ref.APIGroup == "") && ref.Kind == "PersistentVolumeClaim" &&
 			(ref.Namespace == nil || *ref.Namespace == claim.Namespace)
@@ -55,10 +60,14 @@ const (
 	waitSourceClaim = "the claim clones claim %q, which %s; it is tried again until the source is bound"
 	// refuseSourcePV is followed by the source claim's name and why.
 	refuseSourcePV = "the claim clones claim %q, whose volume %s; stickyvol can only clone its own volumes of the same volumeMode"
-	// rescheduleClone is followed by the source claim, its node, the node
+	// elsewhereClone is followed by the source claim, its node, the node
 	// selected and the source node again.
-	rescheduleClone = "the claim clones %s, whose volume is on node %s: it can only be made there, not on %s; " +
-		"give the pod nodeAffinity to %s, or let the scheduler try again"
+	elsewhereClone = "the claim clones %s, whose volume is on node %s: it can only be made there, not on %s. " +
+		movesThere
+	// movesThere ends the messages of copies selected to the wrong node;
+	// it is followed by the source's node.
+	movesThere = "stickyvol controller moves the claim there if its pods may run there; " +
+		"if they may not, give them nodeAffinity to %s"
 )
 
 // cloneSource looks up the volume the claim of opts clones, if any, and
@@ -66,7 +75,7 @@ const (
 // A refusal that a retry cannot change is remembered (refusals).
 func (p *Provisioner) cloneSource(opts controller.ProvisionOptions, req *csi.CreateVolumeRequest) (controller.ProvisioningState, error) {
 	claim := opts.PVC
-	name, ok := cloneSourceClaim(claim)
+	name, ok := CloneSourceName(claim)
 	if !ok {
 		return controller.ProvisioningFinished, nil
 	}
@@ -96,7 +105,7 @@ func (p *Provisioner) cloneSource(opts controller.ProvisionOptions, req *csi.Cre
 	}
 	nodes := p.nodesOf(pv)
 	if !nodes.Has(p.nodeName) {
-		return controller.ProvisioningReschedule, fmt.Errorf(rescheduleClone, name, nodeList(nodes), p.nodeName, nodeList(nodes))
+		return controller.ProvisioningFinished, fmt.Errorf(elsewhereClone, name, nodeList(nodes), p.nodeName, nodeList(nodes))
 	}
 	req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: pv.Spec.CSI.VolumeHandle}}}

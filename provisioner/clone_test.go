@@ -58,9 +58,10 @@ func cloneOf(name, node, size, src string) *v1.PersistentVolumeClaim {
 
 // TestProvisionClone: a clone of a bound claim of this driver, on its
 // source's node, gets a PV whose volume holds the source's data and is at
-// least as large; elsewhere it goes back to the scheduler with a message
-// that names the source's node; a source that is not bound, of another
-// driver or another volumeMode, or a snapshot, gets no PV.
+// least as large; elsewhere it is refused with a message that names the
+// source's node, and stays selected there for the controller to move; a
+// source that is not bound, of another driver or another volumeMode, or a
+// snapshot this agent cannot read, gets no PV.
 func TestProvisionClone(t *testing.T) {
 	ctx := fixtures.Context(t, 2)
 	nd := startDriver(t, "node-a", 10<<30)
@@ -93,13 +94,14 @@ func TestProvisionClone(t *testing.T) {
 		t.Errorf("clone's data %q, %v", data, err)
 	}
 
-	// Another node's instance sends it back to the scheduler.
+	// Another node's instance refuses it, keeping it selected to its node
+	// for the controller to move, and names the source's node.
 	other := startDriver(t, "node-b", 10<<30)
 	pb := cloneProvisioner(t, other, source, srcPV)
 	_, state, err = pb.Provision(ctx, options(cloneOf("elsewhere", "node-b", "1Gi", "data-web-0")))
 	want := "the claim clones data-web-0, whose volume is on node node-a: it can only be made there"
-	if state != controller.ProvisioningReschedule || err == nil || !strings.Contains(err.Error(), want) {
-		t.Errorf("clone on another node: %s, %v; want a reschedule saying %q", state, err, want)
+	if state != controller.ProvisioningFinished || err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("clone on another node: %s, %v; want a refusal (no reschedule) saying %q", state, err, want)
 	}
 
 	block := v1.PersistentVolumeBlock

@@ -49,8 +49,8 @@ func (p *Provisioner) createVolumeRequest(opts controller.ProvisionOptions) (*cs
 		return nil, fmt.Errorf(refuseBlockMountOptions, opts.StorageClass.Name)
 	}
 	if kind, name, ok := dataSource(claim); ok {
-		_, clone := cloneSourceClaim(claim)
-		_, restore := snapshotSourceName(claim)
+		_, clone := CloneSourceName(claim)
+		_, restore := SnapshotSourceName(claim)
 		if !clone && !restore {
 			return nil, fmt.Errorf(refuseDataSource, kind, name)
 		}

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 )
 
@@ -24,8 +25,8 @@ import (
 // (run with --enable-distributed-snapshotting) writes into the content's
 // managed-by label; a content without it (one made by hand) is looked for
 // on the node of its source volume's PV. As for clones, a claim selected to
-// another node goes back to the scheduler with an event that names the
-// snapshot's node.
+// another node is not made there; it gets an event that names the
+// snapshot's node, and the controller's copies duty moves it there.
 //
 // No finalizer is put on the VolumeSnapshot while the volume is made: the
 // snapshot-controller itself keeps a snapshot that an unbound claim names
@@ -53,15 +54,15 @@ const (
 	waitSnapshot = "the claim restores VolumeSnapshot %q, which %s; it is tried again until the snapshot is ready"
 	// refuseSnapshot is followed by the snapshot's name and why.
 	refuseSnapshot = "the claim restores VolumeSnapshot %q, which %s; stickyvol restores only its own snapshots"
-	// rescheduleRestore is followed by the snapshot, its node, the node
+	// elsewhereRestore is followed by the snapshot, its node, the node
 	// selected and the snapshot's node again.
-	rescheduleRestore = "the claim restores VolumeSnapshot %s, which is on node %s: it can only be made there, not on %s; " +
-		"give the pod nodeAffinity to %s, or let the scheduler try again"
+	elsewhereRestore = "the claim restores VolumeSnapshot %s, which is on node %s: it can only be made there, not on %s. " +
+		movesThere
 )
 
-// snapshotSourceName returns the name of the VolumeSnapshot the claim
+// SnapshotSourceName returns the name of the VolumeSnapshot the claim
 // restores, if its data source is one in its own namespace.
-func snapshotSourceName(claim *v1.PersistentVolumeClaim) (string, bool) {
+func SnapshotSourceName(claim *v1.PersistentVolumeClaim) (string, bool) {
 	const group = "snapshot.storage.k8s.io"
 	if ref := claim.Spec.DataSourceRef; ref != nil {
 		return ref.Name, ref.APIGroup != nil && *ref.APIGroup == group && ref.Kind == "VolumeSnapshot" &&
@@ -78,15 +79,15 @@ func snapshotSourceName(claim *v1.PersistentVolumeClaim) (string, bool) {
 // snapshot's restore size.
 func (p *Provisioner) snapshotSource(ctx context.Context, opts controller.ProvisionOptions, req *csi.CreateVolumeRequest) (controller.ProvisioningState, error) {
 	claim := opts.PVC
-	name, ok := snapshotSourceName(claim)
+	name, ok := SnapshotSourceName(claim)
 	if !ok {
 		return controller.ProvisioningFinished, nil
 	}
 	if p.snapshots == nil {
 		p.refused.add(claim, opts.StorageClass)
-		return controller.ProvisioningFinished, fmt.Errorf(refuseSnapshot, name, "cannot be read: this agent runs without snapshots (the VolumeSnapshot CRDs were missing at its start, or --snapshots=false)")
+		return controller.ProvisioningFinished, fmt.Errorf(refuseSnapshot, name, "cannot be read: this agent runs with --snapshots=false")
 	}
-	content, err := p.boundContent(ctx, claim.Namespace, name)
+	content, node, err := LocateSnapshot(ctx, p.snapshots, p.volumes, p.topologyKey, claim.Namespace, name)
 	if err != nil {
 		return controller.ProvisioningFinished, err
 	}
@@ -94,12 +95,8 @@ func (p *Provisioner) snapshotSource(ctx context.Context, opts controller.Provis
 		p.refused.add(claim, opts.StorageClass)
 		return controller.ProvisioningFinished, fmt.Errorf(refuseSnapshot, name, "was made by driver "+content.Spec.Driver)
 	}
-	node := content.Labels[ManagedByLabel]
-	if node == "" {
-		node = p.sourceNode(content)
-	}
 	if node != "" && node != p.nodeName {
-		return controller.ProvisioningReschedule, fmt.Errorf(rescheduleRestore, name, node, p.nodeName, node)
+		return controller.ProvisioningFinished, fmt.Errorf(elsewhereRestore, name, node, p.nodeName, node)
 	}
 	req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: *content.Status.SnapshotHandle}}}
@@ -112,10 +109,27 @@ func (p *Provisioner) snapshotSource(ctx context.Context, opts controller.Provis
 	return controller.ProvisioningFinished, nil
 }
 
+// LocateSnapshot returns the ready content of VolumeSnapshot name and the
+// node that holds its snapshot ("" when that cannot be told: then the
+// driver of the node asked answers NotFound if it lacks the snapshot), or
+// an error that says what a restore waits for.
+func LocateSnapshot(ctx context.Context, r SnapshotReader, volumes corelisters.PersistentVolumeLister, topologyKey, namespace, name string) (
+	*snapv1.VolumeSnapshotContent, string, error) {
+	content, err := boundContent(ctx, r, namespace, name)
+	if err != nil {
+		return nil, "", err
+	}
+	node := content.Labels[ManagedByLabel]
+	if node == "" {
+		node = sourceNode(content, volumes, topologyKey)
+	}
+	return content, node, nil
+}
+
 // boundContent returns the ready content of VolumeSnapshot name, or an
 // error that says what the claim waits for.
-func (p *Provisioner) boundContent(ctx context.Context, namespace, name string) (*snapv1.VolumeSnapshotContent, error) {
-	snap, err := p.snapshots.VolumeSnapshot(ctx, namespace, name)
+func boundContent(ctx context.Context, r SnapshotReader, namespace, name string) (*snapv1.VolumeSnapshotContent, error) {
+	snap, err := r.VolumeSnapshot(ctx, namespace, name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, fmt.Errorf(waitSnapshot, name, "does not exist in namespace "+namespace)
@@ -126,7 +140,7 @@ func (p *Provisioner) boundContent(ctx context.Context, namespace, name string) 
 	case snap.Status.ReadyToUse == nil || !*snap.Status.ReadyToUse:
 		return nil, fmt.Errorf(waitSnapshot, name, "is not ready to use")
 	}
-	content, err := p.snapshots.VolumeSnapshotContent(ctx, *snap.Status.BoundVolumeSnapshotContentName)
+	content, err := r.VolumeSnapshotContent(ctx, *snap.Status.BoundVolumeSnapshotContentName)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf(waitSnapshot, name, fmt.Sprintf("is bound to VolumeSnapshotContent %s, which cannot be read (%v)",
@@ -138,20 +152,19 @@ func (p *Provisioner) boundContent(ctx context.Context, namespace, name string) 
 }
 
 // sourceNode returns the node of the PV the content was taken of, or "" if
-// that cannot be told: then the driver of this node is asked, and answers
-// NotFound for a snapshot it does not have.
-func (p *Provisioner) sourceNode(content *snapv1.VolumeSnapshotContent) string {
+// that cannot be told.
+func sourceNode(content *snapv1.VolumeSnapshotContent, volumes corelisters.PersistentVolumeLister, topologyKey string) string {
 	handle := content.Spec.Source.VolumeHandle
-	if handle == nil || p.volumes == nil {
+	if handle == nil || volumes == nil {
 		return ""
 	}
 	// The library names a PV as the volume it holds (the volume ID is the
 	// PV name it asked for).
-	pv, err := p.volumes.Get(*handle)
+	pv, err := volumes.Get(*handle)
 	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.VolumeHandle != *handle {
 		return ""
 	}
-	if nodes := p.nodesOf(pv); nodes.Len() == 1 {
+	if nodes := NodesOf(pv, topologyKey); nodes.Len() == 1 {
 		return nodeList(nodes)
 	}
 	return ""

@@ -53,9 +53,9 @@ func boundSnapshot(name, node, driverName, handle string, size int64) (*snapv1.V
 
 // TestProvisionRestore: a claim restoring a ready snapshot of this driver,
 // on the snapshot's node, gets a volume with the data of the moment of the
-// snapshot, at least the snapshot's size; on another node it goes back to
-// the scheduler naming the snapshot's node (from the content's managed-by
-// label, or else the source PV's node); a snapshot not ready, missing or of
+// snapshot, at least the snapshot's size; on another node it is refused
+// naming the snapshot's node (from the content's managed-by label, or else
+// the source PV's node) and stays selected there for the controller to move; a snapshot not ready, missing or of
 // another driver gets no PV.
 func TestProvisionRestore(t *testing.T) {
 	ctx := fixtures.Context(t, 2)
@@ -99,14 +99,15 @@ func TestProvisionRestore(t *testing.T) {
 		t.Errorf("restore's data %q, %v; want %q", got, err, "before")
 	}
 
-	// Another node's instance sends both back to the scheduler.
+	// Another node's instance refuses both, keeping them selected to its
+	// node for the controller to move, and names the snapshot's node.
 	other := startDriver(t, "node-b", 10<<30)
 	pb := restoreProvisioner(t, other, snaps, srcPV)
 	for _, snap := range []string{"nightly", "by-hand"} {
 		_, state, err = pb.Provision(ctx, options(restoreOf("elsewhere-"+snap, "node-b", "1Gi", snap)))
 		want := "the claim restores VolumeSnapshot " + snap + ", which is on node node-a: it can only be made there"
-		if state != controller.ProvisioningReschedule || err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("restore of %s on another node: %s, %v; want a reschedule saying %q", snap, state, err, want)
+		if state != controller.ProvisioningFinished || err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("restore of %s on another node: %s, %v; want a refusal (no reschedule) saying %q", snap, state, err, want)
 		}
 	}
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"net/http"
 	"os"
 	"sync"
@@ -39,9 +40,10 @@ func newControllerCommand(env environment) *cobra.Command {
 	o := &controllerOptions{}
 	cmd := &cobra.Command{
 		Use:   "controller",
-		Short: "Run the cluster duties: placement of Immediate claims, node loss",
+		Short: "Run the cluster duties: placement of Immediate claims, copies to their sources' nodes, node loss",
 		Long: "Runs what no single node owns, while this process holds the Lease " + driver.Name + ":\n" +
-			"choosing a node for claims of Immediate-binding classes, and the claims and PVs of\n" +
+			"choosing a node for claims of Immediate-binding classes, moving clones and restores the\n" +
+			"scheduler placed on another node to their source's node, and the claims and PVs of\n" +
 			"deleted nodes (StorageClass parameter nodeLossPolicy). It is a Deployment of its own so\n" +
 			"that the node agents need no rights over other nodes' claims and PVs. Run two for a\n" +
 			"quick hand-over; one acts at a time.",
@@ -92,13 +94,16 @@ type clusterController struct {
 	capacities informers.SharedInformerFactory
 	placement  *duties.Placement
 	nodeLoss   *duties.NodeLoss
+	copies     *duties.Copies
 	leader     duties.LeaderConfig
 	// synced is set once the informers have synced: the process is ready
 	// to lead, whether it leads or waits.
 	synced atomic.Bool
 }
 
-func newClusterController(o *controllerOptions, kube kubernetes.Interface) (*clusterController, error) {
+// snaps reads the VolumeSnapshots that claims restore (nil: restores are
+// left where the scheduler put them).
+func newClusterController(o *controllerOptions, kube kubernetes.Interface, snaps provisioner.SnapshotReader) (*clusterController, error) {
 	c := &clusterController{
 		opts: o,
 		// The duties write claims and PVs only with merge patches of the
@@ -116,6 +121,12 @@ func newClusterController(o *controllerOptions, kube kubernetes.Interface) (*clu
 	c.placement, err = duties.NewPlacement(duties.PlacementConfig{
 		DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube,
 		Informers: c.informers, CapacityInformers: c.capacities,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.copies, err = duties.NewCopies(duties.CopiesConfig{
+		DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube, Informers: c.informers, Snapshots: snaps,
 	})
 	if err != nil {
 		return nil, err
@@ -165,6 +176,7 @@ func (c *clusterController) runDuties(ctx context.Context) {
 	for name, run := range map[string]func(context.Context) error{
 		"placement": c.placement.Run,
 		"node loss": c.nodeLoss.Run,
+		"copies":    c.copies.Run,
 	} {
 		wg.Go(func() {
 			if err := run(ctx); err != nil {
@@ -206,7 +218,11 @@ func runController(ctx context.Context, o *controllerOptions) error {
 	if err != nil {
 		return err
 	}
-	c, err := newClusterController(o, kube)
+	snaps, err := snapclientset.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	c, err := newClusterController(o, kube, provisioner.ClientSnapshots(snaps))
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func TestClusterController(t *testing.T) {
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(false)))
 	ctx, cancel := context.WithCancel(klog.NewContext(t.Context(), logger))
 	defer cancel()
-	c, err := newClusterController(o, kube)
+	c, err := newClusterController(o, kube, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

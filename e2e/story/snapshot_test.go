@@ -25,7 +25,9 @@ import (
 // claim becomes ready, made by the agent of the pod's node; the pod writes
 // more; a claim restoring the snapshot has the data of the moment of the
 // snapshot, on that node, and a restore whose pod is pinned to the other
-// node is refused there with a Warning naming the snapshot's node. Deleting
+// node is refused there with a Warning naming the snapshot's node, and one
+// whose pod only prefers the other node is moved to the snapshot's node by
+// the controller, its pod following. Deleting
 // the VolumeSnapshot (once no pending claim restores it) deletes the
 // snapshot from the node's data root; the restore keeps its data.
 func TestSnapshot(t *testing.T) {
@@ -87,6 +89,20 @@ func TestSnapshot(t *testing.T) {
 	}
 	t.Logf("refused: %s", ev.Message)
 
+	e.step("a restore whose pod prefers %s: moved to %s, and its pod follows", other, sb.node)
+	e.createClaim(ctx, restoreOf("moved"))
+	e.createPod(ctx, "moved", "moved", prefersNode(other))
+	mb := e.bindingOf(ctx, e.podReady(ctx, "moved"))
+	if mb.node != sb.node {
+		t.Errorf("restore %s, want it on %s", mb, sb.node)
+	}
+	e.checkBlob(ctx, "moved", before, "in the restore moved to the snapshot's node")
+	if _, err := e.WaitForEvent(ctx, e.ns, "PersistentVolumeClaim", "moved", func(ev *v1.Event) bool {
+		return ev.Reason == "MovedToSource"
+	}); err != nil {
+		t.Errorf("no MovedToSource event on claim moved: %v", err)
+	}
+
 	// The snapshot-controller keeps a snapshot that a pending claim
 	// restores (SnapshotDeletePending): the stray claim goes first.
 	stray, err := e.Client.CoreV1().Pods(e.ns).Get(ctx, "stray", metav1.GetOptions{})
@@ -130,6 +146,18 @@ func (e *env) readySnapshot(ctx context.Context, snaps snapclientset.Interface, 
 		e.t.Fatalf("VolumeSnapshot %s not ready within 2 minutes: %+v", name, s)
 	}
 	return content
+}
+
+// prefersNode gives the pod a strong preference for node, which the
+// scheduler follows when nothing else decides.
+func prefersNode(node string) func(*v1.Pod) {
+	return func(p *v1.Pod) {
+		p.Spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
+			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{Weight: 100,
+				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
+					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}},
+		}}
+	}
 }
 
 // hasSnapshot tells whether the node's data root holds snapshot id.
