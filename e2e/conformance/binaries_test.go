@@ -97,8 +97,16 @@ func TestDefaultSkipKeepsSnapshots(t *testing.T) {
 			t.Errorf("[Feature:%s] is not skipped", tag)
 		}
 	}
-	snap := "External Storage [Driver: hostpath.stickyvol.dev] [Testpattern: Dynamic Snapshot (delete policy)] snapshottable [Feature:VolumeSnapshotDataSource] volume snapshot controller should check snapshot fields"
-	if skip.MatchString(snap) {
-		t.Errorf("the snapshot spec is skipped: %s", snap)
+	for _, spec := range []string{
+		"External Storage [Driver: hostpath.stickyvol.dev] [Testpattern: Dynamic Snapshot (delete policy)] snapshottable [Feature:VolumeSnapshotDataSource] volume snapshot controller should check snapshot fields",
+		"External Storage [Driver: hostpath.stickyvol.dev] [Testpattern: Dynamic PV (default fs)] provisioning should provision storage with snapshot data source [Feature:VolumeSnapshotDataSource]",
+	} {
+		if skip.MatchString(spec) {
+			t.Errorf("a snapshot spec is skipped: %s", spec)
+		}
+	}
+	restoreSize := "External Storage [Driver: hostpath.stickyvol.dev] [Testpattern: Dynamic PV (default fs)] provisioning should provision correct filesystem size when restoring snapshot to larger size pvc [Feature:VolumeSnapshotDataSource]"
+	if !skip.MatchString(restoreSize) {
+		t.Errorf("the df-based restore size spec runs on btrfs volumes: %s", restoreSize)
 	}
 }

@@ -28,7 +28,7 @@ var (
 	DefaultFocus = `External.Storage.*hostpath\.stickyvol\.dev`
 	DefaultSkip  = `\[Serial\]|\[Disruptive\]|` + otherFeatures + `|\[FeatureGate:|` +
 		`Dynamic PV \((default fs|filesystem volmode)\)[^\]]*\].*\[Slow\]|` +
-		blockSingleVolumeSpec
+		blockSingleVolumeSpec + `|` + btrfsRestoreSizeSpec
 )
 
 // blockSingleVolumeSpec is the one spec the local cluster cannot run: it
@@ -53,6 +53,17 @@ var otherFeatures = func() string {
 	}
 	return `\[Feature:(?:` + strings.Join(alts, "|") + `)`
 }()
+
+// btrfsRestoreSizeSpec is left out because it measures a volume's size with
+// df in a pod, and the default class makes btrfs subvolumes: btrfs's statfs
+// reports the whole file system, not a subvolume's qgroup limit, so every
+// btrfs volume of a node shows the data root's size (8 GiB on the local
+// cluster) and a restore into a larger claim cannot look larger than its
+// source, though its limit is the larger size (its PV and NodeGetVolumeStats
+// say so). A restored image volume's file system is grown to the claim
+// (driver.TestSnapshotImage checks it with statfs); the suites run this spec
+// only with the default file system.
+const btrfsRestoreSizeSpec = `Dynamic PV \(default fs\)\] provisioning should provision correct filesystem size when restoring snapshot to larger size pvc`
 
 // E2EConfig says how RunE2E runs the storage e2e binary.
 type E2EConfig struct {
