@@ -112,7 +112,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p := &progress{out: out, t0: time.Now(), of: 5}
+	p := &progress{out: out, t0: time.Now(), of: 6}
 	fmt.Fprintln(out, "stickyvol demo: every pod of a StatefulSet gets its own volume on its node, and keeps it.")
 
 	p.step("local cluster, images and stickyvol")
@@ -150,6 +150,8 @@ Summary (%s):
     subvolume whose size is a hard limit); the PV's node affinity names that node.
   - Pod %s-0 was deleted and came back with the same name, claim, PV, node and data.
   - Scaled to 1 and back to %d: the claims stayed Bound and the pods found their data.
+  - A VolumeSnapshot of data-%s-0, taken on its node, restored into a new claim
+    there: the restore holds the data of the snapshot's moment.
 
 The cluster stays up so you can look around:
   eval "$(make -s cluster-env)"        # KUBECONFIG and PATH (kubectl) for this shell
@@ -157,8 +159,9 @@ The cluster stays up so you can look around:
   kubectl exec %s-0 -- cat /data/identity /data/starts
   kubectl stickyvol status -o wide      # the agent's binary as a kubectl plugin
   kubectl delete pod %s-1 && kubectl get pod %s-1 -o wide -w
+  kubectl get volumesnapshot,volumesnapshotcontent
 
 Tear it down with: make cluster-down
-`, took.Round(time.Second), replicas, stsName, stsName, stsName, replicas, stsName,
+`, took.Round(time.Second), replicas, stsName, stsName, stsName, replicas, stsName, stsName,
 		stsName, stsName)
 }
