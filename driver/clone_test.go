@@ -400,31 +400,46 @@ func TestCloneImageInUse(t *testing.T) {
 	}
 }
 
-// TestCloneBlock: a block clone holds its source's bytes, at the size
-// asked for.
-func TestCloneBlock(t *testing.T) {
+// blockSource starts a driver with block volume "src" holding "block data"
+// at offset 4096, and returns the capabilities of a block volume and the
+// source's file.
+func blockSource(t *testing.T) (*testServer, []*csi.VolumeCapability, string) {
+	t.Helper()
 	requireLoop(t)
 	ts := startServer(t, testConfig(t))
-	ctx := testContext(t)
 	caps := []*csi.VolumeCapability{blockCapability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)}
 	req := createRequest("src")
 	req.VolumeCapabilities = caps
-	if _, err := ts.controller.CreateVolume(ctx, req); err != nil {
+	if _, err := ts.controller.CreateVolume(testContext(t), req); err != nil {
 		t.Fatal(err)
 	}
 	src := filepath.Join(ts.dataRoot, imagesDir, "src")
 	writeAt(t, src, []byte("block data"), 4096)
+	return ts, caps, src
+}
+
+// checkBlockCopy checks that the file of a block volume copied into 2 MiB
+// holds the source's bytes at that size.
+func checkBlockCopy(t *testing.T, what, file string) {
+	t.Helper()
+	if got := readAt(t, file, 10, 4096); string(got) != "block data" {
+		t.Errorf("%s holds %q", what, got)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Size() != 2<<20 {
+		t.Errorf("%s's file: %v, %v", what, fi, err)
+	}
+}
+
+// TestCloneBlock: a block clone holds its source's bytes, at the size
+// asked for.
+func TestCloneBlock(t *testing.T) {
+	ts, caps, _ := blockSource(t)
+	ctx := testContext(t)
 	clone := createRequest("clone")
 	clone.VolumeCapabilities = caps
 	clone.CapacityRange.RequiredBytes = 2 << 20
 	if _, err := ts.controller.CreateVolume(ctx, cloneRequest(clone, "src")); err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(ts.dataRoot, imagesDir, "clone")
-	if got := readAt(t, dst, 10, 4096); string(got) != "block data" {
-		t.Errorf("clone holds %q", got)
-	}
-	if fi, err := os.Stat(dst); err != nil || fi.Size() != 2<<20 {
-		t.Errorf("clone's file: %v, %v", fi, err)
-	}
+	checkBlockCopy(t, "clone", filepath.Join(ts.dataRoot, imagesDir, "clone"))
 }

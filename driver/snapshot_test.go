@@ -422,17 +422,8 @@ func TestSnapshotImage(t *testing.T) {
 // TestSnapshotBlock: a block volume's snapshot keeps its bytes, and a
 // volume restored from it holds them at the size asked for.
 func TestSnapshotBlock(t *testing.T) {
-	requireLoop(t)
-	ts := startServer(t, testConfig(t))
+	ts, caps, src := blockSource(t)
 	ctx := testContext(t)
-	caps := []*csi.VolumeCapability{blockCapability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)}
-	req := createRequest("src")
-	req.VolumeCapabilities = caps
-	if _, err := ts.controller.CreateVolume(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(ts.dataRoot, imagesDir, "src")
-	writeAt(t, src, []byte("block data"), 4096)
 	ts.takeSnapshot(t, "snap", "src")
 	writeAt(t, src, []byte("overwrite!"), 4096)
 	restore := createRequest("restored")
@@ -441,13 +432,7 @@ func TestSnapshotBlock(t *testing.T) {
 	if _, err := ts.controller.CreateVolume(ctx, restoreRequest(restore, "snap")); err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(ts.dataRoot, imagesDir, "restored")
-	if got := readAt(t, dst, 10, 4096); string(got) != "block data" {
-		t.Errorf("restored volume holds %q", got)
-	}
-	if fi, err := os.Stat(dst); err != nil || fi.Size() != 2<<20 {
-		t.Errorf("restored volume's file: %v, %v", fi, err)
-	}
+	checkBlockCopy(t, "restored volume", filepath.Join(ts.dataRoot, imagesDir, "restored"))
 	mount := createRequest("mount")
 	if _, err := ts.controller.CreateVolume(ctx, restoreRequest(mount, "snap")); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("mount restore of a block snapshot: %v, want InvalidArgument", err)

@@ -20,7 +20,6 @@ import (
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
 
-	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -93,16 +92,15 @@ type copiesTerm struct {
 
 // Run moves claims until ctx is done; call it while holding the Lease.
 func (c *Copies) Run(ctx context.Context) error {
-	logger := klog.FromContext(ctx).WithName("copies")
-	ctx = klog.NewContext(ctx, logger)
-	if err := waitForCaches(ctx, "copies", c.factories...); err != nil {
-		if errors.Is(err, errStopped) {
-			return nil
-		}
+	ctx, recorder, stopRecorder, err := beginTerm(ctx, "copies", c.client, c.factories...)
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	recorder, stopRecorder := events.NewRecorder(ctx, c.client, v1.EventSource{Component: "stickyvol-copies"})
 	defer stopRecorder()
+	logger := klog.FromContext(ctx)
 	tm := &copiesTerm{Copies: c, queue: newQueue("copies"), recorder: recorder}
 	defer tm.queue.ShutDown()
 	enqueue := func(obj any) {

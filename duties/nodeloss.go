@@ -25,7 +25,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/capacity"
-	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -120,15 +119,13 @@ func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
 
 // Run handles gone nodes until ctx is done; call it while holding the Lease.
 func (n *NodeLoss) Run(ctx context.Context) error {
-	logger := klog.FromContext(ctx).WithName("nodeloss")
-	ctx = klog.NewContext(ctx, logger)
-	if err := waitForCaches(ctx, "node loss", n.factories...); err != nil {
-		if errors.Is(err, errStopped) {
-			return nil
-		}
+	ctx, recorder, stopRecorder, err := beginTerm(ctx, "nodeloss", n.client, n.factories...)
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	recorder, stopRecorder := events.NewRecorder(ctx, n.client, v1.EventSource{Component: "stickyvol-nodeloss"})
 	defer stopRecorder()
 	w := &nodeLossWork{NodeLoss: n, queue: newQueue("nodeloss"), recorder: recorder}
 	defer w.queue.ShutDown()

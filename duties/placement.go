@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
-	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
@@ -127,16 +126,15 @@ type term struct {
 
 // Run places claims until ctx is done; call it while holding the Lease.
 func (p *Placement) Run(ctx context.Context) error {
-	logger := klog.FromContext(ctx).WithName("placement")
-	ctx = klog.NewContext(ctx, logger)
-	if err := waitForCaches(ctx, "placement", p.factories...); err != nil {
-		if errors.Is(err, errStopped) {
-			return nil
-		}
+	ctx, recorder, stopRecorder, err := beginTerm(ctx, "placement", p.client, p.factories...)
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	recorder, stopRecorder := events.NewRecorder(ctx, p.client, v1.EventSource{Component: "stickyvol-placement"})
 	defer stopRecorder()
+	logger := klog.FromContext(ctx)
 	tm := &term{
 		Placement: p,
 		queue:     newQueue("placement"),

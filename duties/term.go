@@ -12,16 +12,32 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
 
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/stickyvol/stickyvol/internal/events"
 	"github.com/stickyvol/stickyvol/provisioner"
 )
 
 // What every duty sets up for a leadership term: informers in sync, an event
 // recorder, a work queue with per-item backoff, and a worker.
+
+// beginTerm starts a duty's term: a context whose logger is named name,
+// the informers in sync, and an event recorder of component
+// stickyvol-<name>, which stop ends. A term over before it began (ctx done
+// while waiting) returns errStopped, which the duty's Run answers with nil.
+func beginTerm(ctx context.Context, name string, client kubernetes.Interface, factories ...informers.SharedInformerFactory) (
+	context.Context, record.EventRecorder, func(), error) {
+	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithName(name))
+	if err := waitForCaches(ctx, name, factories...); err != nil {
+		return ctx, nil, nil, err
+	}
+	recorder, stop := events.NewRecorder(ctx, client, v1.EventSource{Component: "stickyvol-" + name})
+	return ctx, recorder, stop, nil
+}
 
 // waitForCaches waits until the factories' informers have synced. It
 // returns errStopped when ctx ends first: the term was over before it
