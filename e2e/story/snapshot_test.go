@@ -11,7 +11,6 @@ import (
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
-	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,7 +31,7 @@ import (
 // snapshot from the node's data root; the restore keeps its data.
 func TestSnapshot(t *testing.T) {
 	ctx, e := start(t, 4*time.Minute)
-	snaps, err := snapclientset.NewForConfig(e.Config)
+	snaps, err := e.Snapshots()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +50,12 @@ func TestSnapshot(t *testing.T) {
 	if _, err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	content := e.readySnapshot(ctx, snaps, "before")
+	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	content, err := e.WaitForSnapshot(waitCtx, e.ns, "before")
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if node := content.Labels[provisioner.ManagedByLabel]; node != sb.node {
 		t.Errorf("content %s is labelled for node %q, want %s", content.Name, node, sb.node)
 	}
@@ -126,26 +130,6 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("content %s or snapshot %s still there a minute after the VolumeSnapshot was deleted", content.Name, handle)
 	}
 	e.checkBlob(ctx, "restored", before, "in the restore after its snapshot is gone")
-}
-
-// readySnapshot waits until VolumeSnapshot name is ready and returns its
-// content.
-func (e *env) readySnapshot(ctx context.Context, snaps snapclientset.Interface, name string) *snapv1.VolumeSnapshotContent {
-	e.t.Helper()
-	var content *snapv1.VolumeSnapshotContent
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		s, err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil || s.Status == nil || !ptr.Deref(s.Status.ReadyToUse, false) || s.Status.BoundVolumeSnapshotContentName == nil {
-			return false, nil
-		}
-		content, err = snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, *s.Status.BoundVolumeSnapshotContentName, metav1.GetOptions{})
-		return err == nil && content.Status != nil && content.Status.SnapshotHandle != nil, nil
-	})
-	if err != nil {
-		s, _ := snaps.SnapshotV1().VolumeSnapshots(e.ns).Get(ctx, name, metav1.GetOptions{})
-		e.t.Fatalf("VolumeSnapshot %s not ready within 2 minutes: %+v", name, s)
-	}
-	return content
 }
 
 // prefersNode gives the pod a strong preference for node, which the

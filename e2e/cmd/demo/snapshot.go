@@ -8,13 +8,10 @@ import (
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
-	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
-
-	"github.com/stickyvol/stickyvol/e2e/framework"
 )
 
 // The snapshot part of the story, from deploy/examples/snapshots/.
@@ -32,7 +29,7 @@ const (
 func (d *demo) snapshotRestore(ctx context.Context) error {
 	const pod = stsName + "-0"
 	d.p.step("snapshot %s's volume, change it, restore the snapshot into a new claim", pod)
-	snaps, err := snapclientset.NewForConfig(d.f.Config)
+	snaps, err := d.f.Snapshots()
 	if err != nil {
 		return err
 	}
@@ -43,9 +40,11 @@ func (d *demo) snapshotRestore(ctx context.Context) error {
 	if _, err := d.f.ApplyFile(ctx, demoNamespace, snapshotFile); err != nil {
 		return err
 	}
-	content, err := readySnapshot(ctx, snaps)
+	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	content, err := d.f.WaitForSnapshot(waitCtx, demoNamespace, snapshotName)
+	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (is the snapshot-controller running?)", err)
 	}
 	d.p.logf("%s is ready: taken by the agent of %s (content %s), %s", snapshotName, content.Labels[managedBy],
 		content.Name, snapshotWhere(content))
@@ -60,7 +59,7 @@ func (d *demo) snapshotRestore(ctx context.Context) error {
 	if _, err := d.f.ApplyFile(ctx, demoNamespace, restoreFile); err != nil {
 		return err
 	}
-	restored, err := d.podRunning(ctx, restoredName)
+	restored, err := d.f.WaitForPodReady(ctx, demoNamespace, restoredName)
 	if err != nil {
 		return err
 	}
@@ -79,46 +78,12 @@ func (d *demo) snapshotRestore(ctx context.Context) error {
 	return nil
 }
 
-// readySnapshot waits for the snapshot to be ready and returns its content.
-func readySnapshot(ctx context.Context, snaps snapclientset.Interface) (*snapv1.VolumeSnapshotContent, error) {
-	var content *snapv1.VolumeSnapshotContent
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		s, err := snaps.SnapshotV1().VolumeSnapshots(demoNamespace).Get(ctx, snapshotName, metav1.GetOptions{})
-		if err != nil || s.Status == nil || !ptr.Deref(s.Status.ReadyToUse, false) || s.Status.BoundVolumeSnapshotContentName == nil {
-			return false, err
-		}
-		content, err = snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, *s.Status.BoundVolumeSnapshotContentName, metav1.GetOptions{})
-		return err == nil, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("VolumeSnapshot %s not ready: %w (is the snapshot-controller running?)", snapshotName, err)
-	}
-	return content, nil
-}
-
 // snapshotWhere says where the snapshot lies on its node.
 func snapshotWhere(c *snapv1.VolumeSnapshotContent) string {
 	if c.Status == nil || c.Status.SnapshotHandle == nil {
 		return "no handle yet"
 	}
 	return "kept as /var/lib/stickyvol/snapshots/" + *c.Status.SnapshotHandle
-}
-
-// podRunning waits until pod name is Ready.
-func (d *demo) podRunning(ctx context.Context, name string) (*v1.Pod, error) {
-	var pod *v1.Pod
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := d.f.Client.CoreV1().Pods(demoNamespace).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		pod = p
-		return err == nil && framework.PodReady(p), err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("pod %s not Ready: %w", name, err)
-	}
-	return pod, nil
 }
 
 // removeEarlierRestore deletes what an earlier demo on an attached cluster
