@@ -5,6 +5,7 @@ package story
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -145,7 +146,10 @@ func TestStatefulSetSpreadsByRoom(t *testing.T) {
 	}
 	retries := 0
 	for _, ev := range events.Items {
-		if ev.Reason == "ProvisioningFailed" || ev.Reason == "FailedScheduling" {
+		switch {
+		case ev.Reason == "FailedScheduling" && claimNotSeenYet.MatchString(ev.Message):
+			t.Logf("not for room: %s/%s: %s", ev.InvolvedObject.Kind, ev.InvolvedObject.Name, ev.Message)
+		case ev.Reason == "ProvisioningFailed" || ev.Reason == "FailedScheduling":
 			retries++
 			t.Errorf("%s %s/%s: %s", ev.Reason, ev.InvolvedObject.Kind, ev.InvolvedObject.Name, ev.Message)
 		}
@@ -153,16 +157,44 @@ func TestStatefulSetSpreadsByRoom(t *testing.T) {
 	e.step("scheduler retries for want of room: %d", retries)
 }
 
-// preferring makes the StatefulSet's pods prefer node.
+// claimNotSeenYet matches the scheduler's word for a pod whose claim its
+// informer has not seen yet. The StatefulSet controller creates a pod's claim
+// just before the pod, and the scheduler watches claims and pods apart: when
+// the pod arrives first, VolumeBinding's PreFilter answers `persistentvolumeclaim
+// "data-roomy-2" not found` (podHasPVCs in the scheduler's volume_binding.go)
+// and the pod is tried again as soon as the claim comes. That is a race in the
+// scheduler's caches, not a want of room, and a busy machine shows it now and
+// then.
+var claimNotSeenYet = regexp.MustCompile(`persistentvolumeclaim "[^"]+" not found`)
+
+// preferring makes the StatefulSet's pods prefer node, strongly enough that
+// only a want of room sends one elsewhere. A preference alone is not: the
+// scheduler spreads a StatefulSet's pods over the nodes by default
+// (PodTopologySpread's system defaults, hostname maxSkew 3), and since 1.37
+// prefers nodes with more free room (StorageCapacityScoring); once four pods
+// share the preferred node, the two together outscore the preference and the
+// fifth goes elsewhere though it fits. Any spread constraint of the pod's own
+// replaces the defaults, and one that counts no pods spreads nothing. Free
+// room alone (at most 100 points, with weight 1) stays below the preference
+// (100 points with NodeAffinity's weight 2).
 func preferring(node string) func(*appsv1.StatefulSet) {
 	return func(sts *appsv1.StatefulSet) {
-		sts.Spec.Template.Spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
+		spec := &sts.Spec.Template.Spec
+		spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
 			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{
 				Weight: 100,
 				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
 					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node},
 				}}},
 			}},
+		}}
+		spec.TopologySpreadConstraints = []v1.TopologySpreadConstraint{{
+			MaxSkew:           1,
+			TopologyKey:       hostnameLabel,
+			WhenUnsatisfiable: v1.ScheduleAnyway,
+			LabelSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+				Key: "stickyvol.dev/spread-nothing", Operator: metav1.LabelSelectorOpExists,
+			}}},
 		}}
 	}
 }
