@@ -456,11 +456,7 @@ func (s *store) restorerFor(spec volumeSpec) (backend, error) {
 	if spec.snapshot == nil {
 		return nil, fmt.Errorf("%w: snapshot %s was not looked up", errNotFound, spec.Snapshot)
 	}
-	b, ok := s.backends[spec.snapshot.Backend]
-	if _, can := b.(snapshotter); !ok || !can {
-		return nil, fmt.Errorf("%w: the %s backend cannot restore snapshots", errUnsupported, spec.snapshot.Backend)
-	}
-	return b, nil
+	return backendThat[snapshotter](s, spec.snapshot.Backend, "restore snapshots")
 }
 
 // snapshotStore returns the store that holds snapshot id in any state, or

@@ -32,9 +32,15 @@ func (s *store) clonerFor(spec volumeSpec) (backend, error) {
 	if spec.source == nil {
 		return nil, fmt.Errorf("%w: source volume %s was not looked up", errNotFound, spec.Source)
 	}
-	b, ok := s.backends[spec.source.Backend]
-	if _, can := b.(cloner); !ok || !can {
-		return nil, fmt.Errorf("%w: the %s backend cannot make clones", errUnsupported, spec.source.Backend)
+	return backendThat[cloner](s, spec.source.Backend, "make clones")
+}
+
+// backendThat returns the store's backend of that name if it is a C (a
+// cloner, a snapshotter), and otherwise says that it cannot do what.
+func backendThat[C any](s *store, name, what string) (backend, error) {
+	b, ok := s.backends[name]
+	if _, can := b.(C); !ok || !can {
+		return nil, fmt.Errorf("%w: the %s backend cannot %s", errUnsupported, name, what)
 	}
 	return b, nil
 }

@@ -192,13 +192,9 @@ func (tm *copiesTerm) sync(ctx context.Context, key string) error {
 // it cannot be told yet: the source is not bound or not ready).
 func (tm *copiesTerm) sourceNode(ctx context.Context, claim *v1.PersistentVolumeClaim) (string, string, error) {
 	if name, ok := provisioner.CloneSourceName(claim); ok {
-		src, err := tm.claims.PersistentVolumeClaims(claim.Namespace).Get(name)
-		if err != nil || src.Spec.VolumeName == "" {
-			return "", "", nil
-		}
-		pv, err := tm.volumes.Get(src.Spec.VolumeName)
+		pv, err := provisioner.LocateClone(tm.claims, tm.volumes, claim.Namespace, name)
 		if err != nil {
-			return "", "", nil
+			return "", "", nil // not bound yet; the agent's event says why
 		}
 		if nodes := provisioner.NodesOf(pv, tm.topologyKey); nodes.Len() == 1 {
 			return "claim " + name, nodes.UnsortedList()[0], nil

@@ -7,6 +7,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/sets"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 )
 
@@ -70,6 +71,26 @@ const (
 		"if they may not, give them nodeAffinity to %s"
 )
 
+// LocateClone returns the PV of claim name in namespace, which a clone of it
+// copies, or why there is none yet, in words for the cloning claim's events.
+func LocateClone(claims corelisters.PersistentVolumeClaimLister, volumes corelisters.PersistentVolumeLister, namespace, name string) (
+	*v1.PersistentVolume, error) {
+	src, err := claims.PersistentVolumeClaims(namespace).Get(name)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, fmt.Errorf(waitSourceClaim, name, "does not exist in namespace "+namespace)
+	case err != nil:
+		return nil, fmt.Errorf("looking up claim %q, which the claim clones: %w", name, err)
+	case src.Status.Phase != v1.ClaimBound || src.Spec.VolumeName == "":
+		return nil, fmt.Errorf(waitSourceClaim, name, "is not bound to a volume")
+	}
+	pv, err := volumes.Get(src.Spec.VolumeName)
+	if err != nil {
+		return nil, fmt.Errorf(waitSourceClaim, name, fmt.Sprintf("is bound to volume %s, which cannot be found (%v)", src.Spec.VolumeName, err))
+	}
+	return pv, nil
+}
+
 // cloneSource looks up the volume the claim of opts clones, if any, and
 // sets it as req's content source, with a size of at least the source's.
 // A refusal that a retry cannot change is remembered (refusals).
@@ -82,18 +103,9 @@ func (p *Provisioner) cloneSource(opts controller.ProvisionOptions, req *csi.Cre
 	if p.claims == nil || p.volumes == nil {
 		return controller.ProvisioningFinished, fmt.Errorf("the claim clones claim %q, and this provisioner was set up without claim and volume listers", name)
 	}
-	src, err := p.claims.PersistentVolumeClaims(claim.Namespace).Get(name)
-	switch {
-	case apierrors.IsNotFound(err):
-		return controller.ProvisioningFinished, fmt.Errorf(waitSourceClaim, name, "does not exist in namespace "+claim.Namespace)
-	case err != nil:
-		return controller.ProvisioningFinished, fmt.Errorf("looking up claim %q, which the claim clones: %w", name, err)
-	case src.Status.Phase != v1.ClaimBound || src.Spec.VolumeName == "":
-		return controller.ProvisioningFinished, fmt.Errorf(waitSourceClaim, name, "is not bound to a volume")
-	}
-	pv, err := p.volumes.Get(src.Spec.VolumeName)
+	pv, err := LocateClone(p.claims, p.volumes, claim.Namespace, name)
 	if err != nil {
-		return controller.ProvisioningFinished, fmt.Errorf(waitSourceClaim, name, fmt.Sprintf("is bound to volume %s, which cannot be found (%v)", src.Spec.VolumeName, err))
+		return controller.ProvisioningFinished, err
 	}
 	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.driverName {
 		p.refused.add(claim, opts.StorageClass)
