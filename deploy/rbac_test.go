@@ -54,9 +54,10 @@ var (
 		grants("", "nodes", "get", "list", "watch"),
 		grants("storage.k8s.io", "csinodes", "list", "watch"),
 		grants("", "events", "create", "patch"),
-		// Copies: a restore's snapshot and the node of its content.
+		// Copies: a restore's snapshot and the node of its content. Lost
+		// snapshots: the deleted contents of gone nodes lose a finalizer.
 		grants("snapshot.storage.k8s.io", "volumesnapshots", "get"),
-		grants("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"),
+		grants("snapshot.storage.k8s.io", "volumesnapshotcontents", "get", "list", "watch", "patch"),
 	)
 	controllerNamespaceNeeds = slices.Concat(
 		grants("coordination.k8s.io", "leases", "get", "create", "update"),

@@ -130,7 +130,7 @@ func New(cfg Config) (*Snapshotter, error) {
 // snapshots until ctx is done.
 func (s *Snapshotter) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("snapshotter")
-	if err := s.waitForAPI(klog.NewContext(ctx, logger)); err != nil {
+	if err := WaitForAPI(klog.NewContext(ctx, logger), s.cfg.Snapshots.Discovery(), s.cfg.CRDInterval); err != nil {
 		return nil // ctx done
 	}
 	cfg := s.cfg
@@ -165,15 +165,16 @@ func (s *Snapshotter) Run(ctx context.Context) error {
 	return nil
 }
 
-// waitForAPI returns when the API server serves VolumeSnapshotContents and
-// VolumeSnapshotClasses, or ctx's error.
-func (s *Snapshotter) waitForAPI(ctx context.Context) error {
+// WaitForAPI returns when the API server serves VolumeSnapshotContents and
+// VolumeSnapshotClasses, looking every interval and saying once that it
+// waits, or ctx's error.
+func WaitForAPI(ctx context.Context, d discovery.DiscoveryInterface, interval time.Duration) error {
 	logger := klog.FromContext(ctx)
 	told := false
-	return wait.PollUntilContextCancel(ctx, s.cfg.CRDInterval, true, func(ctx context.Context) (bool, error) {
-		err := hasSnapshotAPI(s.cfg.Snapshots.Discovery())
+	return wait.PollUntilContextCancel(ctx, interval, true, func(ctx context.Context) (bool, error) {
+		err := hasSnapshotAPI(d)
 		if err != nil && !told {
-			logger.Info("No snapshots until the VolumeSnapshot CRDs are installed; looking again every "+s.cfg.CRDInterval.String(), "reason", err.Error())
+			logger.Info("No snapshots until the VolumeSnapshot CRDs are installed; looking again every "+interval.String(), "reason", err.Error())
 			told = true
 		}
 		return err == nil, nil

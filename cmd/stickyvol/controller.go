@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
 
+	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,8 +43,8 @@ func newControllerCommand(env environment) *cobra.Command {
 		Short: "Run the cluster duties: placement of Immediate claims, copies to their sources' nodes, node loss",
 		Long: "Runs what no single node owns, while this process holds the Lease " + driver.Name + ":\n" +
 			"choosing a node for claims of Immediate-binding classes, moving clones and restores the\n" +
-			"scheduler placed on another node to their source's node, and the claims and PVs of\n" +
-			"deleted nodes (StorageClass parameter nodeLossPolicy). It is a Deployment of its own so\n" +
+			"scheduler placed on another node to their source's node, and the claims, PVs and deleted\n" +
+			"snapshots of deleted nodes (StorageClass parameter nodeLossPolicy). It is a Deployment of its own so\n" +
 			"that the node agents need no rights over other nodes' claims and PVs. Run two for a\n" +
 			"quick hand-over; one acts at a time.",
 		Args: cobra.NoArgs,
@@ -95,15 +95,18 @@ type clusterController struct {
 	placement  *duties.Placement
 	nodeLoss   *duties.NodeLoss
 	copies     *duties.Copies
-	leader     duties.LeaderConfig
+	// lostSnapshots is nil without a snapshot client.
+	lostSnapshots *duties.LostSnapshots
+	leader        duties.LeaderConfig
 	// synced is set once the informers have synced: the process is ready
 	// to lead, whether it leads or waits.
 	synced atomic.Bool
 }
 
-// snaps reads the VolumeSnapshots that claims restore (nil: restores are
-// left where the scheduler put them).
-func newClusterController(o *controllerOptions, kube kubernetes.Interface, snaps provisioner.SnapshotReader) (*clusterController, error) {
+// snaps reads the VolumeSnapshots that claims restore and lets the deleted
+// snapshots of gone nodes go; nil leaves restores where the scheduler put
+// them and snapshots to the nodes.
+func newClusterController(o *controllerOptions, kube kubernetes.Interface, snaps snapclientset.Interface) (*clusterController, error) {
 	c := &clusterController{
 		opts: o,
 		// The duties write claims and PVs only with merge patches of the
@@ -125,8 +128,18 @@ func newClusterController(o *controllerOptions, kube kubernetes.Interface, snaps
 	if err != nil {
 		return nil, err
 	}
+	var reader provisioner.SnapshotReader
+	if snaps != nil {
+		reader = provisioner.ClientSnapshots(snaps)
+		c.lostSnapshots, err = duties.NewLostSnapshots(duties.LostSnapshotsConfig{
+			DriverName: driver.Name, Client: kube, Snapshots: snaps, Informers: c.informers,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	c.copies, err = duties.NewCopies(duties.CopiesConfig{
-		DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube, Informers: c.informers, Snapshots: snaps,
+		DriverName: driver.Name, TopologyKey: driver.TopologyKey, Client: kube, Informers: c.informers, Snapshots: reader,
 	})
 	if err != nil {
 		return nil, err
@@ -173,11 +186,15 @@ func (c *clusterController) run(ctx context.Context) error {
 // returns once all have stopped (see RunLeaderElected).
 func (c *clusterController) runDuties(ctx context.Context) {
 	var wg sync.WaitGroup
-	for name, run := range map[string]func(context.Context) error{
+	run := map[string]func(context.Context) error{
 		"placement": c.placement.Run,
 		"node loss": c.nodeLoss.Run,
 		"copies":    c.copies.Run,
-	} {
+	}
+	if c.lostSnapshots != nil {
+		run["lost snapshots"] = c.lostSnapshots.Run
+	}
+	for name, run := range run {
 		wg.Go(func() {
 			if err := run(ctx); err != nil {
 				klog.FromContext(ctx).Error(err, "Cluster duty stopped", "duty", name)
@@ -222,7 +239,7 @@ func runController(ctx context.Context, o *controllerOptions) error {
 	if err != nil {
 		return err
 	}
-	c, err := newClusterController(o, kube, provisioner.ClientSnapshots(snaps))
+	c, err := newClusterController(o, kube, snaps)
 	if err != nil {
 		return err
 	}

@@ -180,14 +180,7 @@ var claimNotSeenYet = regexp.MustCompile(`persistentvolumeclaim "[^"]+" not foun
 func preferring(node string) func(*appsv1.StatefulSet) {
 	return func(sts *appsv1.StatefulSet) {
 		spec := &sts.Spec.Template.Spec
-		spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
-			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{
-				Weight: 100,
-				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
-					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node},
-				}}},
-			}},
-		}}
+		spec.Affinity = preferredNode(node)
 		spec.TopologySpreadConstraints = []v1.TopologySpreadConstraint{{
 			MaxSkew:           1,
 			TopologyKey:       hostnameLabel,
@@ -197,6 +190,19 @@ func preferring(node string) func(*appsv1.StatefulSet) {
 			}}},
 		}}
 	}
+}
+
+// preferredNode is the strongest preference for node that node affinity
+// can state.
+func preferredNode(node string) *v1.Affinity {
+	return &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
+		PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{
+			Weight: 100,
+			Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
+				Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node},
+			}}},
+		}},
+	}}
 }
 
 // waitPublished waits until the node's CSIStorageCapacity object for the

@@ -21,18 +21,6 @@ import (
 	"github.com/stickyvol/stickyvol/e2e/framework"
 )
 
-// prefer puts the StatefulSet's pods on node when it can, and elsewhere when
-// it cannot.
-func prefer(node string) func(*appsv1.StatefulSet) {
-	return func(sts *appsv1.StatefulSet) {
-		sts.Spec.Template.Spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
-			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{Weight: 100,
-				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
-					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}},
-		}}
-	}
-}
-
 // classNamed sets the StorageClass of the StatefulSet's claims.
 func classNamed(class string) func(*appsv1.StatefulSet) {
 	return func(sts *appsv1.StatefulSet) { sts.Spec.VolumeClaimTemplates[0].Spec.StorageClassName = &class }
@@ -42,7 +30,9 @@ func classNamed(class string) func(*appsv1.StatefulSet) {
 // two StatefulSets' volumes. nodeLossPolicy Keep (class stickyvol) deletes
 // nothing and says so on the claim; Recreate (a class of this test) deletes
 // the claim and its Pending pod, and the StatefulSet's pod runs again on the
-// other node with a new, empty volume while the old PV goes. When the node
+// other node with a new, empty volume while the old PV goes. A VolumeSnapshot
+// of the kept claim, deleted while the node is gone, goes with its content
+// (the controller lets it go, since no agent is left to). When the node
 // comes back with its disk, the kept pod runs there again with its data.
 func TestNodeLoss(t *testing.T) {
 	ctx, e := start(t, 8*time.Minute)
@@ -65,12 +55,17 @@ func TestNodeLoss(t *testing.T) {
 	for _, n := range e.Cluster.Nodes() {
 		e.waitPublished(ctx, recreate.Name, n.Name, -1)
 	}
-	kept := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("kept", 1, prefer(lost)))[0])
-	gone := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("gone", 1, prefer(lost), classNamed(recreate.Name)))[0])
+	kept := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("kept", 1, preferring(lost)))[0])
+	gone := e.bindingOf(ctx, e.createStatefulSet(ctx, statefulSet("gone", 1, preferring(lost), classNamed(recreate.Name)))[0])
 	if kept.node != lost || gone.node != lost {
 		t.Fatalf("pods on %s and %s, want both on %s", kept.node, gone.node, lost)
 	}
 	sum := e.writeBlob(ctx, kept.pod)
+	snaps, err := e.Snapshots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot := e.snapshotOf(ctx, snaps, "kept-before", kept.claim)
 
 	// What the lost node's disk holds: the volumes whose PVs the node-loss
 	// duty may delete while the node is gone (this scenario's Recreate one,
@@ -139,6 +134,14 @@ func TestNodeLoss(t *testing.T) {
 	}
 	if _, err := e.Client.CoreV1().PersistentVolumes().Get(ctx, kept.pv, metav1.GetOptions{}); apierrors.IsNotFound(err) {
 		t.Errorf("the kept PV %s was deleted", kept.pv)
+	}
+
+	e.step("VolumeSnapshot %s of %s, deleted while %s is gone, goes with its content", snapshot.Spec.VolumeSnapshotRef.Name, kept.claim, lost)
+	e.deleteSnapshot(ctx, snaps, snapshot, func() bool { return true })
+	if _, err := e.WaitForEvent(ctx, metav1.NamespaceDefault, "VolumeSnapshotContent", snapshot.Name, func(ev *v1.Event) bool {
+		return ev.Reason == "NodeGone" && strings.Contains(ev.Message, lost)
+	}); err != nil {
+		t.Errorf("no NodeGone event on content %s: %v", snapshot.Name, err)
 	}
 
 	e.step("%s comes back with its disk: %s runs there again with its data", lost, kept.pod)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapclientset "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,22 +41,7 @@ func TestSnapshot(t *testing.T) {
 	before := e.writeBlob(ctx, src.Name)
 
 	e.step("a VolumeSnapshot of %s, made on %s", sb.claim, sb.node)
-	snap := &snapv1.VolumeSnapshot{
-		ObjectMeta: metav1.ObjectMeta{Name: "before"},
-		Spec: snapv1.VolumeSnapshotSpec{
-			VolumeSnapshotClassName: ptr.To("stickyvol"),
-			Source:                  snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(sb.claim)},
-		},
-	}
-	if _, err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	content, err := e.WaitForSnapshot(waitCtx, e.ns, "before")
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	content := e.snapshotOf(ctx, snaps, "before", sb.claim)
 	if node := content.Labels[provisioner.ManagedByLabel]; node != sb.node {
 		t.Errorf("content %s is labelled for node %q, want %s", content.Name, node, sb.node)
 	}
@@ -119,29 +105,55 @@ func TestSnapshot(t *testing.T) {
 	}
 
 	e.step("the VolumeSnapshot deleted: its snapshot leaves %s", sb.node)
-	if err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Delete(ctx, "before", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
+	e.deleteSnapshot(ctx, snaps, content, func() bool { return !e.hasSnapshot(sb.node, handle) })
+	e.checkBlob(ctx, "restored", before, "in the restore after its snapshot is gone")
+}
+
+// snapshotOf makes VolumeSnapshot name (class stickyvol) of the claim and
+// returns its content once it is ready.
+func (e *env) snapshotOf(ctx context.Context, snaps snapclientset.Interface, name, claim string) *snapv1.VolumeSnapshotContent {
+	e.t.Helper()
+	snap := &snapv1.VolumeSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: snapv1.VolumeSnapshotSpec{
+			VolumeSnapshotClassName: ptr.To("stickyvol"),
+			Source:                  snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(claim)},
+		},
 	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, content.Name, metav1.GetOptions{})
-		return apierrors.IsNotFound(err) && !e.hasSnapshot(sb.node, handle), nil
+	if _, err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	content, err := e.WaitForSnapshot(waitCtx, e.ns, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return content
+}
+
+// deleteSnapshot deletes the VolumeSnapshot bound to content and waits, a
+// minute at most, until both are gone and also() holds.
+func (e *env) deleteSnapshot(ctx context.Context, snaps snapclientset.Interface, content *snapv1.VolumeSnapshotContent, also func() bool) {
+	e.t.Helper()
+	name := content.Spec.VolumeSnapshotRef.Name
+	if err := snaps.SnapshotV1().VolumeSnapshots(e.ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, snapErr := snaps.SnapshotV1().VolumeSnapshots(e.ns).Get(ctx, name, metav1.GetOptions{})
+		_, contentErr := snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, content.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(snapErr) && apierrors.IsNotFound(contentErr) && also(), nil
 	})
 	if err != nil {
-		t.Errorf("content %s or snapshot %s still there a minute after the VolumeSnapshot was deleted", content.Name, handle)
+		e.t.Errorf("VolumeSnapshot %s, its content %s or its data still there a minute after it was deleted", name, content.Name)
 	}
-	e.checkBlob(ctx, "restored", before, "in the restore after its snapshot is gone")
 }
 
 // prefersNode gives the pod a strong preference for node, which the
 // scheduler follows when nothing else decides.
 func prefersNode(node string) func(*v1.Pod) {
-	return func(p *v1.Pod) {
-		p.Spec.Affinity = &v1.Affinity{NodeAffinity: &v1.NodeAffinity{
-			PreferredDuringSchedulingIgnoredDuringExecution: []v1.PreferredSchedulingTerm{{Weight: 100,
-				Preference: v1.NodeSelectorTerm{MatchExpressions: []v1.NodeSelectorRequirement{{
-					Key: hostnameLabel, Operator: v1.NodeSelectorOpIn, Values: []string{node}}}}}},
-		}}
-	}
+	return func(p *v1.Pod) { p.Spec.Affinity = preferredNode(node) }
 }
 
 // hasSnapshot tells whether the node's data root holds snapshot id.
