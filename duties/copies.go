@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -14,8 +13,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
@@ -86,23 +83,18 @@ func NewCopies(cfg CopiesConfig) (*Copies, error) {
 // copiesTerm is one leadership term of the duty.
 type copiesTerm struct {
 	*Copies
-	queue    workqueue.TypedRateLimitingInterface[string]
-	recorder record.EventRecorder
+	dutyTerm
 }
 
 // Run moves claims until ctx is done; call it while holding the Lease.
 func (c *Copies) Run(ctx context.Context) error {
-	ctx, recorder, stopRecorder, err := beginTerm(ctx, "copies", c.client, c.factories...)
-	if errors.Is(err, errStopped) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer stopRecorder()
+	return runTerm(ctx, "copies", c.client, c.factories, c.lead)
+}
+
+// lead runs one leadership term of the duty.
+func (c *Copies) lead(ctx context.Context, dt dutyTerm) error {
 	logger := klog.FromContext(ctx)
-	tm := &copiesTerm{Copies: c, queue: newQueue("copies"), recorder: recorder}
-	defer tm.queue.ShutDown()
+	tm := &copiesTerm{Copies: c, dutyTerm: dt}
 	enqueue := func(obj any) {
 		if claim, ok := obj.(*v1.PersistentVolumeClaim); ok && tm.isCopy(claim) {
 			tm.queue.Add(cache.MetaObjectToName(claim).String())
@@ -118,11 +110,7 @@ func (c *Copies) Run(ctx context.Context) error {
 	defer removeHandlers(logger, []handlerReg{{c.claimInformer, reg}})
 
 	logger.Info("Taking clones and restores to their sources' nodes")
-	var worker sync.WaitGroup
-	worker.Go(func() { process(ctx, tm.queue, tm.sync) })
-	<-ctx.Done()
-	tm.queue.ShutDown()
-	worker.Wait()
+	tm.work(ctx, tm.sync)
 	return nil
 }
 

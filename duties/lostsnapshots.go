@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -20,8 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/provisioner"
@@ -90,22 +87,18 @@ func NewLostSnapshots(cfg LostSnapshotsConfig) (*LostSnapshots, error) {
 // lostSnapshotsTerm is one leadership term of the duty.
 type lostSnapshotsTerm struct {
 	*LostSnapshots
+	dutyTerm
 	contents cache.SharedIndexInformer
-	queue    workqueue.TypedRateLimitingInterface[string]
-	recorder record.EventRecorder
 }
 
 // Run lets the deleted snapshots of gone nodes go until ctx is done; call it
 // while holding the Lease. It first waits for the snapshot API.
 func (l *LostSnapshots) Run(ctx context.Context) error {
-	ctx, recorder, stopRecorder, err := beginTerm(ctx, "lostsnapshots", l.client, l.factories...)
-	if errors.Is(err, errStopped) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer stopRecorder()
+	return runTerm(ctx, "lostsnapshots", l.client, l.factories, l.lead)
+}
+
+// lead runs one leadership term of the duty.
+func (l *LostSnapshots) lead(ctx context.Context, dt dutyTerm) error {
 	if err := snapshotter.WaitForAPI(ctx, l.snapshots.Discovery(), l.crdInterval); err != nil {
 		return nil // the term ended first
 	}
@@ -117,11 +110,9 @@ func (l *LostSnapshots) Run(ctx context.Context) error {
 		snapinformers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = provisioner.ManagedByLabel }))
 	tm := &lostSnapshotsTerm{
 		LostSnapshots: l,
+		dutyTerm:      dt,
 		contents:      factory.Snapshot().V1().VolumeSnapshotContents().Informer(),
-		queue:         newQueue("lostsnapshots"),
-		recorder:      recorder,
 	}
-	defer tm.queue.ShutDown()
 	if err := addIndex(tm.contents, contentsByNode); err != nil {
 		return err
 	}
@@ -158,11 +149,7 @@ func (l *LostSnapshots) Run(ctx context.Context) error {
 		return nil // the term ended first
 	}
 	klog.FromContext(ctx).Info("Letting the deleted snapshots of gone nodes go")
-	var worker sync.WaitGroup
-	worker.Go(func() { process(ctx, tm.queue, tm.sync) })
-	<-ctx.Done()
-	tm.queue.ShutDown()
-	worker.Wait()
+	tm.work(ctx, tm.sync)
 	return nil
 }
 

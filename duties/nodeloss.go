@@ -20,8 +20,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/capacity"
@@ -119,16 +117,12 @@ func NewNodeLoss(cfg NodeLossConfig) (*NodeLoss, error) {
 
 // Run handles gone nodes until ctx is done; call it while holding the Lease.
 func (n *NodeLoss) Run(ctx context.Context) error {
-	ctx, recorder, stopRecorder, err := beginTerm(ctx, "nodeloss", n.client, n.factories...)
-	if errors.Is(err, errStopped) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer stopRecorder()
-	w := &nodeLossWork{NodeLoss: n, queue: newQueue("nodeloss"), recorder: recorder}
-	defer w.queue.ShutDown()
+	return runTerm(ctx, "nodeloss", n.client, n.factories, n.lead)
+}
+
+// lead runs one leadership term of the duty.
+func (n *NodeLoss) lead(ctx context.Context, dt dutyTerm) error {
+	w := &nodeLossWork{NodeLoss: n, dutyTerm: dt}
 	reg, err := n.nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		DeleteFunc: func(obj any) {
 			if node, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -160,20 +154,17 @@ func (n *NodeLoss) Run(ctx context.Context) error {
 	}
 	defer func() { _ = n.capacityInformer.RemoveEventHandler(capacityReg) }()
 
-	var workers sync.WaitGroup
-	workers.Go(func() { process(ctx, w.queue, w.sync) })
-	workers.Go(func() { wait.UntilWithContext(ctx, w.rescan, rescanPeriod) })
-	<-ctx.Done()
-	w.queue.ShutDown()
-	workers.Wait()
+	var rescans sync.WaitGroup
+	rescans.Go(func() { wait.UntilWithContext(ctx, w.rescan, rescanPeriod) })
+	w.work(ctx, w.sync)
+	rescans.Wait()
 	return nil
 }
 
 // nodeLossWork is one leadership term of the duty.
 type nodeLossWork struct {
 	*NodeLoss
-	queue    workqueue.TypedRateLimitingInterface[string]
-	recorder record.EventRecorder
+	dutyTerm
 }
 
 // queueGoneNodes queues the nodes that obj names by index, and that have

@@ -16,8 +16,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
 	"github.com/stickyvol/stickyvol/provisioner"
@@ -116,8 +114,7 @@ func NewPlacement(cfg PlacementConfig) (*Placement, error) {
 // term is the state of one leadership term of the duty.
 type term struct {
 	*Placement
-	queue    workqueue.TypedRateLimitingInterface[string]
-	recorder record.EventRecorder
+	dutyTerm
 
 	mu      sync.Mutex
 	assumed map[string]string           // claim key -> node placed this term
@@ -126,23 +123,18 @@ type term struct {
 
 // Run places claims until ctx is done; call it while holding the Lease.
 func (p *Placement) Run(ctx context.Context) error {
-	ctx, recorder, stopRecorder, err := beginTerm(ctx, "placement", p.client, p.factories...)
-	if errors.Is(err, errStopped) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer stopRecorder()
+	return runTerm(ctx, "placement", p.client, p.factories, p.lead)
+}
+
+// lead runs one leadership term of the duty.
+func (p *Placement) lead(ctx context.Context, dt dutyTerm) error {
 	logger := klog.FromContext(ctx)
 	tm := &term{
 		Placement: p,
-		queue:     newQueue("placement"),
-		recorder:  recorder,
+		dutyTerm:  dt,
 		assumed:   map[string]string{},
 		refused:   map[string]sets.Set[string]{},
 	}
-	defer tm.queue.ShutDown()
 	regs, err := tm.addHandlers(logger)
 	defer removeHandlers(logger, regs)
 	if err != nil {
@@ -150,13 +142,9 @@ func (p *Placement) Run(ctx context.Context) error {
 	}
 
 	logger.Info("Placing claims of Immediate-binding classes")
-	var worker sync.WaitGroup
 	// One worker: placements are decided one after another against the
 	// counts the previous ones left, which is what spreads a burst.
-	worker.Go(func() { process(ctx, tm.queue, tm.sync) })
-	<-ctx.Done()
-	tm.queue.ShutDown()
-	worker.Wait()
+	tm.work(ctx, tm.sync)
 	logger.Info("Stopped placing claims")
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -25,18 +26,41 @@ import (
 // What every duty sets up for a leadership term: informers in sync, an event
 // recorder, a work queue with per-item backoff, and a worker.
 
-// beginTerm starts a duty's term: a context whose logger is named name,
-// the informers in sync, and an event recorder of component
-// stickyvol-<name>, which stop ends. A term over before it began (ctx done
-// while waiting) returns errStopped, which the duty's Run answers with nil.
-func beginTerm(ctx context.Context, name string, client kubernetes.Interface, factories ...informers.SharedInformerFactory) (
-	context.Context, record.EventRecorder, func(), error) {
+// dutyTerm is what each duty's term has: its work queue and its event
+// recorder.
+type dutyTerm struct {
+	queue    workqueue.TypedRateLimitingInterface[string]
+	recorder record.EventRecorder
+}
+
+// runTerm runs one leadership term of duty name: with a context whose
+// logger is named name, once the informers are in sync, it calls body with
+// a work queue and an event recorder of component stickyvol-<name>, and
+// shuts both down when body returns. A term over before it began (ctx done
+// while waiting) returns nil.
+func runTerm(ctx context.Context, name string, client kubernetes.Interface, factories []informers.SharedInformerFactory,
+	body func(context.Context, dutyTerm) error) error {
 	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithName(name))
-	if err := waitForCaches(ctx, name, factories...); err != nil {
-		return ctx, nil, nil, err
+	if err := waitForCaches(ctx, name, factories...); errors.Is(err, errStopped) {
+		return nil
+	} else if err != nil {
+		return err
 	}
 	recorder, stop := events.NewRecorder(ctx, client, v1.EventSource{Component: "stickyvol-" + name})
-	return ctx, recorder, stop, nil
+	defer stop()
+	dt := dutyTerm{queue: newQueue(name), recorder: recorder}
+	defer dt.queue.ShutDown()
+	return body(ctx, dt)
+}
+
+// work calls handle for the keys of the term's queue, one at a time, until
+// ctx is done.
+func (dt dutyTerm) work(ctx context.Context, handle func(context.Context, string) error) {
+	var worker sync.WaitGroup
+	worker.Go(func() { process(ctx, dt.queue, handle) })
+	<-ctx.Done()
+	dt.queue.ShutDown()
+	worker.Wait()
 }
 
 // waitForCaches waits until the factories' informers have synced. It
@@ -70,15 +94,15 @@ func newQueue(name string) workqueue.TypedRateLimitingInterface[string] {
 // backoff, and nothing is logged.
 var errWaiting = errors.New("waiting")
 
-// process calls sync for each key of queue until the queue shuts down. A
-// key whose sync fails is retried with the queue's backoff.
-func process(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
+// process calls handle for each key of queue until the queue shuts down. A
+// key whose handling fails is retried with the queue's backoff.
+func process(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], handle func(context.Context, string) error) {
 	for {
 		key, shutdown := queue.Get()
 		if shutdown {
 			return
 		}
-		switch err := sync(ctx, key); {
+		switch err := handle(ctx, key); {
 		case err == nil:
 			queue.Forget(key)
 		case errors.Is(err, errWaiting):
