@@ -138,7 +138,9 @@ func TestNodeLoss(t *testing.T) {
 
 	e.step("VolumeSnapshot %s of %s, deleted while %s is gone, goes with its content", snapshot.Spec.VolumeSnapshotRef.Name, kept.claim, lost)
 	e.deleteSnapshot(ctx, snaps, snapshot, func() bool { return true })
-	if _, err := e.WaitForEvent(ctx, metav1.NamespaceDefault, "VolumeSnapshotContent", snapshot.Name, func(ev *v1.Event) bool {
+	eventCtx, cancel := context.WithTimeout(ctx, 30*time.Second) // the content is gone already, or will not go
+	defer cancel()
+	if _, err := e.WaitForEvent(eventCtx, metav1.NamespaceDefault, "VolumeSnapshotContent", snapshot.Name, func(ev *v1.Event) bool {
 		return ev.Reason == "NodeGone" && strings.Contains(ev.Message, lost)
 	}); err != nil {
 		t.Errorf("no NodeGone event on content %s: %v", snapshot.Name, err)
