@@ -8,6 +8,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -39,7 +40,8 @@ import (
 //
 // A claim whose pods may not run on the source's node is left alone, with
 // the agent's event that names the node: moving it would bind a volume no
-// pod of it can use.
+// pod of it can use. So is one whose source's node was deleted, with an
+// event of its own (SourceNodeGone): nothing can be copied from there.
 type Copies struct {
 	driverName, topologyKey string
 	client                  kubernetes.Interface
@@ -150,6 +152,15 @@ func (tm *copiesTerm) sync(ctx context.Context, key string) error {
 		return err // nothing to do yet, or already there
 	}
 	target, err := tm.nodes.Get(node)
+	if apierrors.IsNotFound(err) {
+		// The informer may lag behind a node that came back: ask the API.
+		if target, err = tm.client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			tm.recorder.Eventf(claim, v1.EventTypeWarning, "SourceNodeGone",
+				"the claim's source %s lies on node %s, which was deleted: no copy can be made of it unless the node "+
+					"comes back with its disk; delete the claim, or give it another source", source, node)
+			return nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("node %s of the source of %s: %w", node, key, err)
 	}

@@ -48,7 +48,8 @@ func podOf(claim string, edits ...func(*v1.Pod)) *v1.Pod {
 // whose sources lie on node-a, move to node-a, with an event, when their
 // pods may run there; one whose pod is held to node-b (node selector), or
 // does not tolerate node-a's taint, stays; one already on node-a is not
-// touched.
+// touched. A restore of a snapshot whose node was deleted stays, with a
+// Warning that says why no copy can be made.
 func TestCopiesMoveToSource(t *testing.T) {
 	nodeA, nodeB := fixtures.ReadyNode("node-a"), fixtures.ReadyNode("node-b")
 	nodeA.Labels = map[string]string{v1.LabelHostname: "node-a"}
@@ -66,10 +67,11 @@ func TestCopiesMoveToSource(t *testing.T) {
 		"pinned":     copyClaim("pinned", "node-b", "", "PersistentVolumeClaim", "src"),
 		"intolerant": copyClaim("intolerant", "node-b", "", "PersistentVolumeClaim", "src"),
 		"home":       copyClaim("home", "node-a", "", "PersistentVolumeClaim", "src"),
+		"orphaned":   copyClaim("orphaned", "node-b", group, "VolumeSnapshot", "lost"),
 	}
 	objs := []runtime.Object{nodeA, nodeB, fixtures.Class(storagev1.VolumeBindingWaitForFirstConsumer), source,
 		fixtures.PVOn("pv-src", "node-a"),
-		podOf("clone", tolerant), podOf("restore", tolerant), podOf("home", tolerant), podOf("intolerant"),
+		podOf("clone", tolerant), podOf("restore", tolerant), podOf("home", tolerant), podOf("intolerant"), podOf("orphaned", tolerant),
 		podOf("pinned", tolerant, func(p *v1.Pod) { p.Spec.NodeSelector = map[string]string{v1.LabelHostname: "node-b"} }),
 	}
 	for _, c := range claims {
@@ -82,6 +84,11 @@ func TestCopiesMoveToSource(t *testing.T) {
 		&snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "content-1", Labels: map[string]string{provisioner.ManagedByLabel: "node-a"}},
 			Spec:   snapv1.VolumeSnapshotContentSpec{Driver: driver.Name},
 			Status: &snapv1.VolumeSnapshotContentStatus{SnapshotHandle: ptr.To("snapshot-1"), ReadyToUse: ptr.To(true)}},
+		&snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "lost", Namespace: "default"},
+			Status: &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: ptr.To("content-2"), ReadyToUse: ptr.To(true)}},
+		&snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "content-2", Labels: map[string]string{provisioner.ManagedByLabel: "node-gone"}},
+			Spec:   snapv1.VolumeSnapshotContentSpec{Driver: driver.Name},
+			Status: &snapv1.VolumeSnapshotContentStatus{SnapshotHandle: ptr.To("snapshot-2"), ReadyToUse: ptr.To(true)}},
 	)
 	cluster := informers.NewSharedInformerFactory(client, 0)
 	c, err := duties.NewCopies(duties.CopiesConfig{DriverName: driver.Name, TopologyKey: driver.TopologyKey,
@@ -104,8 +111,9 @@ func TestCopiesMoveToSource(t *testing.T) {
 		})
 		fixtures.WaitForEvent(t, client, claims[name], v1.EventTypeNormal, "moved this claim from node node-b to node node-a")
 	}
+	fixtures.WaitForEvent(t, client, claims["orphaned"], v1.EventTypeWarning, "lies on node node-gone, which was deleted")
 	time.Sleep(200 * time.Millisecond) // the one worker has had its turn at the others
-	for name, want := range map[string]string{"pinned": "node-b", "intolerant": "node-b", "home": "node-a"} {
+	for name, want := range map[string]string{"pinned": "node-b", "intolerant": "node-b", "home": "node-a", "orphaned": "node-b"} {
 		if got := selected(t.Context(), name); got != want {
 			t.Errorf("%s selected to %s, want %s", name, got, want)
 		}
